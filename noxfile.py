@@ -1,0 +1,56 @@
+"""Sessions: tests, lint, typecheck, demo, bench. CI runs tests, lint and typecheck."""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit, property and end-to-end over loopback."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "relay", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "relay", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy", "relay")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The relay in front of the synthetic market; Ctrl-C stops it."""
+    session.install("-e", ".")
+    session.run("relay", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Relay and peers side by side (`nox -s bench -- --quick` for a short run)."""
+    session.install("-e", ".[bench]")
+    if shutil.which("node") and shutil.which("npm"):
+        session.run(
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            "benchmarks/peers/node",
+            external=True,
+        )
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -1,0 +1,637 @@
+"""The relay's configuration: one TOML file, loaded into frozen attrs classes.
+
+Every class checks its own values when it is constructed, so a configuration object that exists
+is a valid one, whether it came from a file, from :func:`demo_config` or from a program that embeds
+the relay. Parsing goes through one cattrs converter with strict hooks (TOML is typed, so ``"10"``
+for a number is a mistake, not something to coerce) and ``forbid_extra_keys`` (a misspelt key
+silently falling back to its default is the worst kind of configuration bug). Every problem is
+reported at once, each with the dotted path of the key, in one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+from cattrs.cols import list_structure_factory, mapping_structure_factory
+from cattrs.gen import make_dict_structure_fn
+from cattrs.v import format_exception, transform_error
+
+__all__ = [
+    "POLICIES",
+    "SOURCE_KINDS",
+    "ApiKey",
+    "AuthConfig",
+    "BackpressureRule",
+    "ConfigError",
+    "Issue",
+    "OutboxConfig",
+    "PolicyName",
+    "RelayConfig",
+    "ServerConfig",
+    "SourceConfig",
+    "TierConfig",
+    "demo_config",
+    "load_config",
+    "parse_config",
+    "unstructure",
+]
+
+#: Upstream kinds the relay has an adapter for. Adding a kind is adding its name here.
+SOURCE_KINDS: frozenset[str] = frozenset({"sim"})
+
+#: What to do with a message for a client whose outbox is full.
+PolicyName = Literal["drop", "coalesce", "disconnect"]
+POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
+
+#: Source names are the first part of channel names (``SOURCE:STREAM:SYMBOL``), so no ``:``.
+_SOURCE_NAME = re.compile(r"[a-z0-9_-]+")
+#: TOML bare keys; anything else is quoted when it appears in a dotted path.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_UNKNOWN_KEY = "unknown key"
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@attrs.frozen
+class Issue:
+    """One problem in a configuration, kept structured so nested paths can be prefixed."""
+
+    path: str
+    """Dotted path of the offending key (``sources.sim.backoff_cap``); empty for the whole file."""
+    message: str
+
+    def __str__(self) -> str:
+        if self.message == _UNKNOWN_KEY:
+            return f"{_UNKNOWN_KEY} '{self.path}'"
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message lists every problem found, one per line.
+
+    A ValueError so that callers that already treat bad input as ValueError keep working.
+    """
+
+    def __init__(self, issues: Iterable[Issue]) -> None:
+        self.issues: tuple[Issue, ...] = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+def _join(base: str, rest: str) -> str:
+    if not base:
+        return rest
+    if not rest:
+        return base
+    return base + rest if rest.startswith("[") else f"{base}.{rest}"
+
+
+def _key(name: str) -> str:
+    """A mapping key as it would be written in a TOML dotted key."""
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _raise_issues(issues: list[Issue]) -> None:
+    if issues:
+        raise ConfigError(issues)
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks shared by the classes' __attrs_post_init__
+
+
+def _positive(issues: list[Issue], name: str, value: float) -> None:
+    if not math.isfinite(value):
+        issues.append(Issue(name, f"must be a finite number, got {value!r}"))
+    elif value <= 0:
+        issues.append(Issue(name, f"must be greater than 0, got {value!r}"))
+
+
+def _non_negative(issues: list[Issue], name: str, value: float) -> None:
+    if not math.isfinite(value):
+        issues.append(Issue(name, f"must be a finite number, got {value!r}"))
+    elif value < 0:
+        issues.append(Issue(name, f"must be 0 or greater, got {value!r}"))
+
+
+def _at_least_one(issues: list[Issue], name: str, value: int) -> None:
+    if value < 1:
+        issues.append(Issue(name, f"must be at least 1, got {value!r}"))
+
+
+def _policy(issues: list[Issue], name: str, value: str) -> None:
+    if value not in POLICIES:
+        issues.append(Issue(name, f"must be one of {', '.join(POLICIES)}, got {value!r}"))
+
+
+def _url(issues: list[Issue], name: str, value: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in schemes and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a malformed or out-of-range port
+    except ValueError:
+        ok = False
+    if not ok:
+        wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+        issues.append(
+            Issue(name, f"must be a URL starting with {wanted}, with a host, got {value!r}")
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+
+
+@attrs.frozen
+class ServerConfig:
+    """The listening socket and per-connection limits and deadlines (all durations in seconds)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    handshake_timeout: float = 5.0
+    """Deadline for reading the HTTP request head and completing the upgrade."""
+    heartbeat: float = 15.0
+    """Interval between WebSocket pings to each client; announced in ``welcome``."""
+    heartbeat_timeout: float = 10.0
+    """How long a pong may take before the connection is closed with 4001."""
+    idle_timeout: float = 60.0
+    """A connection with no subscription for this long is closed with 4000."""
+    send_timeout: float = 10.0
+    """A single write taking longer than this closes the connection hard (half a frame may be
+    on the wire, so it cannot be closed politely)."""
+    close_timeout: float = 2.0
+    """How long to wait for the client's close frame before dropping the TCP connection."""
+    max_connections: int = 10000
+    """Global cap across every key and the anonymous tier; past it upgrades get 429."""
+    max_message_size: int = 65536
+    """Largest client message in bytes; larger ones close the connection with 1009."""
+    max_head_bytes: int = 16384
+    """Largest HTTP request head in bytes; bounds what a client can make the front door buffer."""
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if not self.host:
+            issues.append(Issue("host", "must not be empty"))
+        if not 0 <= self.port <= 65535:
+            issues.append(Issue("port", f"must be between 0 and 65535, got {self.port!r}"))
+        for name in (
+            "handshake_timeout",
+            "heartbeat",
+            "heartbeat_timeout",
+            "idle_timeout",
+            "send_timeout",
+            "close_timeout",
+        ):
+            _positive(issues, name, getattr(self, name))
+        for name in ("max_connections", "max_message_size", "max_head_bytes"):
+            _at_least_one(issues, name, getattr(self, name))
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class AuthConfig:
+    """Who may connect without credentials; see :attr:`anonymous_tier_name`."""
+
+    required: bool = True
+    anonymous_tier: str | None = None
+
+    @property
+    def anonymous_tier_name(self) -> str | None:
+        """The tier of a connection that presents no credentials, or None to refuse it (401).
+
+        Kept here so the rule lives in one place: with ``required`` false every credential-less
+        connection is admitted (to ``anonymous_tier``, else ``"default"``); with ``required`` true
+        only if ``anonymous_tier`` is set.
+        """
+        if not self.required:
+            return self.anonymous_tier or "default"
+        return self.anonymous_tier
+
+    def __attrs_post_init__(self) -> None:
+        if self.anonymous_tier == "":
+            raise ConfigError([Issue("anonymous_tier", "must not be empty")])
+
+
+@attrs.frozen
+class TierConfig:
+    """Limits shared by every API key of a tier (or by all anonymous connections together)."""
+
+    max_connections: int = 100
+    """Per API key; for the anonymous tier, across all anonymous connections."""
+    max_subscriptions: int = 100
+    """Per connection."""
+    channels: list[str] = attrs.Factory(lambda: ["*"])
+    """fnmatch patterns of the channels this tier may subscribe to; others answer ``forbidden``."""
+    rate_limit: float = 20.0
+    """Sustained client commands per second (token bucket refill rate)."""
+    rate_burst: int = 40
+    """Token bucket size: how many commands may arrive at once."""
+
+    def allows(self, channel: str) -> bool:
+        """Case-sensitive on every platform, unlike :func:`fnmatch.fnmatch`."""
+        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        _at_least_one(issues, "max_connections", self.max_connections)
+        _at_least_one(issues, "max_subscriptions", self.max_subscriptions)
+        _positive(issues, "rate_limit", self.rate_limit)
+        _at_least_one(issues, "rate_burst", self.rate_burst)
+        for i, pattern in enumerate(self.channels):
+            if not pattern:
+                issues.append(Issue(f"channels[{i}]", "must not be empty"))
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class ApiKey:
+    """A credential and the tier it grants. The key is left out of repr so logs never hold it."""
+
+    key: str = attrs.field(repr=False)
+    tier: str
+    name: str = ""
+    """A label for logs and metrics, which must never see the key itself."""
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if not self.key:
+            issues.append(Issue("key", "must not be empty"))
+        elif any(c.isspace() for c in self.key):
+            # It travels in an Authorization header and a query string.
+            issues.append(Issue("key", "must not contain whitespace"))
+        if not self.tier:
+            issues.append(Issue("tier", "must not be empty"))
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class SourceConfig:
+    """One upstream connection (durations in seconds)."""
+
+    kind: str
+    """Which adapter speaks to it; one of :data:`SOURCE_KINDS`."""
+    url: str
+    """The upstream's WebSocket URL (ws:// or wss://)."""
+    rest_url: str | None = None
+    """Base URL for REST snapshots (http:// or https://), for kinds that resynchronize over REST."""
+    symbols: list[str] = attrs.Factory(lambda: ["BTC-USD", "ETH-USD", "SOL-USD"])
+    heartbeat_interval: float = 1.0
+    """The upstream's own heartbeat interval; the watchdog allows 1.5 times this."""
+    linger: float = 5.0
+    """Keep an upstream subscription this long after the last client left, so a client that
+    resubscribes at once does not cost an upstream round trip and a fresh snapshot."""
+    connect_timeout: float = 10.0
+    backoff_initial: float = 1.0
+    backoff_factor: float = 2.0
+    backoff_cap: float = 30.0
+    backoff_reset_after: float = 30.0
+    """A connection that stayed up this long resets the backoff to ``backoff_initial``."""
+    ping_interval: float = 0.0
+    """WebSocket pings to the upstream; 0 disables them (for upstreams with their own heartbeat)."""
+    snapshot_timeout: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if self.kind not in SOURCE_KINDS:
+            known = ", ".join(sorted(SOURCE_KINDS))
+            issues.append(Issue("kind", f"unknown source kind {self.kind!r} (known: {known})"))
+        _url(issues, "url", self.url, ("ws", "wss"))
+        if self.rest_url is not None:
+            _url(issues, "rest_url", self.rest_url, ("http", "https"))
+        seen: set[str] = set()
+        for i, symbol in enumerate(self.symbols):
+            if not symbol or ":" in symbol:
+                # The symbol is the last part of a channel name.
+                issues.append(
+                    Issue(f"symbols[{i}]", f"must be non-empty without ':', got {symbol!r}")
+                )
+            elif symbol in seen:
+                issues.append(Issue(f"symbols[{i}]", f"duplicate symbol {symbol!r}"))
+            seen.add(symbol)
+        for name in ("heartbeat_interval", "connect_timeout", "backoff_initial"):
+            _positive(issues, name, getattr(self, name))
+        for name in ("linger", "backoff_reset_after", "ping_interval"):
+            _non_negative(issues, name, getattr(self, name))
+        _positive(issues, "snapshot_timeout", self.snapshot_timeout)
+        if not math.isfinite(self.backoff_factor) or self.backoff_factor < 1:
+            issues.append(
+                Issue("backoff_factor", f"must be at least 1, got {self.backoff_factor!r}")
+            )
+        if not math.isfinite(self.backoff_cap):
+            issues.append(
+                Issue("backoff_cap", f"must be a finite number, got {self.backoff_cap!r}")
+            )
+        elif self.backoff_cap < self.backoff_initial:
+            issues.append(
+                Issue(
+                    "backoff_cap",
+                    f"must be at least backoff_initial ({self.backoff_initial!r}), "
+                    f"got {self.backoff_cap!r}",
+                )
+            )
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class OutboxConfig:
+    """Each client's bounded queue of frames, and what happens when it is full."""
+
+    max_messages: int = 1024
+    max_bytes: int = 1_048_576
+    policy: PolicyName = "drop"
+    """Default for channels no :class:`BackpressureRule` matches."""
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        _at_least_one(issues, "max_messages", self.max_messages)
+        _at_least_one(issues, "max_bytes", self.max_bytes)
+        _policy(issues, "policy", self.policy)
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class BackpressureRule:
+    """Overrides the outbox policy for matching channels: e.g. tickers coalesce, trades drop."""
+
+    pattern: str
+    """fnmatch pattern on channel names (``*:ticker:*``), case-sensitive."""
+    policy: PolicyName
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if not self.pattern:
+            issues.append(Issue("pattern", "must not be empty"))
+        _policy(issues, "policy", self.policy)
+        _raise_issues(issues)
+
+
+@attrs.frozen
+class RelayConfig:
+    """The whole configuration. Checks what no single table can: names referring to each other."""
+
+    server: ServerConfig = attrs.Factory(ServerConfig)
+    auth: AuthConfig = attrs.Factory(AuthConfig)
+    tiers: dict[str, TierConfig] = attrs.Factory(lambda: {"default": TierConfig()})
+    keys: list[ApiKey] = attrs.Factory(list)
+    sources: dict[str, SourceConfig] = attrs.Factory(dict)
+    outbox: OutboxConfig = attrs.Factory(OutboxConfig)
+    backpressure: list[BackpressureRule] = attrs.Factory(list)
+
+    def policy_for(self, channel: str) -> PolicyName:
+        """First matching rule wins, so specific patterns go before general ones."""
+        for rule in self.backpressure:
+            if fnmatch.fnmatchcase(channel, rule.pattern):
+                return rule.policy
+        return self.outbox.policy
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if "" in self.tiers:
+            issues.append(Issue('tiers.""', "tier name must not be empty"))
+        defined = ", ".join(_key(name) for name in self.tiers) or "none"
+        anonymous = self.auth.anonymous_tier_name
+        if anonymous is not None and anonymous not in self.tiers:
+            if self.auth.anonymous_tier is None:
+                message = (
+                    "auth.required is false, so connections without credentials get tier "
+                    f"'default', which is not defined (defined: {defined}); define it or set "
+                    "auth.anonymous_tier"
+                )
+            else:
+                message = f"unknown tier {anonymous!r} (defined: {defined})"
+            issues.append(Issue("auth.anonymous_tier", message))
+        first_index: dict[str, int] = {}
+        for i, api_key in enumerate(self.keys):
+            if api_key.tier not in self.tiers:
+                issues.append(
+                    Issue(f"keys[{i}].tier", f"unknown tier {api_key.tier!r} (defined: {defined})")
+                )
+            if api_key.key in first_index:
+                # Never echo the key: error messages end up in logs.
+                issues.append(
+                    Issue(f"keys[{i}].key", f"duplicate of keys[{first_index[api_key.key]}].key")
+                )
+            else:
+                first_index[api_key.key] = i
+        issues.extend(
+            Issue(
+                f"sources.{_key(name)}",
+                "source name must match [a-z0-9_-]+ (it starts every channel name)",
+            )
+            for name in self.sources
+            if not _SOURCE_NAME.fullmatch(name)
+        )
+        _raise_issues(issues)
+
+
+# --------------------------------------------------------------------------------------------
+# The converter
+
+
+class _WrongType(TypeError):
+    """Raised by the strict hooks; carries the value so the message can show it."""
+
+    def __init__(self, expected: str, value: object) -> None:
+        super().__init__(expected, value)
+        self.expected = expected
+        self.value = value
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, str | int | float) or value is None:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a {type(value).__name__} ({str(value)[:40]})"
+
+
+_Hook = Callable[[Any, Any], Any]
+
+
+def _guard(accepts: Callable[[Any], bool], expected: str, inner: _Hook) -> _Hook:
+    def hook(value: Any, type_: Any) -> Any:
+        if not accepts(value):
+            raise _WrongType(expected, value)
+        return inner(value, type_)
+
+    return hook
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(
+        str, _guard(lambda v: isinstance(v, str), "a string", lambda v, _: v)
+    )
+    conv.register_structure_hook(
+        bool, _guard(lambda v: isinstance(v, bool), "a boolean (true or false)", lambda v, _: v)
+    )
+    conv.register_structure_hook(int, _guard(_is_int, "an integer", lambda v, _: v))
+    conv.register_structure_hook(float, _guard(_is_number, "a number", lambda v, _: float(v)))
+
+    def literal(type_: Any) -> _Hook:
+        values = get_args(type_)
+        expected = "one of " + ", ".join(repr(v) for v in values)
+        return _guard(lambda v: isinstance(v, str) and v in values, expected, lambda v, _: v)
+
+    def origin_is(origin: Any) -> Callable[[Any], bool]:
+        return lambda type_: get_origin(type_) is origin
+
+    conv.register_structure_hook_factory(origin_is(Literal), literal)
+    conv.register_structure_hook_factory(
+        origin_is(list), lambda t: _guard(_is_array, "an array", list_structure_factory(t, conv))
+    )
+    conv.register_structure_hook_factory(
+        origin_is(dict), lambda t: _guard(_is_table, "a table", mapping_structure_factory(t, conv))
+    )
+    conv.register_structure_hook_factory(
+        attrs.has, lambda t: _guard(_is_table, "a table", make_dict_structure_fn(t, conv))
+    )
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _dotted(path: str) -> str:
+    """Turn a cattrs path (``$.sources['sim'].symbols[0]``) into ``sources.sim.symbols[0]``."""
+    out = ""
+    for attr, index, string in re.findall(
+        r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]", path[1:]
+    ):
+        if attr:
+            out = _join(out, attr)
+        elif index:
+            out += f"[{index}]"
+        else:
+            out = _join(out, _key(_unrepr(string)))
+    return out
+
+
+def _unrepr(text: str) -> str:
+    # transform_error writes mapping keys with repr(); literal_eval is its exact inverse.
+    return str(ast.literal_eval(text))
+
+
+def _issues_from(exc: BaseException) -> list[Issue]:
+    # transform_error walks the cattrs tree and builds the paths; each leaf's description is a
+    # token pointing back at the leaf, so the real message can be written from the exception
+    # itself rather than parsed out of text.
+    leaves: list[tuple[BaseException, Any]] = []
+
+    def record(leaf: BaseException, type_: Any) -> str:
+        leaves.append((leaf, type_))
+        return str(len(leaves) - 1)
+
+    issues: list[Issue] = []
+    for line in transform_error(exc, "$", record):
+        token, _, raw_path = line.partition(" @ ")
+        leaf, type_ = leaves[int(token)]
+        path = _dotted(raw_path)
+        if isinstance(leaf, cattrs.ForbiddenExtraKeysError):
+            issues.extend(
+                Issue(_join(path, _key(k)), _UNKNOWN_KEY) for k in sorted(leaf.extra_fields)
+            )
+        elif isinstance(leaf, ConfigError):
+            issues.extend(Issue(_join(path, i.path), i.message) for i in leaf.issues)
+        elif isinstance(leaf, _WrongType):
+            issues.append(Issue(path, f"expected {leaf.expected}, got {_show(leaf.value)}"))
+        elif isinstance(leaf, KeyError):
+            issues.append(Issue(path, "required key missing"))
+        else:
+            issues.append(Issue(path, format_exception(leaf, type_)))
+    return issues
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def parse_config(data: Mapping[str, Any]) -> RelayConfig:
+    """Build a configuration from already-parsed data (a TOML document or an equivalent dict).
+
+    Raises :class:`ConfigError` listing every problem. Wrong types and unknown keys are found in
+    one pass; range checks of a table run once its types are right, and checks across tables
+    (tier names, duplicate keys) once every table is valid.
+    """
+    try:
+        return _converter.structure(data, RelayConfig)
+    except (cattrs.BaseValidationError, _WrongType, ConfigError) as exc:
+        raise ConfigError(_issues_from(exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> RelayConfig:
+    """Read and validate a TOML file. OSError (a missing file) propagates unchanged."""
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([Issue("", f"{os.fspath(path)}: invalid TOML: {exc}")]) from None
+    return parse_config(data)
+
+
+def unstructure(config: RelayConfig) -> dict[str, Any]:
+    """Plain data that :func:`parse_config` turns back into an equal config.
+
+    Optional values left unset come out as None, which TOML cannot express; drop them before
+    writing TOML.
+    """
+    data: dict[str, Any] = _converter.unstructure(config)
+    return data
+
+
+def demo_config(*, port: int, sim_port: int, host: str = "127.0.0.1") -> RelayConfig:
+    """A relay in front of a local simulator, open to anonymous clients on ``sim:*`` only.
+
+    Used by the demo, tests and benchmarks, which drive many anonymous clients: the anonymous
+    tier's connection limit is therefore the server's global one.
+    """
+    url_host = f"[{host}]" if ":" in host else host
+    server = ServerConfig(host=host, port=port)
+    return RelayConfig(
+        server=server,
+        auth=AuthConfig(required=True, anonymous_tier="anonymous"),
+        tiers={
+            "default": TierConfig(),
+            "anonymous": TierConfig(max_connections=server.max_connections, channels=["sim:*"]),
+        },
+        sources={
+            "sim": SourceConfig(
+                kind="sim",
+                url=f"ws://{url_host}:{sim_port}/ws",
+                rest_url=f"http://{url_host}:{sim_port}",
+            )
+        },
+    )

@@ -1,0 +1,258 @@
+"""Channels, subscribers and the fan-out: the relay's data path without any I/O.
+
+Each channel message is encoded once and framed once; the same ``bytes`` object is offered to
+every subscriber's outbox, synchronously. Nothing here awaits, so one slow client can only ever
+fill its own outbox, and what happens then is the outbox policy's decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import attrs
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
+
+from relay.adapters.base import StreamKind, Update
+from relay.core.channels import matches_any, source_of
+from relay.core.outbox import Offer, Outbox, Policy
+from relay.core.protocol import (
+    ChannelAck,
+    ErrorCode,
+    ProtocolError,
+    RequestId,
+    Status,
+    encode_envelope,
+    encode_error,
+    encode_event,
+)
+from relay.core.registry import SubscriptionRegistry
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a client session."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def __hash__(self) -> int: ...
+
+    def wake(self) -> None:
+        """Something was queued: let the writer run."""
+
+    def overflow(self) -> None:
+        """The disconnect policy tripped: close as a slow consumer (must not re-enter the hub)."""
+
+
+class SourceListener(Protocol):
+    """The upstream side of a source: told when a channel gains its first or loses its last
+    subscriber."""
+
+    def want(self, channel: str) -> None: ...
+
+    def unwant(self, channel: str) -> None: ...
+
+
+@attrs.frozen
+class Limits:
+    """What one session may subscribe to (from its tier)."""
+
+    max_subscriptions: int
+    channels: tuple[str, ...] = ("*",)
+
+
+class Framer:
+    """Builds server WebSocket frames. Server frames are unmasked, so one frame serves every
+    client; wsproto builds it so that no framing code is hand-written here."""
+
+    def __init__(self) -> None:
+        self._ws = Connection(ConnectionType.SERVER)
+
+    def text(self, payload: bytes) -> bytes:
+        return self._ws.send(TextMessage(data=payload.decode()))
+
+
+@attrs.define(slots=True, eq=False)
+class ChannelState:
+    name: str
+    kind: StreamKind
+    policy: Policy
+    delta: bool
+    seq: int = 0
+    ts: int = 0
+    latest: dict[str, Any] | None = None
+    """The full state, for STATE channels (the last message is the state)."""
+    state_provider: Callable[[], dict[str, Any] | None] | None = None
+    """For BOOK channels: the upstream side owns the book and renders it on demand."""
+
+    def snapshot_data(self) -> dict[str, Any] | None:
+        if self.state_provider is not None:
+            return self.state_provider()
+        return self.latest
+
+
+class Hub:
+    """Subscriptions, channel state and fan-out for all sources."""
+
+    def __init__(
+        self,
+        catalogue: Mapping[str, StreamKind],
+        policy_for: Callable[[str], Policy] = lambda _: Policy.DROP,
+    ) -> None:
+        self._catalogue = dict(catalogue)
+        self._policy_for = policy_for
+        self._channels: dict[str, ChannelState] = {}
+        self._listeners: dict[str, SourceListener] = {}
+        self.registry: SubscriptionRegistry[Subscriber] = SubscriptionRegistry()
+        self.framer = Framer()
+        self.messages_in = 0
+        self.deliveries = 0
+        self.offer_results = [0, 0, 0, 0]
+        """Counts per :class:`Offer` value, for metrics."""
+
+    # Wiring --------------------------------------------------------------------------------
+
+    def add_source(self, source: str, listener: SourceListener) -> None:
+        self._listeners[source] = listener
+
+    def known(self, channel: str) -> bool:
+        return channel in self._catalogue
+
+    def channels(self) -> list[str]:
+        return sorted(self._catalogue)
+
+    def channel(self, name: str) -> ChannelState:
+        state = self._channels.get(name)
+        if state is None:
+            kind = self._catalogue[name]
+            state = ChannelState(name, kind, self._policy_for(name), kind is StreamKind.BOOK)
+            self._channels[name] = state
+        return state
+
+    # Subscriptions -------------------------------------------------------------------------
+
+    def subscribe(
+        self, sub: Subscriber, channels: Iterable[str], request_id: RequestId, limits: Limits
+    ) -> None:
+        """Each channel gets its own answer: subscribed (then a snapshot when there is state),
+        or an error naming the channel. A refused channel never affects the others."""
+        outbox = sub.outbox
+        for name in channels:
+            error = self._refusal(sub, name, limits)
+            if error is not None:
+                self._control(outbox, encode_error(ProtocolError(*error, request_id, name)))
+                continue
+            added, first = self.registry.add(sub, name)
+            outbox.offer_control(self._ack("subscribed", name, request_id))
+            if added:
+                state = self.channel(name)
+                frame = self.snapshot_frame(state)
+                if frame is not None:
+                    outbox.offer_control(frame)
+                if first:
+                    self._listeners[source_of(name)].want(name)
+        sub.wake()
+
+    def _refusal(self, sub: Subscriber, name: str, limits: Limits) -> tuple[str, str] | None:
+        if name not in self._catalogue:
+            return ErrorCode.UNKNOWN_CHANNEL, f"no such channel: {name}"
+        if not matches_any(name, limits.channels):
+            return ErrorCode.FORBIDDEN, f"your tier may not subscribe to {name}"
+        if sub not in self.registry.subscribers(name) and (
+            self.registry.count_of(sub) >= limits.max_subscriptions
+        ):
+            return (
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {limits.max_subscriptions} subscriptions per connection",
+            )
+        return None
+
+    def unsubscribe(self, sub: Subscriber, channels: Iterable[str], request_id: RequestId) -> None:
+        """Unsubscribing from a channel one does not hold is answered like any other: the
+        client asked for a state it is now in. Unknown channels are errors."""
+        outbox = sub.outbox
+        for name in channels:
+            if name not in self._catalogue:
+                error = ProtocolError(
+                    ErrorCode.UNKNOWN_CHANNEL, f"no such channel: {name}", request_id, name
+                )
+                self._control(outbox, encode_error(error))
+                continue
+            removed, last = self.registry.remove(sub, name)
+            if removed:
+                outbox.discard(name)
+            outbox.offer_control(self._ack("unsubscribed", name, request_id))
+            if last:
+                self._listeners[source_of(name)].unwant(name)
+        sub.wake()
+
+    def drop(self, sub: Subscriber) -> None:
+        """A session ended: release everything it held."""
+        for name in self.registry.drop(sub):
+            self._listeners[source_of(name)].unwant(name)
+
+    def _ack(self, event: str, channel: str, request_id: RequestId) -> bytes:
+        return self.framer.text(encode_event(event, ChannelAck(channel), request_id))
+
+    def _control(self, outbox: Outbox, payload: bytes) -> None:
+        outbox.offer_control(self.framer.text(payload))
+
+    # Data ----------------------------------------------------------------------------------
+
+    def publish(self, update: Update, ts: int) -> None:
+        """Sequence, encode, frame once; offer the same bytes to every subscriber."""
+        state = self._channels.get(update.channel) or self.channel(update.channel)
+        state.seq += 1
+        state.ts = ts
+        if state.kind is StreamKind.STATE:
+            state.latest = update.data
+        self.messages_in += 1
+        subscribers = self.registry.subscribers(update.channel)
+        if not subscribers:
+            return
+        frame = self.framer.text(
+            encode_envelope(update.channel, state.seq, ts, update.data, update.snapshot)
+        )
+        name, policy, delta = update.channel, state.policy, state.delta
+        results = self.offer_results
+        for sub in subscribers:
+            result = sub.outbox.offer(name, frame, policy, delta)
+            results[result] += 1
+            if result is Offer.OVERFLOW:
+                sub.overflow()
+            else:
+                sub.wake()
+        self.deliveries += len(subscribers)
+
+    def snapshot_frame(self, state: ChannelState) -> bytes | None:
+        """The channel's full latest state as a snapshot message, or None without state.
+
+        It carries the seq of the last message it reflects, so the next message continues at
+        seq + 1 for a client that starts from it."""
+        data = state.snapshot_data()
+        if data is None:
+            return None
+        return self.framer.text(encode_envelope(state.name, state.seq, state.ts, data, True))
+
+    def snapshot(self, name: str) -> tuple[int, int, dict[str, Any]] | None:
+        """(seq, ts, data) of a channel's latest state, for the HTTP snapshot endpoint."""
+        if name not in self._catalogue:
+            return None
+        state = self.channel(name)
+        data = state.snapshot_data()
+        return None if data is None else (state.seq, state.ts, data)
+
+    def forget_state(self, channel: str) -> None:
+        """The upstream no longer feeds this channel; stale state must not reach new clients."""
+        state = self._channels.get(channel)
+        if state is not None:
+            state.latest = None
+
+    def status(self, source: str, state: str) -> None:
+        frame = self.framer.text(encode_event("status", Status(source, state)))
+        for sub in self.registry.sessions_of_source(source):
+            if sub.outbox.offer_control(frame):
+                sub.wake()
+            else:
+                sub.overflow()

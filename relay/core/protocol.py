@@ -1,0 +1,260 @@
+"""Client protocol v1: commands in, events out (docs/protocol.md).
+
+Parsing never raises: every malformed input becomes a :class:`ProtocolError` carrying the
+documented error code, so the session answers with an error event and keeps the connection. The
+converter is strict on purpose: cattrs would happily turn ``5`` into ``"5"`` or ``"abc"`` into
+``["a", "b", "c"]``, which would hide client bugs behind confusing ``unknown_channel`` errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, get_args, get_origin
+
+import attrs
+import cattrs
+import orjson
+from cattrs.strategies import configure_union_passthrough
+
+PROTOCOL_VERSION: Final = 1
+
+#: The most channels one command may name after expanding ``channels`` x ``symbols``.
+MAX_CHANNELS_PER_COMMAND: Final = 1000
+MAX_CHANNEL_NAME: Final = 200
+
+RequestId = int | str | None
+
+
+class ErrorCode:
+    """The error codes of protocol.md, plus the ones the relay adds."""
+
+    BAD_JSON: Final = "bad_json"
+    BAD_REQUEST: Final = "bad_request"
+    UNKNOWN_ACTION: Final = "unknown_action"
+    UNKNOWN_CHANNEL: Final = "unknown_channel"
+    FORBIDDEN: Final = "forbidden"
+    TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
+    RATE_LIMITED: Final = "rate_limited"
+    NOT_SUBSCRIBED: Final = "not_subscribed"
+
+
+# Commands ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Subscribe:
+    channels: tuple[str, ...]
+    id: RequestId = None
+
+
+@attrs.frozen
+class Unsubscribe:
+    channels: tuple[str, ...]
+    id: RequestId = None
+
+
+@attrs.frozen
+class Ping:
+    id: RequestId = None
+
+
+Command = Subscribe | Unsubscribe | Ping
+
+
+@attrs.frozen
+class ProtocolError:
+    """A command that could not be understood; becomes an ``error`` event."""
+
+    code: str
+    message: str
+    id: RequestId = None
+    channel: str | None = None
+
+
+@attrs.frozen
+class _ChannelRequest:
+    """The wire shape shared by subscribe and unsubscribe."""
+
+    action: str
+    channel: str | None = None
+    channels: list[str] | None = None
+    symbols: list[str] | None = None
+    id: RequestId = None
+
+
+@attrs.frozen
+class _PingRequest:
+    action: str
+    id: RequestId = None
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()
+
+    def exact(kind: type) -> Any:
+        def hook(value: Any, _: Any) -> Any:
+            if type(value) is not kind:
+                raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+            return value
+
+        return hook
+
+    for kind in (str, int):
+        converter.register_structure_hook(kind, exact(kind))
+
+    def is_list(tp: Any) -> bool:
+        return get_origin(tp) is list
+
+    def list_hook(value: Any, tp: Any) -> list[Any]:
+        if type(value) is not list:
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        (item,) = get_args(tp)
+        return [converter.structure(v, item) for v in value]
+
+    converter.register_structure_hook_func(is_list, list_hook)
+    configure_union_passthrough(int | str | None, converter)
+    return converter
+
+
+converter: Final = _make_converter()
+
+
+def _request_id(raw: dict[str, Any]) -> RequestId:
+    """The id to echo in an error, if the client sent a usable one."""
+    value = raw.get("id")
+    return value if type(value) in (int, str) else None
+
+
+def _channels(request: _ChannelRequest) -> tuple[str, ...] | ProtocolError:
+    if request.channel is not None:
+        if request.channels is not None or request.symbols is not None:
+            return ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "give either 'channel' or 'channels' (with optional 'symbols'), not both",
+                request.id,
+            )
+        names: tuple[str, ...] = (request.channel,)
+    elif request.channels is not None:
+        if request.symbols is None:
+            names = tuple(request.channels)
+        else:
+            names = tuple(f"{c}:{s}" for c in request.channels for s in request.symbols)
+    else:
+        return ProtocolError(ErrorCode.BAD_REQUEST, "missing 'channel' or 'channels'", request.id)
+    if not names:
+        return ProtocolError(ErrorCode.BAD_REQUEST, "no channels given", request.id)
+    if len(names) > MAX_CHANNELS_PER_COMMAND:
+        return ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"at most {MAX_CHANNELS_PER_COMMAND} channels per command",
+            request.id,
+        )
+    too_long = next((n for n in names if len(n) > MAX_CHANNEL_NAME), None)
+    if too_long is not None:
+        return ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"channel names are at most {MAX_CHANNEL_NAME} characters",
+            request.id,
+        )
+    # One reply per channel: asking twice for the same channel in one command is one request.
+    return tuple(dict.fromkeys(names))
+
+
+def parse_command(text: str | bytes) -> Command | ProtocolError:
+    """One client frame to a command, or the error event that answers it."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}")
+    if not isinstance(raw, dict):
+        return ProtocolError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
+    action = raw.get("action")
+    if not isinstance(action, str):
+        return ProtocolError(
+            ErrorCode.BAD_REQUEST, "missing or non-string 'action'", _request_id(raw)
+        )
+    try:
+        if action in ("subscribe", "unsubscribe"):
+            request = converter.structure(raw, _ChannelRequest)
+            channels = _channels(request)
+            if isinstance(channels, ProtocolError):
+                return channels
+            if action == "subscribe":
+                return Subscribe(channels, request.id)
+            return Unsubscribe(channels, request.id)
+        if action == "ping":
+            return Ping(converter.structure(raw, _PingRequest).id)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        detail = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        return ProtocolError(ErrorCode.BAD_REQUEST, detail, _request_id(raw))
+    return ProtocolError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}", _request_id(raw))
+
+
+# Events --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Welcome:
+    session: str
+    heartbeat: float
+    protocol: int = PROTOCOL_VERSION
+
+
+@attrs.frozen
+class ChannelAck:
+    channel: str
+
+
+@attrs.frozen
+class ErrorData:
+    code: str
+    message: str
+    channel: str | None = None
+
+
+@attrs.frozen
+class Lagged:
+    channel: str
+    dropped: int
+
+
+@attrs.frozen
+class Status:
+    source: str
+    state: str
+
+
+EventData = Welcome | ChannelAck | ErrorData | Lagged | Status
+
+
+def _unstructure_data(data: EventData) -> dict[str, Any]:
+    out: dict[str, Any] = attrs.asdict(data)
+    if isinstance(data, ErrorData) and data.channel is None:
+        del out["channel"]
+    return out
+
+
+def encode_event(event: str, data: EventData | None = None, id: RequestId = None) -> bytes:
+    """A server event as JSON bytes: ``{"event", "data"?, "id"?}``."""
+    out: dict[str, Any] = {"event": event}
+    if data is not None:
+        out["data"] = _unstructure_data(data)
+    if id is not None:
+        out["id"] = id
+    return orjson.dumps(out)
+
+
+def encode_error(error: ProtocolError) -> bytes:
+    return encode_event("error", ErrorData(error.code, error.message, error.channel), error.id)
+
+
+def encode_envelope(channel: str, seq: int, ts: int, data: dict[str, Any], snapshot: bool) -> bytes:
+    """A data message. Once per channel message on the hot path, so a plain dict for orjson."""
+    if snapshot:
+        return orjson.dumps(
+            {"channel": channel, "seq": seq, "ts": ts, "snapshot": True, "data": data}
+        )
+    return orjson.dumps({"channel": channel, "seq": seq, "ts": ts, "data": data})

@@ -1,0 +1,107 @@
+"""Prometheus metrics, collected at scrape time.
+
+The data path only bumps plain integer attributes (or nothing at all: the hub counts offers per
+outcome in one list); this collector turns them into metric families when ``/metrics`` is read.
+A prometheus-client Counter per message would put a lock and a float add on the fan-out path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.core.outbox import Offer
+
+if TYPE_CHECKING:
+    from relay.server.relay import Relay
+
+
+class RelayCollector(Collector):
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def collect(self) -> Iterator[Metric]:
+        relay = self._relay
+        hub = relay.hub
+        yield GaugeMetricFamily(
+            "relay_connections", "Open client WebSocket connections", value=len(relay.sessions)
+        )
+        yield CounterMetricFamily(
+            "relay_connections_accepted", "Client connections accepted", value=relay.accepted
+        )
+        rejected = CounterMetricFamily(
+            "relay_connections_rejected", "Handshakes refused, by HTTP status", labels=["status"]
+        )
+        for status, count in sorted(relay.rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield rejected
+        yield GaugeMetricFamily(
+            "relay_subscriptions", "Client subscriptions", value=len(hub.registry)
+        )
+        yield GaugeMetricFamily(
+            "relay_channels_active",
+            "Channels with at least one subscriber",
+            value=hub.registry.channel_count,
+        )
+        yield CounterMetricFamily(
+            "relay_messages_published",
+            "Channel messages sequenced and fanned out",
+            value=hub.messages_in,
+        )
+        offers = CounterMetricFamily(
+            "relay_deliveries",
+            "Messages offered to client outboxes, by outcome",
+            labels=["outcome"],
+        )
+        for outcome in Offer:
+            offers.add_metric([outcome.name.lower()], hub.offer_results[outcome])
+        yield offers
+        yield CounterMetricFamily(
+            "relay_bytes_out",
+            "Bytes written to clients (closed and open sessions)",
+            value=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
+        )
+        closes = CounterMetricFamily(
+            "relay_disconnects", "Client connections closed, by close code", labels=["code"]
+        )
+        for code, count in sorted(relay.close_codes.items()):
+            closes.add_metric([str(code)], count)
+        yield closes
+
+        up = GaugeMetricFamily(
+            "relay_upstream_connected", "1 when the upstream connection is up", labels=["source"]
+        )
+        counters = {
+            "messages": ("relay_upstream_messages", "Frames received from the upstream"),
+            "malformed": ("relay_upstream_malformed", "Upstream frames that could not be parsed"),
+            "connects": ("relay_upstream_connects", "Upstream connections established"),
+            "disconnects": ("relay_upstream_disconnects", "Upstream connections lost"),
+            "gaps": ("relay_upstream_gaps", "Sequence gaps detected"),
+            "resyncs": ("relay_upstream_resyncs", "Books resynchronized from a snapshot"),
+            "snapshot_fetches": ("relay_upstream_snapshot_fetches", "REST snapshot requests"),
+        }
+        families = {
+            key: CounterMetricFamily(name, doc, labels=["source"])
+            for key, (name, doc) in counters.items()
+        }
+        for name, supervisor in sorted(relay.upstreams.items()):
+            up.add_metric([name], 1.0 if supervisor.state.value == "connected" else 0.0)
+            for key, family in families.items():
+                family.add_metric([name], getattr(supervisor.stats, key))
+        yield up
+        yield from families.values()
+
+
+def make_registry(relay: Relay) -> CollectorRegistry:
+    """A registry per relay, so several relays in one process (tests, embedding) stay apart."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(relay))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,281 @@
+"""The relay as a Trio program: listener, sessions and upstream supervisors in one nursery.
+
+Embedding it is ``port = await nursery.start(Relay(config).serve)``; ``relay serve`` and
+``relay demo`` do nothing more than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections import Counter
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import httpx
+import orjson
+import trio
+from trio_websocket import wrap_server_stream
+
+from relay.adapters.base import Adapter
+from relay.adapters.sim import SimAdapter
+from relay.config import RelayConfig, SourceConfig
+from relay.core.hub import Hub, Limits
+from relay.core.outbox import Policy
+from relay.server.frontdoor import (
+    BadRequest,
+    ReplayStream,
+    RequestHead,
+    error_body,
+    error_response,
+    read_request_head,
+)
+from relay.server.metrics import make_registry, render
+from relay.server.session import Session, SessionSettings
+from relay.server.upstream import Transport, UpstreamState, UpstreamSupervisor
+
+log = logging.getLogger("relay")
+
+_ADAPTERS = {
+    "sim": lambda name, cfg: SimAdapter(name, cfg.symbols, cfg.heartbeat_interval),
+}
+
+
+def make_adapter(name: str, source: SourceConfig) -> Adapter:
+    adapter: Adapter = _ADAPTERS[source.kind](name, source)
+    return adapter
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Relay:
+    """Owns the hub, one supervisor per source, the listener and every session."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        adapters: Mapping[str, Adapter] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.adapters = (
+            dict(adapters)
+            if adapters is not None
+            else {name: make_adapter(name, source) for name, source in config.sources.items()}
+        )
+        catalogue = {
+            channel: adapter.kind(channel)
+            for adapter in self.adapters.values()
+            for channel in adapter.channels()
+        }
+        self.hub = Hub(catalogue, lambda channel: Policy(config.policy_for(channel)))
+        self.upstreams = {
+            name: UpstreamSupervisor(adapter, config.sources[name], self.hub, transport)
+            for name, adapter in self.adapters.items()
+        }
+        for name, supervisor in self.upstreams.items():
+            self.hub.add_source(name, supervisor)
+        self._keys = {k.key: k for k in config.keys}
+        self.sessions: set[Session] = set()
+        self._per_identity: Counter[str] = Counter()
+        self.accepted = 0
+        self.rejected: Counter[int] = Counter()
+        self.close_codes: Counter[int] = Counter()
+        self.bytes_out = 0
+        self.metrics = make_registry(self)
+        self.port: int | None = None
+
+    # Running -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``task_status.started`` reports the bound port."""
+        _raise_file_limit()
+        server = self.config.server
+        async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
+            for supervisor in self.upstreams.values():
+                await nursery.start(supervisor.run, http)
+            listeners = await nursery.start(
+                partial(trio.serve_tcp, self._handle_tcp, server.port, host=server.host)
+            )
+            self.port = listeners[0].socket.getsockname()[1]
+            log.info("relay listening on ws://%s:%d/ws", server.host, self.port)
+            task_status.started(self.port)
+
+    @property
+    def ready(self) -> bool:
+        return all(u.state is UpstreamState.CONNECTED for u in self.upstreams.values())
+
+    # The front door ----------------------------------------------------------------------
+
+    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+        """Everything one connection does; its failures stay here."""
+        try:
+            await self._handle(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:  # one connection's bug must not take the listener down
+            log.exception("connection failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        server = self.config.server
+        # One deadline for the whole handshake: a client that sends nothing, or a byte a
+        # second, is cut off when it passes, however it spreads its bytes.
+        deadline = trio.current_time() + server.handshake_timeout
+        head = None
+        with trio.move_on_at(deadline):
+            try:
+                head = await read_request_head(stream, server.max_head_bytes)
+            except BadRequest as exc:
+                self.rejected[exc.status] += 1
+                await stream.send_all(error_response(exc.status, "bad_request", exc.message))
+                return
+        if head is None:
+            return
+        if not head.is_upgrade:
+            await stream.send_all(self._http(head))
+        elif head.path != "/ws":
+            await self._refuse(stream, head, 404, "not_found", "the WebSocket endpoint is /ws")
+        else:
+            await self._upgrade(stream, head, deadline)
+
+    async def _refuse(
+        self, stream: trio.abc.Stream, head: RequestHead, status: int, code: str, message: str
+    ) -> None:
+        self.rejected[status] += 1
+        await stream.send_all(head.response(status, error_body(code, message)))
+
+    def _identity(self, head: RequestHead) -> tuple[str, str, str]:
+        """(identity for connection counting, tier name, key label) or raises _Refused."""
+        token = None
+        authorization = head.headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        if not token:
+            token = head.query_value("api_key")
+        if token:
+            key = self._keys.get(token)
+            if key is None:
+                raise _Refused(401, "invalid_credentials", "unknown API key")
+            return f"key:{key.key}", key.tier, key.name
+        tier = self.config.auth.anonymous_tier_name
+        if tier is None:
+            raise _Refused(401, "missing_credentials", "an API key is required")
+        return "anonymous", tier, "anonymous"
+
+    async def _upgrade(self, stream: trio.SocketStream, head: RequestHead, deadline: float) -> None:
+        try:
+            identity, tier_name, label = self._identity(head)
+            tier = self.config.tiers[tier_name]
+            if len(self.sessions) >= self.config.server.max_connections:
+                raise _Refused(429, "server_full", "the server is at its connection limit")
+            if self._per_identity[identity] >= tier.max_connections:
+                raise _Refused(
+                    429,
+                    "too_many_connections",
+                    f"at most {tier.max_connections} connections for this key",
+                )
+        except _Refused as refused:
+            await self._refuse(stream, head, refused.status, refused.code, refused.message)
+            return
+        replay = ReplayStream(stream, head.raw)
+        server = self.config.server
+        async with trio.open_nursery() as ws_nursery:
+            ws = None
+            with trio.move_on_at(deadline):
+                request = await wrap_server_stream(
+                    ws_nursery,
+                    replay,
+                    message_queue_size=4,
+                    max_message_size=server.max_message_size,
+                )
+                ws = await request.accept()
+            if ws is None:
+                ws_nursery.cancel_scope.cancel()
+                return
+            settings = SessionSettings(
+                heartbeat=server.heartbeat,
+                heartbeat_timeout=server.heartbeat_timeout,
+                idle_timeout=server.idle_timeout,
+                send_timeout=server.send_timeout,
+                close_timeout=server.close_timeout,
+                max_messages=self.config.outbox.max_messages,
+                max_bytes=self.config.outbox.max_bytes,
+                rate_limit=tier.rate_limit,
+                rate_burst=tier.rate_burst,
+            )
+            limits = Limits(tier.max_subscriptions, tuple(tier.channels))
+            session = Session(ws, replay, self.hub, limits, settings, label)
+            self.sessions.add(session)
+            self._per_identity[identity] += 1
+            self.accepted += 1
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+                self._per_identity[identity] -= 1
+                if not self._per_identity[identity]:
+                    del self._per_identity[identity]
+                self.bytes_out += session.bytes_out
+                if session.closing is not None:
+                    self.close_codes[session.closing.code] += 1
+                ws_nursery.cancel_scope.cancel()
+
+    # Plain HTTP --------------------------------------------------------------------------
+
+    def _http(self, head: RequestHead) -> bytes:
+        if head.method not in ("GET", "HEAD"):
+            return head.response(405, error_body("method_not_allowed", "only GET is served"))
+        path = head.path
+        if path == "/ws":
+            return head.response(
+                426,
+                error_body("upgrade_required", "connect with a WebSocket client"),
+                headers=[("upgrade", "websocket")],
+            )
+        if path == "/healthz":
+            return head.response(200, b'{"status":"ok"}')
+        if path == "/readyz":
+            states = {name: u.state.value for name, u in self.upstreams.items()}
+            body = orjson.dumps({"ready": self.ready, "upstreams": states})
+            return head.response(200 if self.ready else 503, body)
+        if path == "/metrics":
+            return head.response(
+                200, render(self.metrics), "text/plain; version=0.0.4; charset=utf-8"
+            )
+        if path.startswith("/v1/snapshot/"):
+            return self._snapshot(head, path.removeprefix("/v1/snapshot/"))
+        return head.response(404, error_body("not_found", f"no route for {path}"))
+
+    def _snapshot(self, head: RequestHead, channel: str) -> bytes:
+        try:
+            _, tier_name, _ = self._identity(head)
+        except _Refused as refused:
+            self.rejected[refused.status] += 1
+            return head.response(refused.status, error_body(refused.code, refused.message))
+        if not self.config.tiers[tier_name].allows(channel) and self.hub.known(channel):
+            return head.response(403, error_body("forbidden", f"your tier may not read {channel}"))
+        snapshot = self.hub.snapshot(channel)
+        if snapshot is None:
+            return head.response(404, error_body("not_found", f"no state for channel {channel!r}"))
+        seq, ts, data = snapshot
+        body: dict[str, Any] = {"channel": channel, "seq": seq, "ts": ts, "data": data}
+        return head.response(200, orjson.dumps(body))
+
+
+def _raise_file_limit() -> None:
+    """Each client is a file descriptor; the usual soft limit of 1024 is far too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.debug("could not raise RLIMIT_NOFILE", exc_info=True)

@@ -1,0 +1,256 @@
+"""One downstream client: a nursery of reader, writer, heartbeat and idle watch.
+
+When any of them ends, the others are cancelled and ``finally`` releases the session's
+subscriptions, so a session cannot leak a task, a subscription or a queue, however it ends.
+The writer is the only task that writes data frames; it drains everything queued and writes it
+with one ``send_all``, so batches grow by themselves under load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Final
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from relay.core.hub import Hub, Limits
+from relay.core.outbox import Outbox
+from relay.core.protocol import (
+    ErrorCode,
+    Lagged,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+    encode_error,
+    encode_event,
+    parse_command,
+)
+from relay.core.ratelimit import TokenBucket
+from relay.server.frontdoor import ReplayStream
+
+log = logging.getLogger("relay.session")
+
+
+class CloseCode:
+    NORMAL: Final = 1000
+    GOING_AWAY: Final = 1001
+    POLICY: Final = 1008
+    TOO_BIG: Final = 1009
+    IDLE: Final = 4000
+    HEARTBEAT: Final = 4001
+    SLOW_CONSUMER: Final = 4008
+    RATE_LIMITED: Final = 4029
+
+
+@attrs.frozen
+class SessionSettings:
+    heartbeat: float
+    heartbeat_timeout: float
+    idle_timeout: float
+    send_timeout: float
+    close_timeout: float
+    max_messages: int
+    max_bytes: int
+    rate_limit: float
+    rate_burst: int
+
+
+@attrs.frozen
+class Closing:
+    code: int
+    reason: str
+    hard: bool = False
+    """Close the TCP stream without a close frame: the peer is gone, or a frame was cut."""
+
+
+class Session:
+    """A client connection once its WebSocket handshake is done."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: ReplayStream,
+        hub: Hub,
+        limits: Limits,
+        settings: SessionSettings,
+        key_name: str = "",
+    ) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.key_name = key_name
+        self._ws = ws
+        self._stream = stream
+        self._hub = hub
+        self._limits = limits
+        self._settings = settings
+        self.outbox = Outbox(settings.max_messages, settings.max_bytes)
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._scope = trio.CancelScope()
+        self._idle_scope = trio.CancelScope()
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, trio.current_time())
+        self._writing = False
+        self.closing: Closing | None = None
+        self.bytes_out = 0
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id}>"
+
+    # The hub's Subscriber interface. Both run inside the fan-out loop, so they only flip state.
+
+    def wake(self) -> None:
+        if self._writer_lot:
+            self._writer_lot.unpark()
+
+    def overflow(self) -> None:
+        self._end(Closing(CloseCode.SLOW_CONSUMER, "slow consumer"))
+
+    def _end(self, closing: Closing) -> None:
+        """First reason wins; later ones are consequences of it."""
+        if self.closing is None:
+            self.closing = closing
+        self._scope.cancel()
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        welcome = Welcome(self.id, self._settings.heartbeat)
+        self.outbox.offer_control(self._hub.framer.text(encode_event("welcome", welcome)))
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._idle_watch)
+        finally:
+            self._hub.drop(self)
+            await self._close()
+
+    async def _close(self) -> None:
+        """Send the close frame when the wire allows it; otherwise cut the connection.
+
+        Shielded: a server shutdown cancels sessions, and that is exactly when clients should
+        hear 1001 rather than see a reset.
+        """
+        closing = self.closing or Closing(CloseCode.GOING_AWAY, "server shutting down")
+        with trio.CancelScope(shield=True):
+            if not (closing.hard or self._writing):
+                with trio.move_on_after(self._settings.close_timeout):
+                    await self._ws.aclose(closing.code, closing.reason)
+            await trio.aclose_forcefully(self._stream)
+
+    # Tasks -------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        outbox = self.outbox
+        hub = self._hub
+        stream = self._stream
+        timeout = self._settings.send_timeout
+        while True:
+            while not outbox.pending:
+                await self._writer_lot.park()
+            drained = outbox.drain()
+            frames = drained.frames
+            for channel in drained.resnapshot:
+                snapshot = hub.snapshot_frame(hub.channel(channel))
+                if snapshot is not None:
+                    frames.append(snapshot)
+            for channel, dropped in drained.lagged.items():
+                frames.append(hub.framer.text(encode_event("lagged", Lagged(channel, dropped))))
+            data = b"".join(frames) if len(frames) > 1 else frames[0]
+            self._writing = True
+            try:
+                with trio.move_on_after(timeout) as deadline:
+                    written = await stream.send_frames(data, self._open)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._writing = False
+                self._end(Closing(CloseCode.NORMAL, "peer gone", hard=True))
+                return
+            if deadline.cancelled_caught:
+                # Part of a frame may be on the wire: nothing may follow it, not even a close.
+                self._end(Closing(CloseCode.SLOW_CONSUMER, "send timed out", hard=True))
+                return
+            self._writing = False
+            if not written:
+                self._end(Closing(CloseCode.NORMAL, "closed by peer"))
+                return
+            self.bytes_out += len(data)
+
+    def _open(self) -> bool:
+        return self._ws.closed is None
+
+    async def _reader(self) -> None:
+        ws = self._ws
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                code = reason.code if reason is not None else CloseCode.NORMAL
+                self._end(Closing(code, "closed by peer", hard=True))
+                return
+            self._handle(message)
+
+    def _handle(self, message: str | bytes) -> None:
+        now = trio.current_time()
+        if not self._bucket.take(now):
+            if self._bucket.abusive:
+                self._end(Closing(CloseCode.RATE_LIMITED, "rate limited"))
+                return
+            error = ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"at most {self._bucket.rate:g} commands per second",
+                None,
+            )
+            self._reply(encode_error(error))
+            return
+        command = parse_command(message)
+        had = self._hub.registry.count_of(self)
+        match command:
+            case Subscribe(channels, request_id):
+                self._hub.subscribe(self, channels, request_id, self._limits)
+            case Unsubscribe(channels, request_id):
+                self._hub.unsubscribe(self, channels, request_id)
+            case Ping(request_id):
+                self._reply(encode_event("pong", None, request_id))
+            case ProtocolError():
+                self._reply(encode_error(command))
+        if self.outbox.overflowed:
+            self.overflow()
+            return
+        has = self._hub.registry.count_of(self)
+        if has and not had:
+            self._idle_scope.deadline = math.inf
+        elif had and not has:
+            self._idle_scope.deadline = now + self._settings.idle_timeout
+
+    def _reply(self, payload: bytes) -> None:
+        if self.outbox.offer_control(self._hub.framer.text(payload)):
+            self.wake()
+        else:
+            self.overflow()
+
+    async def _heartbeat(self) -> None:
+        settings = self._settings
+        while True:
+            await trio.sleep(settings.heartbeat)
+            with trio.move_on_after(settings.heartbeat_timeout) as deadline:
+                try:
+                    await self._ws.ping()
+                except ConnectionClosed:
+                    self._end(Closing(CloseCode.NORMAL, "closed", hard=True))
+                    return
+            if deadline.cancelled_caught:
+                self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))
+                return
+
+    async def _idle_watch(self) -> None:
+        self._idle_scope.deadline = trio.current_time() + self._settings.idle_timeout
+        with self._idle_scope:
+            await trio.sleep_forever()
+        self._end(Closing(CloseCode.IDLE, "idle timeout"))

@@ -1,0 +1,213 @@
+"""The sans-IO data path: subscriptions, sequencing, snapshots and fan-out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
+
+from relay.adapters.base import StreamKind, Update
+from relay.core.hub import Hub, Limits
+from relay.core.outbox import Outbox, Policy
+
+CATALOGUE = {
+    "sim:trades:A": StreamKind.EVENT,
+    "sim:ticker:A": StreamKind.STATE,
+    "sim:book:A": StreamKind.BOOK,
+    "alt:trades:A": StreamKind.EVENT,
+}
+OPEN = Limits(max_subscriptions=10)
+
+
+class FakeSession:
+    def __init__(self, max_messages: int = 100, max_bytes: int = 1 << 20) -> None:
+        self.outbox = Outbox(max_messages, max_bytes)
+        self.wakes = 0
+        self.overflows = 0
+        self._client = Connection(ConnectionType.CLIENT)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def overflow(self) -> None:
+        self.overflows += 1
+
+    def messages(self) -> list[dict[str, Any]]:
+        drained = self.outbox.drain()
+        self._client.receive_data(b"".join(drained.frames))
+        return [orjson.loads(e.data) for e in self._client.events() if isinstance(e, TextMessage)]
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def want(self, channel: str) -> None:
+        self.events.append(("want", channel))
+
+    def unwant(self, channel: str) -> None:
+        self.events.append(("unwant", channel))
+
+
+def make_hub() -> tuple[Hub, Listener]:
+    hub = Hub(CATALOGUE, lambda c: Policy.COALESCE if ":ticker:" in c else Policy.DROP)
+    listener = Listener()
+    hub.add_source("sim", listener)
+    hub.add_source("alt", listener)
+    return hub, listener
+
+
+def trade(n: int) -> Update:
+    return Update("sim:trades:A", {"n": n}, n, False)
+
+
+def test_subscribe_acks_and_first_subscriber_wants_upstream() -> None:
+    hub, listener = make_hub()
+    a, b = FakeSession(), FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], 1, OPEN)
+    hub.subscribe(b, ["sim:trades:A"], 2, OPEN)
+    assert listener.events == [("want", "sim:trades:A")]
+    assert a.messages() == [{"event": "subscribed", "data": {"channel": "sim:trades:A"}, "id": 1}]
+    assert a.wakes == 1
+
+
+def test_publish_sequences_and_shares_one_frame() -> None:
+    hub, _ = make_hub()
+    sessions = [FakeSession() for _ in range(3)]
+    for s in sessions:
+        hub.subscribe(s, ["sim:trades:A"], None, OPEN)
+        s.messages()
+    hub.publish(trade(1), ts=1000)
+    hub.publish(trade(2), ts=1001)
+    frames = [list(s.outbox._queue) for s in sessions]
+    assert all(f[0] is frames[0][0] for f in frames)  # the same bytes object, not a copy
+    got = sessions[0].messages()
+    assert [(m["seq"], m["ts"], m["data"]) for m in got] == [
+        (1, 1000, {"n": 1}),
+        (2, 1001, {"n": 2}),
+    ]
+    assert "snapshot" not in got[0]
+
+
+def test_seq_counts_messages_even_without_subscribers() -> None:
+    hub, _ = make_hub()
+    hub.publish(trade(1), ts=1)
+    a = FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], None, OPEN)
+    hub.publish(trade(2), ts=2)
+    assert a.messages()[-1]["seq"] == 2
+
+
+def test_state_channel_snapshot_first() -> None:
+    hub, _ = make_hub()
+    first = FakeSession()
+    hub.subscribe(first, ["sim:ticker:A"], None, OPEN)
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 5, True), ts=10)
+    hub.publish(Update("sim:ticker:A", {"last": "2"}, 6, True), ts=11)
+    late = FakeSession()
+    hub.subscribe(late, ["sim:ticker:A"], 7, OPEN)
+    ack, snapshot = late.messages()
+    assert ack["event"] == "subscribed"
+    assert snapshot == {
+        "channel": "sim:ticker:A",
+        "seq": 2,
+        "ts": 11,
+        "snapshot": True,
+        "data": {"last": "2"},
+    }
+    hub.publish(Update("sim:ticker:A", {"last": "3"}, 7, True), ts=12)
+    assert late.messages()[0]["seq"] == 3
+
+
+def test_book_snapshot_comes_from_the_provider() -> None:
+    hub, _ = make_hub()
+    book: dict[str, Any] | None = None
+    hub.channel("sim:book:A").state_provider = lambda: book
+    a = FakeSession()
+    hub.subscribe(a, ["sim:book:A"], None, OPEN)
+    assert [m.get("event") for m in a.messages()] == ["subscribed"]
+    book = {"bids": [], "asks": []}
+    hub.unsubscribe(a, ["sim:book:A"], None)
+    hub.subscribe(a, ["sim:book:A"], None, OPEN)
+    assert a.messages()[-1]["data"] == book
+
+
+def test_refusals_name_the_channel_and_do_not_affect_others() -> None:
+    hub, listener = make_hub()
+    a = FakeSession()
+    limits = Limits(max_subscriptions=1, channels=("sim:*",))
+    hub.subscribe(a, ["nope:x", "alt:trades:A", "sim:trades:A", "sim:ticker:A"], 9, limits)
+    replies = a.messages()
+    assert [(r["event"], r["data"].get("code"), r["data"]["channel"]) for r in replies] == [
+        ("error", "unknown_channel", "nope:x"),
+        ("error", "forbidden", "alt:trades:A"),
+        ("subscribed", None, "sim:trades:A"),
+        ("error", "too_many_subscriptions", "sim:ticker:A"),
+    ]
+    assert all(r["id"] == 9 for r in replies)
+    assert listener.events == [("want", "sim:trades:A")]
+
+
+def test_resubscribe_is_idempotent() -> None:
+    hub, listener = make_hub()
+    a = FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], 1, OPEN)
+    hub.subscribe(a, ["sim:trades:A"], 2, OPEN)
+    assert [m["id"] for m in a.messages()] == [1, 2]
+    assert hub.registry.refcount("sim:trades:A") == 1
+    assert listener.events == [("want", "sim:trades:A")]
+
+
+def test_unsubscribe_and_drop_release_upstream() -> None:
+    hub, listener = make_hub()
+    a, b = FakeSession(), FakeSession()
+    hub.subscribe(a, ["sim:trades:A", "sim:ticker:A"], None, OPEN)
+    hub.subscribe(b, ["sim:trades:A"], None, OPEN)
+    hub.unsubscribe(a, ["sim:trades:A", "nope:x"], 3)
+    replies = a.messages()[-2:]
+    assert replies[0] == {"event": "unsubscribed", "data": {"channel": "sim:trades:A"}, "id": 3}
+    assert replies[1]["data"]["code"] == "unknown_channel"
+    assert ("unwant", "sim:trades:A") not in listener.events
+    hub.drop(a)
+    hub.drop(b)
+    b.messages()
+    assert listener.events[-2:] == [("unwant", "sim:ticker:A"), ("unwant", "sim:trades:A")]
+    assert len(hub.registry) == 0
+    hub.publish(trade(1), ts=1)
+    assert not a.outbox.pending and not b.outbox.pending
+
+
+def test_never_receives_an_unsubscribed_channel() -> None:
+    hub, _ = make_hub()
+    a = FakeSession()
+    hub.subscribe(a, ["sim:ticker:A"], None, OPEN)
+    a.messages()
+    hub.publish(trade(1), ts=1)
+    assert a.messages() == []
+
+
+def test_disconnect_policy_overflow_is_reported() -> None:
+    hub = Hub(CATALOGUE, lambda c: Policy.DISCONNECT)
+    hub.add_source("sim", Listener())
+    slow = FakeSession(max_messages=2)
+    hub.subscribe(slow, ["sim:trades:A"], None, OPEN)
+    slow.messages()
+    for n in range(3):
+        hub.publish(trade(n), ts=n)
+    assert slow.overflows == 1
+
+
+def test_status_goes_to_sessions_of_that_source_only() -> None:
+    hub, _ = make_hub()
+    sim_client, alt_client = FakeSession(), FakeSession()
+    hub.subscribe(sim_client, ["sim:trades:A"], None, OPEN)
+    hub.subscribe(alt_client, ["alt:trades:A"], None, OPEN)
+    sim_client.messages()
+    alt_client.messages()
+    hub.status("sim", "reconnecting")
+    assert sim_client.messages() == [
+        {"event": "status", "data": {"source": "sim", "state": "reconnecting"}}
+    ]
+    assert alt_client.messages() == []
