@@ -1,0 +1,137 @@
+"""A synthetic market and a relay in front of it, over real loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from relay.config import parse_config
+from relay.server.relay import Relay
+from relay.sim.server import SimServer
+
+HOST = "127.0.0.1"
+
+
+def relay_config(sim_port: int, **overrides: Any) -> dict[str, Any]:
+    source = {
+        "kind": "sim",
+        "url": f"ws://{HOST}:{sim_port}/ws",
+        "rest_url": f"http://{HOST}:{sim_port}",
+        "linger": 0.3,
+        "heartbeat_interval": 1.0,
+        "backoff_initial": 0.05,
+        "backoff_cap": 0.2,
+    }
+    source.update(overrides.pop("source", {}))
+    config: dict[str, Any] = {
+        "server": {"host": HOST, "port": 0},
+        "auth": {"required": False},
+        "tiers": {"default": {"max_connections": 1000, "rate_limit": 1000.0, "rate_burst": 1000}},
+        "sources": {"sim": source},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@attrs.define
+class Stack:
+    relay: Relay
+    relay_port: int
+    sim: SimServer
+    sim_port: int
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.relay_port}/ws"
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.relay_port}"
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.http.get(f"http://{HOST}:{self.sim_port}/control/stats")
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def control(self, path: str) -> dict[str, Any]:
+        response = await self.http.post(f"http://{HOST}:{self.sim_port}/control/{path}")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_for(self, predicate: Any, timeout: float = 5.0) -> None:
+        """Poll until ``predicate()`` holds: for effects that have no event to wait on."""
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.01)
+
+    async def wait_for_stats(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                stats = await self.stats()
+                if predicate(stats):
+                    return stats
+                await trio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_stack(
+    nursery: trio.Nursery, *, rate: float = 20.0, **overrides: Any
+) -> AsyncIterator[Stack]:
+    sim = SimServer(rate=rate)
+    sim_port = await nursery.start(sim.serve, HOST, 0)
+    relay = Relay(parse_config(relay_config(sim_port, **overrides)))
+    relay_port = await nursery.start(relay.serve)
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        stack = Stack(relay, relay_port, sim, sim_port, http)
+        await stack.wait_for(lambda: relay.ready)
+        yield stack
+
+
+@pytest.fixture
+async def stack(nursery: trio.Nursery) -> AsyncIterator[Stack]:
+    async with running_stack(nursery) as s:
+        yield s
+
+
+async def receive(ws: WebSocketConnection, timeout: float = 5.0) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        message: dict[str, Any] = orjson.loads(await ws.get_message())
+        return message
+
+
+async def send(ws: WebSocketConnection, command: dict[str, Any]) -> None:
+    await ws.send_message(orjson.dumps(command).decode())
+
+
+@asynccontextmanager
+async def client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    async with open_websocket_url(url, **kwargs) as ws:
+        welcome = await receive(ws)
+        assert welcome["event"] == "welcome"
+        yield ws
+
+
+async def subscribe(ws: WebSocketConnection, *channels: str, id: int = 1) -> list[dict[str, Any]]:
+    """Subscribe and check the acks, in order; answers the data that arrived between them
+    (a channel's snapshot follows its own ack at once)."""
+    await send(ws, {"action": "subscribe", "channels": list(channels), "id": id})
+    data: list[dict[str, Any]] = []
+    for channel in channels:
+        while "event" not in (message := await receive(ws)):
+            data.append(message)
+        assert message == {"event": "subscribed", "data": {"channel": channel}, "id": id}, message
+    return data

@@ -1,0 +1,229 @@
+"""Every deadline of a client connection, on trio's MockClock (autojump): deterministic, and
+asserting the exact moment each one fires, not just that it does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import trio
+import trio.testing
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+
+from relay.adapters.base import Update
+from relay.config import parse_config
+from relay.server.relay import Relay
+
+SERVER = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "handshake_timeout": 5.0,
+    "heartbeat": 15.0,
+    "heartbeat_timeout": 10.0,
+    "idle_timeout": 60.0,
+    "send_timeout": 10.0,
+    "close_timeout": 2.0,
+}
+
+
+def make_relay(**outbox: Any) -> Relay:
+    config = {
+        "server": SERVER,
+        "auth": {"required": False},
+        "sources": {"sim": {"kind": "sim", "url": "ws://127.0.0.1:9/ws"}},
+    }
+    if outbox:
+        config["outbox"] = outbox
+    return Relay(parse_config(config))
+
+
+class Client:
+    """A hand-driven WebSocket client: it answers pings only when told to."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.answer_pings = True
+        self.messages: list[dict[str, Any]] = []
+        self.closed: CloseConnection | None = None
+        self.closed_at: float | None = None
+        self.eof_at: float | None = None
+
+    async def handshake(self) -> None:
+        await self.stream.send_all(self.ws.send(Request(host="relay", target="/ws")))
+        while True:
+            self.ws.receive_data(await self.stream.receive_some())
+            if any(isinstance(e, AcceptConnection) for e in self.ws.events()):
+                return
+
+    async def send(self, command: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=orjson.dumps(command).decode())))
+
+    async def read_forever(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some()
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                self.eof_at = trio.current_time()
+                return
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.messages.append(orjson.loads(event.data))
+                elif isinstance(event, Ping) and self.answer_pings:
+                    await self.stream.send_all(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection) and self.closed is None:
+                    self.closed = event
+                    self.closed_at = trio.current_time()
+
+
+async def connect(relay: Relay, nursery: trio.Nursery, lockstep: bool = False) -> Client:
+    if lockstep:
+        client_end, server_end = trio.testing.lockstep_stream_pair()
+    else:
+        client_end, server_end = trio.testing.memory_stream_pair()
+    nursery.start_soon(relay._handle_tcp, server_end)
+    client = Client(client_end)
+    await client.handshake()
+    return client
+
+
+async def test_heartbeat_timeout_closes_with_4001_exactly_on_time(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    start = trio.current_time()
+    client.answer_pings = False
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    await client.read_forever()
+    assert client.closed is not None and client.closed.code == 4001
+    # First ping after 15 s, no pong within 10 s; the client never answers the close frame
+    # either, so the TCP connection goes after the 2 s close timeout.
+    assert client.closed_at == pytest.approx(start + 25.0)
+    assert client.eof_at == pytest.approx(start + 27.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not relay.sessions
+
+
+async def test_answered_heartbeats_keep_the_connection(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    with trio.move_on_after(1000):
+        await client.read_forever()
+    assert client.closed is None
+    assert len(relay.sessions) == 1
+
+
+async def test_idle_without_subscription_closes_with_4000(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    start = trio.current_time()
+    await client.read_forever()
+    assert client.closed is not None and client.closed.code == 4000
+    assert client.closed_at == pytest.approx(start + 60.0)
+
+
+async def test_idle_clock_restarts_when_the_last_subscription_goes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    start = trio.current_time()
+    nursery.start_soon(client.read_forever)
+    await trio.sleep(30)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    await trio.sleep(70)  # past the first idle deadline: subscribed, so still open
+    assert client.closed is None
+    await client.send({"action": "unsubscribe", "channel": "sim:trades:BTC-USD"})
+    await trio.sleep(59)
+    assert client.closed is None
+    await trio.sleep(2)
+    assert client.closed is not None and client.closed.code == 4000
+    assert client.closed_at == pytest.approx(start + 160.0)
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_handshake_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, trickle: bool
+) -> None:
+    """A client that sends nothing, or one byte a second, is cut off at the deadline."""
+    relay = make_relay()
+    client_end, server_end = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    nursery.start_soon(relay._handle_tcp, server_end)
+    request = b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+    closed_at = None
+
+    async def trickler() -> None:
+        for byte in request:
+            await client_end.send_all(bytes([byte]))
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as inner:
+        if trickle:
+            inner.start_soon(trickler)
+        assert await client_end.receive_some() == b""
+        closed_at = trio.current_time()
+        inner.cancel_scope.cancel()
+    assert closed_at == pytest.approx(start + 5.0)
+    assert not relay.sessions
+
+
+async def test_a_stalled_write_closes_the_connection_hard(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The client stops reading; the write blocks; at send_timeout the relay cuts the TCP
+    connection without a close frame (part of a frame may be on the wire)."""
+    relay = make_relay()
+    client = await connect(relay, nursery, lockstep=True)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    await trio.testing.wait_all_tasks_blocked()
+    (session,) = relay.sessions
+    stalled_at = trio.current_time()
+    relay.hub.publish(Update("sim:trades:BTC-USD", {"n": 1}, 1, False), ts=1)
+    await trio.sleep(9.9)
+    assert relay.sessions  # still waiting on the write
+    await trio.sleep(0.2)
+    assert not relay.sessions
+    assert session.closing is not None and session.closing.hard
+    assert trio.current_time() == pytest.approx(stalled_at + 10.1)
+    assert len(relay.hub.registry) == 0
+
+
+async def test_shutdown_closes_clients_with_1001(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    relay = make_relay()
+    async with trio.open_nursery() as outer:
+        server_scope = trio.CancelScope()
+        client_end, server_end = trio.testing.memory_stream_pair()
+
+        async def serve_one() -> None:
+            with server_scope:
+                await relay._handle_tcp(server_end)
+
+        outer.start_soon(serve_one)
+        client = Client(client_end)
+        await client.handshake()
+        await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+        outer.start_soon(client.read_forever)
+        await trio.sleep(1)
+        server_scope.cancel()
+    assert client.closed is not None and client.closed.code == 1001
+    assert not relay.sessions and len(relay.hub.registry) == 0
