@@ -72,14 +72,14 @@ class Stack:
         result: dict[str, Any] = response.json()
         return result
 
-    async def wait_for(self, predicate: Any, timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Any, within: float = 5.0) -> None:
         """Poll until ``predicate()`` holds: for effects that have no event to wait on."""
-        with trio.fail_after(timeout):
-            while not predicate():
+        with trio.fail_after(within):
+            while not predicate():  # noqa: ASYNC110 - effects of other tasks and processes
                 await trio.sleep(0.01)
 
-    async def wait_for_stats(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
-        with trio.fail_after(timeout):
+    async def wait_for_stats(self, predicate: Any, within: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(within):
             while True:
                 stats = await self.stats()
                 if predicate(stats):
@@ -107,8 +107,8 @@ async def stack(nursery: trio.Nursery) -> AsyncIterator[Stack]:
         yield s
 
 
-async def receive(ws: WebSocketConnection, timeout: float = 5.0) -> dict[str, Any]:
-    with trio.fail_after(timeout):
+async def receive(ws: WebSocketConnection, within: float = 5.0) -> dict[str, Any]:
+    with trio.fail_after(within):
         message: dict[str, Any] = orjson.loads(await ws.get_message())
         return message
 

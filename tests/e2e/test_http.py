@@ -74,11 +74,13 @@ async def test_tier_limits_channels_and_subscriptions(secured: Stack) -> None:
 
 
 async def test_global_connection_limit(nursery: trio.Nursery) -> None:
-    async with running_stack(nursery, server={"max_connections": 1}) as stack:
-        async with client(stack.url):
-            over = await rejected(stack.url)
-            assert over.status_code == 429
-            assert orjson.loads(over.body or b"")["error"] == "server_full"
+    async with (
+        running_stack(nursery, server={"max_connections": 1}) as stack,
+        client(stack.url),
+    ):
+        over = await rejected(stack.url)
+        assert over.status_code == 429
+        assert orjson.loads(over.body or b"")["error"] == "server_full"
 
 
 async def test_paths_and_methods(stack: Stack) -> None:
