@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
 
 from relay.adapters.base import Ack, Adapter, StreamKind, Update, UpstreamFormatError
 from relay.config import SourceConfig
@@ -76,22 +76,44 @@ class _WebSocketUpstream:
 
 
 class WebSocketTransport:
-    """The real transport: a trio-websocket client connection."""
+    """The real transport: a trio-websocket client connection.
 
-    def __init__(self, message_queue_size: int = 1024, max_message_size: int = 16 * 2**20):
+    It owns the connection's lifetime instead of using ``open_websocket_url``, whose exit waits
+    for a close handshake: a stalled upstream never answers one, and the reconnect would wait
+    for it. After a failure the stream is cut at once; only a clean exit closes politely.
+    """
+
+    def __init__(
+        self,
+        message_queue_size: int = 1024,
+        max_message_size: int = 16 * 2**20,
+        close_timeout: float = 1.0,
+    ) -> None:
         self.message_queue_size = message_queue_size
         self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
 
     @asynccontextmanager
     async def connect(self, url: str, connect_timeout: float) -> AsyncIterator[UpstreamConnection]:
-        async with open_websocket_url(
-            url,
-            connect_timeout=connect_timeout,
-            disconnect_timeout=connect_timeout,
-            message_queue_size=self.message_queue_size,
-            max_message_size=self.max_message_size,
-        ) as ws:
-            yield _WebSocketUpstream(ws)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await connect_websocket_url(
+                    nursery,
+                    url,
+                    message_queue_size=self.message_queue_size,
+                    max_message_size=self.max_message_size,
+                )
+            clean = False
+            try:
+                yield _WebSocketUpstream(ws)
+                clean = True
+            finally:
+                # Shielded so that shutdown still closes; a zero budget means the close is
+                # cancelled at once, and trio-websocket then closes the TCP stream itself.
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + (self.close_timeout if clean else 0)
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
 
 
 class UpstreamStats:
@@ -195,12 +217,19 @@ class UpstreamSupervisor:
                     nursery.start_soon(self._sync, conn)
                     if settings.ping_interval > 0:
                         nursery.start_soon(self._ping, conn)
-        except Exception as exc:  # one source's failure must never reach the relay's nursery
+        except (Exception, BaseExceptionGroup) as exc:
+            # One source's failure must never reach the relay's nursery, but a cancellation
+            # that arrives together with a failure must still propagate, alone.
             leaves = _leaves(exc)
-            if all(isinstance(e, _EXPECTED_FAILURES) for e in leaves):
-                return "; ".join(_describe(e) for e in leaves)
-            log.exception("upstream %s: unexpected failure", self.source)
-            return f"unexpected failure: {exc!r}"
+            failures = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+            if not all(isinstance(e, _EXPECTED_FAILURES) for e in failures):
+                log.error("upstream %s: unexpected failure", self.source, exc_info=exc)
+            if len(failures) < len(leaves):
+                assert isinstance(exc, BaseExceptionGroup)
+                cancelled = exc.subgroup(lambda e: isinstance(e, trio.Cancelled))
+                assert cancelled is not None
+                raise cancelled from None
+            return "; ".join(_describe(e) for e in failures)
         finally:
             self._conn = None
         return "connection ended"
@@ -249,6 +278,8 @@ class UpstreamSupervisor:
         deadline on every frame, so a healthy connection never wakes this task."""
         with self._watchdog:
             await trio.sleep_forever()
+        # If the relay is being cancelled too, that wins: no failure report during shutdown.
+        await trio.lowlevel.checkpoint_if_cancelled()
         raise UpstreamDead(f"no message for {self._dead_after:g}s")
 
     async def _ping(self, conn: UpstreamConnection) -> None:
@@ -395,15 +426,20 @@ class UpstreamSupervisor:
             )
             raise UpstreamDead(f"unrepairable gap on {channel}")
         retry = Backoff(initial=0.2, factor=2.0, cap=5.0, reset_after=0.0)
+        http = self._http
         try:
             while (sync := self._books.get(channel)) is not None and not sync.live:
                 self.stats.snapshot_fetches += 1
                 try:
                     with trio.fail_after(self.settings.snapshot_timeout):
-                        response = await self._http.get(base.rstrip("/") + path)
+                        response = await http.get(base.rstrip("/") + path)
                     response.raise_for_status()
                     snapshot = self.adapter.parse_snapshot(channel, response.content)
-                except (httpx.HTTPError, trio.TooSlowError, UpstreamFormatError) as exc:
+                    if self._books.get(channel) is not sync:
+                        return  # unsubscribed or reconnected meanwhile
+                    step = sync.on_snapshot(snapshot)
+                except (httpx.HTTPError, trio.TooSlowError, ValueError) as exc:
+                    # ValueError covers UpstreamFormatError and a snapshot the book rejects.
                     self.stats.snapshot_failures += 1
                     delay = retry.next_delay(self._rng)
                     log.warning(
@@ -412,18 +448,20 @@ class UpstreamSupervisor:
                         channel,
                         exc,
                         delay,
+                        extra={"source": self.source, "channel": channel, "retry_in": delay},
                     )
                     await trio.sleep(delay)
                     continue
-                if self._books.get(channel) is not sync:
-                    return  # unsubscribed or reconnected meanwhile
-                step = sync.on_snapshot(snapshot)
                 now_ms = self._now_ms()
                 for out in step.publish:
                     self._book_ts[channel] = out.data.get("ts", now_ms)
                     self.hub.publish(out, now_ms)
                 if step.publish:
                     self._resynced(channel)
+                elif step.fetch_snapshot:
+                    # Older than the deltas buffered since the gap: the source's snapshot lags
+                    # its stream. Ask again, but give it time to catch up.
+                    await trio.sleep(retry.next_delay(self._rng))
         finally:
             self._fetching.discard(channel)
 
