@@ -5,11 +5,12 @@ market cannot be driven on a MockClock."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import orjson
 import trio
+import trio.lowlevel
 from trio_websocket import CloseReason, ConnectionClosed
 
 from relay.adapters.sim import SimAdapter
@@ -86,6 +87,7 @@ class FakeTransport:
         self.connections: list[FakeConnection] = []
         self.attempts: list[float] = []
         self.refuse_until = -math.inf
+        self.on_connect: Callable[[FakeConnection], None] | None = None
 
     @property
     def current(self) -> FakeConnection | None:
@@ -97,11 +99,13 @@ class FakeTransport:
     async def connect(self, url: str, connect_timeout: float) -> AsyncIterator[UpstreamConnection]:
         now = trio.current_time()
         self.attempts.append(now)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if now < self.refuse_until:
             raise OSError(111, "Connection refused")
         conn = FakeConnection(self.adapter, now)
         self.connections.append(conn)
+        if self.on_connect is not None:
+            self.on_connect(conn)
         try:
             yield conn
         finally:

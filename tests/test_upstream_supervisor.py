@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import attrs
@@ -131,7 +132,7 @@ async def test_short_lived_connections_keep_backing_off(
     # enough to reset, so the delays keep growing.
     await trio.sleep(40)
     attempts = rig.transport.attempts
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[:4] == pytest.approx([1.5 + 1.0, 1.5 + 2.0, 1.5 + 4.0, 1.5 + 8.0])
 
 

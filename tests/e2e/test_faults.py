@@ -3,6 +3,7 @@ recovered from, proven by the market's own counters, and told to clients truthfu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -55,7 +56,7 @@ def after_status(messages: list[dict[str, Any]], state: str) -> list[dict[str, A
 
 def seqs_increase(messages: list[dict[str, Any]]) -> bool:
     seqs = [m["seq"] for m in messages]
-    return all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
+    return all(b > a for a, b in itertools.pairwise(seqs))
 
 
 async def settled(ws: WebSocketConnection) -> list[dict[str, Any]]:

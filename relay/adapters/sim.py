@@ -1,0 +1,238 @@
+"""Adapter for the synthetic market (docs/simulator.md) to the relay's normalized schema.
+
+The simulator's wire format is deliberately unlike the relay's (``op``/``topic`` envelopes,
+microsecond times, ``B``/``S`` takers, nested ticker sides), so this adapter does the same kind of
+translation an exchange adapter does. It validates every field it reads: a malformed upstream
+frame must become one counted :class:`UpstreamFormatError`, never a ``KeyError`` or a
+``TypeError`` that would look like a relay bug or, worse, a bad value fanned out to clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from relay.adapters.base import (
+    Ack,
+    Heartbeat,
+    StreamKind,
+    Update,
+    UpstreamEvent,
+    UpstreamFormatError,
+)
+
+# relay stream name -> (sim stream name, kind)
+_STREAMS: dict[str, tuple[str, StreamKind]] = {
+    "trades": ("trade", StreamKind.EVENT),
+    "ticker": ("ticker", StreamKind.STATE),
+    "book": ("depth", StreamKind.BOOK),
+}
+
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+class SimAdapter:
+    """Translates between relay channels ``<source>:<stream>:<SYM>`` and sim topics
+    ``<stream>.<SYM>`` and normalizes the sim's messages."""
+
+    def __init__(
+        self, source: str, symbols: Sequence[str], heartbeat_interval: float = 1.0
+    ) -> None:
+        if ":" in source:
+            raise ValueError(f"source name must not contain ':': {source!r}")
+        self._source = source
+        self._heartbeat_interval = heartbeat_interval
+        self._to_topic: dict[str, str] = {}
+        self._to_channel: dict[str, tuple[str, str, StreamKind]] = {}
+        """sim topic -> (relay channel, symbol, kind)"""
+        for symbol in symbols:
+            for stream, (sim_stream, kind) in _STREAMS.items():
+                channel = f"{source}:{stream}:{symbol}"
+                topic = f"{sim_stream}.{symbol}"
+                self._to_topic[channel] = topic
+                self._to_channel[topic] = (channel, symbol, kind)
+        self._req = itertools.count(1)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat_interval
+
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._to_topic)
+
+    def kind(self, channel: str) -> StreamKind:
+        return self._to_channel[self.topic(channel)][2]
+
+    def topic(self, channel: str) -> str:
+        """The sim topic of a relay channel; KeyError for channels this source does not serve."""
+        try:
+            return self._to_topic[channel]
+        except KeyError:
+            raise KeyError(f"unknown channel {channel!r}") from None
+
+    def subscribe_frames(self, channels: Sequence[str]) -> list[str]:
+        return self._frames("subscribe", channels)
+
+    def unsubscribe_frames(self, channels: Sequence[str]) -> list[str]:
+        return self._frames("unsubscribe", channels)
+
+    def _frames(self, op: str, channels: Sequence[str]) -> list[str]:
+        """One request for all channels; ``req`` numbers them so acks are traceable in logs."""
+        if not channels:
+            return []
+        args = [self.topic(channel) for channel in channels]
+        return [orjson.dumps({"op": op, "args": args, "req": next(self._req)}).decode()]
+
+    def snapshot_path(self, channel: str) -> str | None:
+        topic = self.topic(channel)
+        if self.kind(channel) is StreamKind.EVENT:
+            return None
+        return f"/api/snapshot?topic={quote(topic, safe='')}"
+
+    def parse(self, frame: str | bytes) -> list[UpstreamEvent]:
+        message = _loads(frame)
+        if "topic" in message:
+            return [self._update(message)]
+        op = message.get("op")
+        if op == "heartbeat":
+            _int(message, "time")
+            return [Heartbeat()]
+        if op == "pong":
+            return []
+        if op in ("subscribe", "unsubscribe"):
+            ok = message.get("ok")
+            if not isinstance(ok, bool):
+                raise UpstreamFormatError(f"{op} ack without a boolean 'ok'")
+            if ok:
+                return [Ack(True, f"{op} {_describe(message.get('args'))}")]
+            return [Ack(False, f"{op} refused: {_describe(message.get('error'))}")]
+        if op == "error":
+            # The sim could not read one of our requests: a refusal, not a broken stream.
+            return [Ack(False, f"request rejected: {_describe(message.get('error'))}")]
+        raise UpstreamFormatError(f"unknown message op {_describe(op)}")
+
+    def parse_snapshot(self, channel: str, body: bytes) -> Update:
+        topic = self.topic(channel)
+        message = _loads(body)
+        if message.get("topic") != topic:
+            raise UpstreamFormatError(
+                f"snapshot for {_describe(message.get('topic'))}, not {topic}"
+            )
+        if message.get("kind") != "snapshot":
+            raise UpstreamFormatError("REST snapshot without kind 'snapshot'")
+        return self._update(message)
+
+    def _update(self, message: dict[str, Any]) -> Update:
+        topic = message["topic"]
+        if not isinstance(topic, str) or topic not in self._to_channel:
+            raise UpstreamFormatError(f"unknown topic {_describe(topic)}")
+        channel, symbol, kind = self._to_channel[topic]
+        seq = _int(message, "seq")
+        msg_kind = message.get("kind")
+        body = message.get("body")
+        if not isinstance(body, dict):
+            raise UpstreamFormatError(f"{topic}: body is not an object")
+        ts = _int(body, "time") // 1000
+        data: dict[str, Any]
+        if kind is StreamKind.EVENT:
+            if msg_kind != "update":
+                raise UpstreamFormatError(f"{topic}: trade kind must be 'update'")
+            taker = body.get("taker")
+            if taker not in ("B", "S"):
+                raise UpstreamFormatError(f"{topic}: taker must be 'B' or 'S'")
+            data = {
+                "symbol": symbol,
+                "price": _decimal(body, "px"),
+                "size": _decimal(body, "qty"),
+                "side": "buy" if taker == "B" else "sell",
+                "trade_id": str(_int(body, "id")),
+                "ts": ts,
+            }
+            return Update(channel, data, seq, snapshot=False)
+        if kind is StreamKind.STATE:
+            if msg_kind != "snapshot":
+                raise UpstreamFormatError(f"{topic}: ticker kind must be 'snapshot'")
+            bid, ask = _object(body, "bid"), _object(body, "ask")
+            data = {
+                "symbol": symbol,
+                "bid": _decimal(bid, "px"),
+                "bid_size": _decimal(bid, "qty"),
+                "ask": _decimal(ask, "px"),
+                "ask_size": _decimal(ask, "qty"),
+                "last": _decimal(body, "last"),
+                "ts": ts,
+            }
+            return Update(channel, data, seq, snapshot=True)
+        if msg_kind not in ("snapshot", "update"):
+            raise UpstreamFormatError(f"{topic}: depth kind must be 'snapshot' or 'update'")
+        data = {
+            "symbol": symbol,
+            "bids": _levels(body, "bids"),
+            "asks": _levels(body, "asks"),
+            "ts": ts,
+        }
+        return Update(channel, data, seq, snapshot=msg_kind == "snapshot")
+
+
+def _loads(frame: str | bytes) -> dict[str, Any]:
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFormatError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise UpstreamFormatError("not a JSON object")
+    return message
+
+
+def _describe(value: object) -> str:
+    """A short rendering of an untrusted value for an error message or log line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    # bool is an int subclass, and True is not a sequence number.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UpstreamFormatError(f"{key!r} must be a non-negative integer, got {_describe(value)}")
+    return value
+
+
+def _decimal(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise UpstreamFormatError(f"{key!r} must be a decimal string, got {_describe(value)}")
+    return value
+
+
+def _object(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise UpstreamFormatError(f"{key!r} must be an object")
+    return value
+
+
+def _levels(body: dict[str, Any], key: str) -> list[list[str]]:
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise UpstreamFormatError(f"{key!r} must be a list of [price, size]")
+    levels = []
+    for level in value:
+        if not isinstance(level, list) or len(level) != 2:
+            raise UpstreamFormatError(f"{key!r}: a level must be [price, size]")
+        price, size = level
+        if not (isinstance(price, str) and _DECIMAL.fullmatch(price)):
+            raise UpstreamFormatError(f"{key!r}: bad price {_describe(price)}")
+        if not (isinstance(size, str) and _DECIMAL.fullmatch(size)):
+            raise UpstreamFormatError(f"{key!r}: bad size {_describe(size)}")
+        levels.append([price, size])
+    return levels
