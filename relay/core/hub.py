@@ -110,6 +110,9 @@ class Hub:
         self.deliveries = 0
         self.offer_results = [0, 0, 0, 0]
         """Counts per :class:`Offer` value, for metrics."""
+        self.publish_ts = 0
+        """Receipt time (ms) of the message being fanned out, 0 outside :meth:`publish`: lets a
+        session note when its oldest queued message arrived, for the latency histogram."""
 
     # Wiring --------------------------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Hub:
         )
         name, policy, delta = update.channel, state.policy, state.delta
         results = self.offer_results
+        self.publish_ts = ts
         for sub in subscribers:
             result = sub.outbox.offer(name, frame, policy, delta)
             results[result] += 1
@@ -223,6 +227,7 @@ class Hub:
                 sub.overflow()
             else:
                 sub.wake()
+        self.publish_ts = 0
         self.deliveries += len(subscribers)
 
     def snapshot_frame(self, state: ChannelState) -> bytes | None:

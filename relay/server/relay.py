@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import trio
+from prometheus_client import Histogram
 from trio_websocket import wrap_server_stream
 
 from relay.adapters.base import Adapter
@@ -89,6 +90,12 @@ class Relay:
         self.close_codes: Counter[int] = Counter()
         self.bytes_out = 0
         self.metrics = make_registry(self)
+        self.fanout_latency = Histogram(
+            "relay_fanout_latency_seconds",
+            "Upstream receipt to socket write, for the oldest message of each write",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.metrics,
+        )
         self.port: int | None = None
 
     # Running -----------------------------------------------------------------------------
@@ -212,7 +219,7 @@ class Relay:
                 rate_burst=tier.rate_burst,
             )
             limits = Limits(tier.max_subscriptions, tuple(tier.channels))
-            session = Session(ws, replay, self.hub, limits, settings, label)
+            session = Session(ws, replay, self.hub, limits, settings, label, self.fanout_latency)
             self.sessions.add(session)
             self._per_identity[identity] += 1
             self.accepted += 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from typing import Final
 
 import attrs
 import trio
+from prometheus_client import Histogram
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay.core.hub import Hub, Limits
@@ -80,6 +82,7 @@ class Session:
         limits: Limits,
         settings: SessionSettings,
         key_name: str = "",
+        latency: Histogram | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.key_name = key_name
@@ -94,6 +97,8 @@ class Session:
         self._idle_scope = trio.CancelScope()
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, trio.current_time())
         self._writing = False
+        self._oldest_ms = 0
+        self._latency = latency
         self.closing: Closing | None = None
         self.bytes_out = 0
 
@@ -103,11 +108,21 @@ class Session:
     # The hub's Subscriber interface. Both run inside the fan-out loop, so they only flip state.
 
     def wake(self) -> None:
-        if self._writer_lot:
-            self._writer_lot.unpark()
+        # Only the first delivery after a drain does anything: it notes when the oldest queued
+        # message arrived and wakes the writer; the writer re-checks the outbox before parking,
+        # so later deliveries need not touch the parking lot.
+        if not self._oldest_ms:
+            self._oldest_ms = self._hub.publish_ts
+            if self._writer_lot:
+                self._writer_lot.unpark()
 
     def overflow(self) -> None:
-        self._end(Closing(CloseCode.SLOW_CONSUMER, "slow consumer"))
+        """A slow consumer is usually in the middle of a write. Cutting it now would leave half
+        a frame and no close code, so the writer finishes that write (bounded by the send
+        timeout), sends nothing more, and the session closes politely with 4008."""
+        if self.closing is None:
+            self.closing = Closing(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self.wake()
 
     def _end(self, closing: Closing) -> None:
         """First reason wins; later ones are consequences of it."""
@@ -152,9 +167,13 @@ class Session:
         stream = self._stream
         timeout = self._settings.send_timeout
         while True:
-            while not outbox.pending:
+            while not outbox.pending and self.closing is None:
                 await self._writer_lot.park()
+            if self.closing is not None:
+                self._scope.cancel()
+                return
             drained = outbox.drain()
+            oldest, self._oldest_ms = self._oldest_ms, 0
             frames = drained.frames
             for channel in drained.resnapshot:
                 snapshot = hub.snapshot_frame(hub.channel(channel))
@@ -180,6 +199,8 @@ class Session:
                 self._end(Closing(CloseCode.NORMAL, "closed by peer"))
                 return
             self.bytes_out += len(data)
+            if oldest and self._latency is not None:
+                self._latency.observe(max(0, time.time_ns() // 1_000_000 - oldest) / 1000)
 
     def _open(self) -> bool:
         return self._ws.closed is None

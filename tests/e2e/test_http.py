@@ -106,6 +106,12 @@ async def test_health_readiness_metrics(stack: Stack) -> None:
     assert "relay_connections 1.0" in metrics
     assert 'relay_upstream_connected{source="sim"} 1.0' in metrics
     assert "relay_deliveries_total" in metrics
+    counts = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("relay_fanout_latency_seconds_count")
+    ]
+    assert counts and counts[0] >= 1  # the data message above was timed
     # Not ready while the upstream is away.
     await stack.control("refuse?seconds=30")
     await stack.control("drop")
