@@ -9,37 +9,35 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHON = "3.11"
 
-
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, property and end-to-end over loopback."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "relay", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "relay", "tests", "benchmarks", "noxfile.py")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test]", "mypy")
     session.run("mypy", "relay")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def demo(session: nox.Session) -> None:
     """The relay in front of the synthetic market; Ctrl-C stops it."""
     session.install("-e", ".")
     session.run("relay", "demo", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def bench(session: nox.Session) -> None:
     """Relay and peers side by side (`nox -s bench -- --quick` for a short run)."""
     session.install("-e", ".[bench]")
