@@ -10,7 +10,7 @@ from wsproto.events import TextMessage
 
 from relay.adapters.base import StreamKind, Update
 from relay.core.hub import Hub, Limits
-from relay.core.outbox import Outbox, Policy
+from relay.core.outbox import Offer, Outbox, Policy
 
 CATALOGUE = {
     "sim:trades:A": StreamKind.EVENT,
@@ -211,3 +211,19 @@ def test_status_goes_to_sessions_of_that_source_only() -> None:
         {"event": "status", "data": {"source": "sim", "state": "reconnecting"}}
     ]
     assert alt_client.messages() == []
+
+
+def test_offer_outcomes_are_counted() -> None:
+    hub = Hub(CATALOGUE, lambda c: Policy.DROP)
+    hub.add_source("sim", Listener())
+    roomy, tight = FakeSession(), FakeSession(max_messages=2)
+    for s in (roomy, tight):
+        hub.subscribe(s, ["sim:trades:A"], None, OPEN)
+        s.messages()
+    for n in range(5):
+        hub.publish(trade(n), ts=n)
+    counts = hub.offers()
+    assert counts[Offer.QUEUED] == 5 + 2
+    assert counts[Offer.DROPPED] == 3
+    assert counts[Offer.COALESCED] == counts[Offer.OVERFLOW] == 0
+    assert hub.deliveries == 10

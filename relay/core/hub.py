@@ -29,6 +29,9 @@ from relay.core.protocol import (
 )
 from relay.core.registry import SubscriptionRegistry
 
+_QUEUED = Offer.QUEUED
+_OVERFLOW = Offer.OVERFLOW
+
 
 class Subscriber(Protocol):
     """What the hub needs of a client session."""
@@ -109,7 +112,8 @@ class Hub:
         self.messages_in = 0
         self.deliveries = 0
         self.offer_results = [0, 0, 0, 0]
-        """Counts per :class:`Offer` value, for metrics."""
+        """Counts per :class:`Offer` value except QUEUED (see :meth:`offers`): counting the
+        common case would cost an increment per delivery."""
         self.publish_ts = 0
         """Receipt time (ms) of the message being fanned out, 0 outside :meth:`publish`: lets a
         session note when its oldest queued message arrived, for the latency histogram."""
@@ -222,13 +226,22 @@ class Hub:
         self.publish_ts = ts
         for sub in subscribers:
             result = sub.outbox.offer(name, frame, policy, delta)
-            results[result] += 1
-            if result is Offer.OVERFLOW:
+            if result is _QUEUED:
+                sub.wake()
+            elif result is _OVERFLOW:
+                results[result] += 1
                 sub.overflow()
             else:
+                results[result] += 1
                 sub.wake()
         self.publish_ts = 0
         self.deliveries += len(subscribers)
+
+    def offers(self) -> dict[Offer, int]:
+        """Deliveries by outcome, for metrics."""
+        counts = {outcome: self.offer_results[outcome] for outcome in Offer}
+        counts[Offer.QUEUED] = self.deliveries - sum(counts.values())
+        return counts
 
     def snapshot_frame(self, state: ChannelState) -> bytes | None:
         """The channel's full latest state as a snapshot message, or None without state.

@@ -14,8 +14,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.core.outbox import Offer
-
 if TYPE_CHECKING:
     from relay.server.relay import Relay
 
@@ -57,8 +55,8 @@ class RelayCollector(Collector):
             "Messages offered to client outboxes, by outcome",
             labels=["outcome"],
         )
-        for outcome in Offer:
-            offers.add_metric([outcome.name.lower()], hub.offer_results[outcome])
+        for outcome, count in hub.offers().items():
+            offers.add_metric([outcome.name.lower()], count)
         yield offers
         yield CounterMetricFamily(
             "relay_bytes_out",
