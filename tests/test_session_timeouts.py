@@ -87,7 +87,15 @@ class Client:
                     self.closed_at = trio.current_time()
 
 
+_timers_started: set[int] = set()
+
+
 async def connect(relay: Relay, nursery: trio.Nursery, lockstep: bool = False) -> Client:
+    """A client connected through the front door. Also starts the relay's timer task, which
+    ``Relay.serve`` would run, once per relay."""
+    if id(relay) not in _timers_started:
+        _timers_started.add(id(relay))
+        nursery.start_soon(relay.run_timers)
     if lockstep:
         client_end, server_end = trio.testing.lockstep_stream_pair()
     else:

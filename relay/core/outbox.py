@@ -2,7 +2,7 @@
 
 The fan-out loop offers the same pre-built frame to every subscriber of a channel, synchronously,
 so :meth:`Outbox.offer` is on the relay's hottest path: when the frame fits it costs two
-comparisons, a dict lookup and a deque append. Everything else (a full queue) is the slow path,
+comparisons, a dict lookup and a list append. Everything else (a full queue) is the slow path,
 where the channel's policy decides, and it only ever touches this one client.
 
 Frames are shared between clients and never copied or changed here.
@@ -11,7 +11,6 @@ Frames are shared between clients and never copied or changed here.
 from __future__ import annotations
 
 import enum
-from collections import deque
 
 import attrs
 
@@ -69,7 +68,9 @@ class Outbox:
 
     max_messages: int = attrs.field(validator=attrs.validators.gt(0))
     max_bytes: int = attrs.field(validator=attrs.validators.gt(0))
-    _queue: deque[bytes] = attrs.field(init=False, factory=deque, repr=False)
+    _queue: list[bytes] = attrs.field(init=False, factory=list, repr=False)
+    """A list, not a deque: drain hands the whole list over without copying, and an empty
+    list costs 56 bytes where an empty deque allocates a 600-byte block (per idle client)."""
     _bytes: int = attrs.field(init=False, default=0)
     _held: dict[str, bytes | None] = attrs.field(init=False, factory=dict, repr=False)
     """Held channels: the latest coalesced frame, or None for a resnapshot mark."""
@@ -145,8 +146,8 @@ class Outbox:
 
     def drain(self) -> Drained:
         """Hand out everything and start empty; :attr:`overflowed` stays as it is."""
-        frames = list(self._queue)
-        self._queue.clear()
+        frames = self._queue
+        self._queue = []
         self._bytes = 0
         held = self._held
         resnapshot: list[str] = []

@@ -11,6 +11,8 @@ class TokenBucket:
     strikes reach ``burst``.
     """
 
+    __slots__ = ("_stamp", "_tokens", "burst", "rate", "strikes")
+
     def __init__(self, rate: float, burst: int, now: float) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")

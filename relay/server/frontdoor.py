@@ -150,11 +150,11 @@ class ReplayStream(trio.abc.Stream):
     from the two writers never interleave mid-frame.
     """
 
-    def __init__(
-        self, inner: trio.abc.HalfCloseableStream | trio.abc.Stream, prefix: bytes
-    ) -> None:
+    __slots__ = ("_inner", "_lock", "_prefix")
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
-        self._prefix = memoryview(prefix)
+        self._prefix: bytes | None = prefix or None
         self._lock = trio.StrictFIFOLock()
 
     @property
@@ -162,9 +162,11 @@ class ReplayStream(trio.abc.Stream):
         return self._inner
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
+        prefix = self._prefix
+        if prefix is not None:
+            size = len(prefix) if max_bytes is None else max_bytes
+            chunk, rest = prefix[:size], prefix[size:]
+            self._prefix = rest or None  # released once replayed
             return chunk
         return await self._inner.receive_some(max_bytes)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import trio
@@ -21,9 +22,10 @@ from trio_websocket import wrap_server_stream
 
 from relay.adapters.base import Adapter
 from relay.adapters.sim import SimAdapter
-from relay.config import RelayConfig, SourceConfig
+from relay.config import RelayConfig, SourceConfig, TierConfig
 from relay.core.hub import Hub, Limits
 from relay.core.outbox import Policy
+from relay.core.timers import SessionTimers
 from relay.server.frontdoor import (
     BadRequest,
     ReplayStream,
@@ -46,6 +48,14 @@ _ADAPTERS = {
 def make_adapter(name: str, source: SourceConfig) -> Adapter:
     adapter: Adapter = _ADAPTERS[source.kind](name, source)
     return adapter
+
+
+@attrs.frozen
+class _Admission:
+    raw: bytes
+    identity: str
+    tier: str
+    label: str
 
 
 class _Refused(Exception):
@@ -83,12 +93,19 @@ class Relay:
         for name, supervisor in self.upstreams.items():
             self.hub.add_source(name, supervisor)
         self._keys = {k.key: k for k in config.keys}
+        self._per_tier = {
+            name: _session_settings(config, tier) for name, tier in config.tiers.items()
+        }
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
         self.accepted = 0
         self.rejected: Counter[int] = Counter()
         self.close_codes: Counter[int] = Counter()
         self.bytes_out = 0
+        self.timers: SessionTimers[Session] = SessionTimers(
+            config.server.heartbeat, config.server.idle_timeout
+        )
+        self._timers_changed = trio.lowlevel.ParkingLot()
         self.metrics = make_registry(self)
         self.fanout_latency = Histogram(
             "relay_fanout_latency_seconds",
@@ -107,6 +124,7 @@ class Relay:
         async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
             for supervisor in self.upstreams.values():
                 await nursery.start(supervisor.run, http)
+            nursery.start_soon(self.run_timers)
             listeners = await nursery.start(
                 partial(trio.serve_tcp, self._handle_tcp, server.port, host=server.host)
             )
@@ -114,13 +132,28 @@ class Relay:
             log.info("relay listening on ws://%s:%d/ws", server.host, self.port)
             task_status.started(self.port)
 
+    async def run_timers(self) -> None:
+        """Every client's heartbeat and idle deadline, from one task (see SessionTimers).
+
+        New deadlines are always later than the ones queued, so this task only needs waking
+        when it was waiting with nothing queued."""
+        timers = self.timers
+        while True:
+            with trio.move_on_at(timers.next_deadline()):
+                await self._timers_changed.park()
+            pings, idles = timers.pop_due(trio.current_time())
+            for session in pings:
+                session.ping_soon()
+            for session in idles:
+                session.idle_expired()
+
     @property
     def ready(self) -> bool:
         return all(u.state is UpstreamState.CONNECTED for u in self.upstreams.values())
 
     # The front door ----------------------------------------------------------------------
 
-    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+    async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
         """Everything one connection does; its failures stay here."""
         try:
             await self._handle(stream)
@@ -131,7 +164,7 @@ class Relay:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         server = self.config.server
         # One deadline for the whole handshake: a client that sends nothing, or a byte a
         # second, is cut off when it passes, however it spreads its bytes.
@@ -148,16 +181,18 @@ class Relay:
             return
         if not head.is_upgrade:
             await stream.send_all(self._http(head))
-        elif head.path != "/ws":
-            await self._refuse(stream, head, 404, "not_found", "the WebSocket endpoint is /ws")
-        else:
-            await self._upgrade(stream, head, deadline)
+            return
+        admitted = self._admit(head)
+        if isinstance(admitted, bytes):
+            await stream.send_all(admitted)
+            return
+        # The parsed head (and its h11 state) must not live as long as the connection.
+        del head
+        await self._upgrade(stream, admitted, deadline)
 
-    async def _refuse(
-        self, stream: trio.abc.Stream, head: RequestHead, status: int, code: str, message: str
-    ) -> None:
+    def _refusal(self, head: RequestHead, status: int, code: str, message: str) -> bytes:
         self.rejected[status] += 1
-        await stream.send_all(head.response(status, error_body(code, message)))
+        return head.response(status, error_body(code, message))
 
     def _identity(self, head: RequestHead) -> tuple[str, str, str]:
         """(identity for connection counting, tier name, key label) or raises _Refused."""
@@ -177,7 +212,10 @@ class Relay:
             raise _Refused(401, "missing_credentials", "an API key is required")
         return "anonymous", tier, "anonymous"
 
-    async def _upgrade(self, stream: trio.SocketStream, head: RequestHead, deadline: float) -> None:
+    def _admit(self, head: RequestHead) -> _Admission | bytes:
+        """The connection's identity and tier, or the response that refuses it."""
+        if head.path != "/ws":
+            return self._refusal(head, 404, "not_found", "the WebSocket endpoint is /ws")
         try:
             identity, tier_name, label = self._identity(head)
             tier = self.config.tiers[tier_name]
@@ -190,41 +228,46 @@ class Relay:
                     f"at most {tier.max_connections} connections for this key",
                 )
         except _Refused as refused:
-            await self._refuse(stream, head, refused.status, refused.code, refused.message)
-            return
-        replay = ReplayStream(stream, head.raw)
+            return self._refusal(head, refused.status, refused.code, refused.message)
+        return _Admission(head.raw, identity, tier_name, label)
+
+    async def _upgrade(
+        self, stream: trio.abc.Stream, admitted: _Admission, deadline: float
+    ) -> None:
+        replay = ReplayStream(stream, admitted.raw)
         server = self.config.server
-        async with trio.open_nursery() as ws_nursery:
+        settings, limits = self._per_tier[admitted.tier]
+        identity = admitted.identity
+        # One nursery per connection: trio-websocket's reader and the session's tasks.
+        async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_at(deadline):
                 request = await wrap_server_stream(
-                    ws_nursery,
+                    nursery,
                     replay,
                     message_queue_size=4,
                     max_message_size=server.max_message_size,
                 )
                 ws = await request.accept()
             if ws is None:
-                ws_nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
                 return
-            settings = SessionSettings(
-                heartbeat=server.heartbeat,
-                heartbeat_timeout=server.heartbeat_timeout,
-                idle_timeout=server.idle_timeout,
-                send_timeout=server.send_timeout,
-                close_timeout=server.close_timeout,
-                max_messages=self.config.outbox.max_messages,
-                max_bytes=self.config.outbox.max_bytes,
-                rate_limit=tier.rate_limit,
-                rate_burst=tier.rate_burst,
+            session = Session(
+                ws,
+                replay,
+                self.hub,
+                limits,
+                settings,
+                self.timers,
+                admitted.label,
+                self.fanout_latency,
             )
-            limits = Limits(tier.max_subscriptions, tuple(tier.channels))
-            session = Session(ws, replay, self.hub, limits, settings, label, self.fanout_latency)
+            self._timers_changed.unpark_all()
             self.sessions.add(session)
             self._per_identity[identity] += 1
             self.accepted += 1
             try:
-                await session.run()
+                await session.run(nursery)
             finally:
                 self.sessions.discard(session)
                 self._per_identity[identity] -= 1
@@ -233,7 +276,7 @@ class Relay:
                 self.bytes_out += session.bytes_out
                 if session.closing is not None:
                     self.close_codes[session.closing.code] += 1
-                ws_nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
 
     # Plain HTTP --------------------------------------------------------------------------
 
@@ -275,6 +318,23 @@ class Relay:
         seq, ts, data = snapshot
         body: dict[str, Any] = {"channel": channel, "seq": seq, "ts": ts, "data": data}
         return head.response(200, orjson.dumps(body))
+
+
+def _session_settings(config: RelayConfig, tier: TierConfig) -> tuple[SessionSettings, Limits]:
+    """Shared by every session of a tier: per-connection copies would cost memory at 10k."""
+    server = config.server
+    settings = SessionSettings(
+        heartbeat=server.heartbeat,
+        heartbeat_timeout=server.heartbeat_timeout,
+        idle_timeout=server.idle_timeout,
+        send_timeout=server.send_timeout,
+        close_timeout=server.close_timeout,
+        max_messages=config.outbox.max_messages,
+        max_bytes=config.outbox.max_bytes,
+        rate_limit=tier.rate_limit,
+        rate_burst=tier.rate_burst,
+    )
+    return settings, Limits(tier.max_subscriptions, tuple(tier.channels))
 
 
 def _raise_file_limit() -> None:

@@ -9,7 +9,6 @@ with one ``send_all``, so batches grow by themselves under load.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from typing import Final
@@ -34,6 +33,7 @@ from relay.core.protocol import (
     parse_command,
 )
 from relay.core.ratelimit import TokenBucket
+from relay.core.timers import SessionTimers
 from relay.server.frontdoor import ReplayStream
 
 log = logging.getLogger("relay.session")
@@ -72,7 +72,31 @@ class Closing:
 
 
 class Session:
-    """A client connection once its WebSocket handshake is done."""
+    """A client connection once its WebSocket handshake is done.
+
+    Slotted and lean: an idle connection's memory is mostly this object, its outbox and its
+    tasks, and ten thousand idle connections is a normal day.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_hub",
+        "_latency",
+        "_limits",
+        "_nursery",
+        "_oldest_ms",
+        "_settings",
+        "_stream",
+        "_timers",
+        "_waiter",
+        "_writing",
+        "_ws",
+        "bytes_out",
+        "closing",
+        "id",
+        "key_name",
+        "outbox",
+    )
 
     def __init__(
         self,
@@ -81,6 +105,7 @@ class Session:
         hub: Hub,
         limits: Limits,
         settings: SessionSettings,
+        timers: SessionTimers[Session],
         key_name: str = "",
         latency: Histogram | None = None,
     ) -> None:
@@ -92,9 +117,9 @@ class Session:
         self._limits = limits
         self._settings = settings
         self.outbox = Outbox(settings.max_messages, settings.max_bytes)
-        self._writer_lot = trio.lowlevel.ParkingLot()
-        self._scope = trio.CancelScope()
-        self._idle_scope = trio.CancelScope()
+        self._timers = timers
+        self._waiter: trio.lowlevel.Task | None = None
+        self._nursery: trio.Nursery | None = None
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, trio.current_time())
         self._writing = False
         self._oldest_ms = 0
@@ -113,8 +138,10 @@ class Session:
         # so later deliveries need not touch the parking lot.
         if not self._oldest_ms:
             self._oldest_ms = self._hub.publish_ts
-            if self._writer_lot:
-                self._writer_lot.unpark()
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                trio.lowlevel.reschedule(waiter)
 
     def overflow(self) -> None:
         """A slow consumer is usually in the middle of a write. Cutting it now would leave half
@@ -128,21 +155,29 @@ class Session:
         """First reason wins; later ones are consequences of it."""
         if self.closing is None:
             self.closing = closing
-        self._scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # Lifecycle ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Serve the client until the connection ends; runs the writer itself.
+
+        ``nursery`` is the connection's: it already holds trio-websocket's reader task, and
+        cancelling it ends everything the connection runs. The reader and this task (the
+        writer) are all a session runs; heartbeats and idle deadlines come from the relay's
+        one timer task (:class:`SessionTimers`), which starts a ping task only while a ping is
+        in flight.
+        """
+        self._nursery = nursery
         welcome = Welcome(self.id, self._settings.heartbeat)
         self.outbox.offer_control(self._hub.framer.text(encode_event("welcome", welcome)))
+        self._timers.add(self, trio.current_time())
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    nursery.start_soon(self._reader)
-                    nursery.start_soon(self._heartbeat)
-                    nursery.start_soon(self._idle_watch)
+            nursery.start_soon(self._reader)
+            await self._writer()
         finally:
+            self._timers.remove(self)
             self._hub.drop(self)
             await self._close()
 
@@ -168,9 +203,9 @@ class Session:
         timeout = self._settings.send_timeout
         while True:
             while not outbox.pending and self.closing is None:
-                await self._writer_lot.park()
+                await self._wait()
             if self.closing is not None:
-                self._scope.cancel()
+                self._end(self.closing)
                 return
             drained = outbox.drain()
             oldest, self._oldest_ms = self._oldest_ms, 0
@@ -201,6 +236,17 @@ class Session:
             self.bytes_out += len(data)
             if oldest and self._latency is not None:
                 self._latency.observe(max(0, time.time_ns() // 1_000_000 - oldest) / 1000)
+
+    async def _wait(self) -> None:
+        """Sleep until :meth:`wake`. A parking lot would do, but costs an OrderedDict per idle
+        client; one task slot costs nothing."""
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _open(self) -> bool:
         return self._ws.closed is None
@@ -246,9 +292,9 @@ class Session:
             return
         has = self._hub.registry.count_of(self)
         if has and not had:
-            self._idle_scope.deadline = math.inf
+            self._timers.busy(self)
         elif had and not has:
-            self._idle_scope.deadline = now + self._settings.idle_timeout
+            self._timers.idle(self, now)
 
     def _reply(self, payload: bytes) -> None:
         if self.outbox.offer_control(self._hub.framer.text(payload)):
@@ -256,22 +302,21 @@ class Session:
         else:
             self.overflow()
 
-    async def _heartbeat(self) -> None:
-        settings = self._settings
-        while True:
-            await trio.sleep(settings.heartbeat)
-            with trio.move_on_after(settings.heartbeat_timeout) as deadline:
-                try:
-                    await self._ws.ping()
-                except ConnectionClosed:
-                    self._end(Closing(CloseCode.NORMAL, "closed", hard=True))
-                    return
-            if deadline.cancelled_caught:
-                self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))
-                return
+    # Called by the relay's timer task.
 
-    async def _idle_watch(self) -> None:
-        self._idle_scope.deadline = trio.current_time() + self._settings.idle_timeout
-        with self._idle_scope:
-            await trio.sleep_forever()
+    def ping_soon(self) -> None:
+        if self._nursery is not None and self.closing is None:
+            self._nursery.start_soon(self._ping)
+
+    def idle_expired(self) -> None:
         self._end(Closing(CloseCode.IDLE, "idle timeout"))
+
+    async def _ping(self) -> None:
+        with trio.move_on_after(self._settings.heartbeat_timeout) as deadline:
+            try:
+                await self._ws.ping()
+            except ConnectionClosed:
+                self._end(Closing(CloseCode.NORMAL, "closed", hard=True))
+                return
+        if deadline.cancelled_caught:
+            self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))
