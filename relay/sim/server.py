@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -56,6 +56,7 @@ _BURST_CHECKPOINT = 256
 """Messages a burst emits between checkpoints, so writers drain while a large burst runs."""
 _MAX_SECONDS = 3600.0
 _MAX_BURST = 1_000_000
+N = TypeVar("N", int, float)
 _MAX_RATE = 100_000.0
 
 
@@ -648,27 +649,22 @@ class SimServer:
 
 
 def _float_param(head: RequestHead, name: str, *, low: float, high: float) -> float:
-    raw = head.query_value(name)
-    if raw is None:
-        raise _HttpError(400, "bad_request", f"missing {name}")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _HttpError(400, "bad_request", f"{name} must be a number") from None
-    if not low <= value <= high:  # also rejects nan
-        raise _HttpError(400, "bad_request", f"{name} must be in [{low}, {high}]")
-    return value
+    return _param(head, name, float, "a number", low, high)
 
 
 def _int_param(head: RequestHead, name: str, *, low: int, high: int) -> int:
+    return _param(head, name, int, "an integer", low, high)
+
+
+def _param(head: RequestHead, name: str, kind: Callable[[str], N], what: str, low: N, high: N) -> N:
     raw = head.query_value(name)
     if raw is None:
         raise _HttpError(400, "bad_request", f"missing {name}")
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise _HttpError(400, "bad_request", f"{name} must be an integer") from None
-    if not low <= value <= high:
+        raise _HttpError(400, "bad_request", f"{name} must be {what}") from None
+    if not low <= value <= high:  # also rejects nan
         raise _HttpError(400, "bad_request", f"{name} must be in [{low}, {high}]")
     return value
 
