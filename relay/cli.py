@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -48,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def until_signalled(run: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run until SIGINT or SIGTERM, then cancel: clients hear 1001, upstreams close.
+
+    Explicit handlers rather than KeyboardInterrupt, because SIGTERM (docker stop, systemd) has
+    none by default, and a process started in the background may inherit SIGINT ignored.
+    """
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            nursery.start_soon(run, *args)
+            async for signum in signals:
+                print(f"\nrelay: {signal.Signals(signum).name}, stopping", file=sys.stderr)
+                nursery.cancel_scope.cancel()
+                break
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "tail":
@@ -65,18 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ConfigError, OSError) as exc:
                 print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
                 return 2
-            trio.run(Relay(config).serve)
+            trio.run(until_signalled, Relay(config).serve)
         elif args.command == "demo":
             from relay.demo import run_demo
 
-            trio.run(run_demo, args.host, args.port, args.sim_port, args.rate)
+            trio.run(until_signalled, run_demo, args.host, args.port, args.sim_port, args.rate)
         elif args.command == "simulate":
             from relay.sim.server import run_simulator
 
             symbols = [s for s in args.symbols.split(",") if s]
-            trio.run(run_simulator, args.host, args.port, symbols, args.rate, args.seed)
+            trio.run(
+                until_signalled, run_simulator, args.host, args.port, symbols, args.rate, args.seed
+            )
     except KeyboardInterrupt:
-        print("\nrelay: stopped", file=sys.stderr)
+        pass  # a second Ctrl-C while stopping
+    print("relay: stopped", file=sys.stderr)
     return 0
 
 
