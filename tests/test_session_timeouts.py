@@ -96,6 +96,7 @@ async def connect(relay: Relay, nursery: trio.Nursery, lockstep: bool = False) -
     if id(relay) not in _timers_started:
         _timers_started.add(id(relay))
         nursery.start_soon(relay.run_timers)
+        nursery.start_soon(relay.rounds.run)
     if lockstep:
         client_end, server_end = trio.testing.lockstep_stream_pair()
     else:

@@ -63,6 +63,11 @@ class RelayCollector(Collector):
             "Bytes written to clients (closed and open sessions)",
             value=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
         )
+        yield CounterMetricFamily(
+            "relay_writes",
+            "Socket writes to clients; deliveries / writes is the batching factor",
+            value=relay.writes + sum(s.writes for s in relay.sessions),
+        )
         closes = CounterMetricFamily(
             "relay_disconnects", "Client connections closed, by close code", labels=["code"]
         )

@@ -35,6 +35,7 @@ from relay.server.frontdoor import (
     read_request_head,
 )
 from relay.server.metrics import make_registry, render
+from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
 from relay.server.upstream import Transport, UpstreamState, UpstreamSupervisor
 
@@ -102,10 +103,12 @@ class Relay:
         self.rejected: Counter[int] = Counter()
         self.close_codes: Counter[int] = Counter()
         self.bytes_out = 0
+        self.writes = 0
         self.timers: SessionTimers[Session] = SessionTimers(
             config.server.heartbeat, config.server.idle_timeout
         )
         self._timers_changed = trio.lowlevel.ParkingLot()
+        self.rounds = WriteRounds(self.hub)
         self.metrics = make_registry(self)
         self.fanout_latency = Histogram(
             "relay_fanout_latency_seconds",
@@ -125,6 +128,7 @@ class Relay:
             for supervisor in self.upstreams.values():
                 await nursery.start(supervisor.run, http)
             nursery.start_soon(self.run_timers)
+            nursery.start_soon(self.rounds.run)
             listeners = await nursery.start(
                 partial(trio.serve_tcp, self._handle_tcp, server.port, host=server.host)
             )
@@ -259,6 +263,7 @@ class Relay:
                 limits,
                 settings,
                 self.timers,
+                self.rounds,
                 admitted.label,
                 self.fanout_latency,
             )
@@ -274,6 +279,7 @@ class Relay:
                 if not self._per_identity[identity]:
                     del self._per_identity[identity]
                 self.bytes_out += session.bytes_out
+                self.writes += session.writes
                 if session.closing is not None:
                     self.close_codes[session.closing.code] += 1
                 nursery.cancel_scope.cancel()

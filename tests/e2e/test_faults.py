@@ -175,7 +175,7 @@ async def test_refused_upstream_is_retried_without_a_tight_loop(stack: Stack) ->
         await assert_fresh_state_after(got, "connected")
     stats = await stack.stats()
     # Backoff 0.1 s doubling to a 0.5 s cap: a handful of attempts in 2 s, not hundreds.
-    assert 2 <= stats["connections_refused"] <= 12
+    assert 1 <= stats["connections_refused"] <= 12
     assert stats["connections_total"] == 2
     assert stats["subscribes"] == 6
 
