@@ -1,0 +1,460 @@
+"""Load generator for the relay benchmark: many WebSocket clients in one process.
+
+It runs as a separate process from the server under test, so that the server's
+event loop is measured and not the client's, and it is driven by the harness
+(``benchmarks/run.py``) over stdin/stdout, one JSON object per line each way.
+
+Why it looks the way it does:
+
+* picows clients (Cython framing, a plain callback per frame, no coroutine per
+  message) are the cheapest WebSocket receivers available in Python; on a
+  2-core machine the load generator shares the CPU with the server, so every
+  microsecond it spends per frame is stolen from the server being measured.
+* Data frames are only counted (``count += 1``). Burst completion is detected by
+  comparing the count to a target in the same callback, so no per-frame clock
+  read is needed. Only a sample of clients (every ``sample``-th one) parses its
+  frames with orjson to compute latency = receipt ``time.time()*1000`` minus the
+  envelope's ``ts``; the sample is spread evenly over connection order, because
+  fan-out loops serve early clients before late ones.
+* Server events (``{"event": ...}``) are recognized by their prefix and parsed,
+  so ``lagged`` notices are reported and never counted as deliveries.
+* "Stalled" clients are raw sockets that complete the handshake and subscribe,
+  then never read again. Before connecting they shrink their receive buffer
+  and their MSS (like a client on a slow, small-window link): otherwise the
+  server's kernel autotunes its send buffer to 4 MB per socket on loopback and
+  backpressure would reach the server after minutes instead of after about
+  130 KB.
+
+Commands (all carry ``"cmd"``; most take a ``"group"`` name):
+``open`` (n, channel or null, sample), ``open_stalled`` (n, channels), ``arm``
+(target), ``wait`` (limit, stall), ``measure`` (seconds), ``status``,
+``close``, ``exit``. Every command gets one reply line with ``"ok"``; the first
+line the process prints (``"ready"``) says it is listening for commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import resource
+import socket
+import struct
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+TEXT = WSMsgType.TEXT
+EVENT_PREFIX = b'{"event"'
+CONNECT_CONCURRENCY = 64  # stays under the smallest listen backlog among the peers (100)
+HANDSHAKE_TIMEOUT = 15.0
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit: 10,000+ sockets need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, int(q / 100.0 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+class Group:
+    """A named set of clients that the harness arms, waits on and measures together."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.clients: list[Client] = []
+        self.stalled: list[socket.socket] = []
+        self.target = 0
+        self.pending = 0
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done = asyncio.Event()
+        self.latencies: list[float] = []
+        self.e2e: list[float] = []
+        self.sampled_bytes = 0
+        self.lagged_events = 0
+        self.lagged_dropped = 0
+        self.other_events = 0
+        self.closed_by_server = 0
+
+    def arm(self, target: int) -> None:
+        """Reset counters and expect ``target`` data frames per open client."""
+        self.target = target
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done.clear()
+        self.pending = 0
+        for client in self.clients:
+            client.count = 0
+            if not client.closed:
+                self.pending += 1
+        if self.pending == 0:
+            self.done.set()
+
+    def total(self) -> int:
+        return sum(c.count for c in self.clients)
+
+
+class Client(WSListener):
+    """One picows client. The hot path is ``on_ws_frame`` for a data frame: keep it tiny."""
+
+    def __init__(self, group: Group, channel: str | None, sample: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.group = group
+        self.channel = channel
+        self.sample = sample
+        self.count = 0
+        self.closed = False
+        self.welcomed: asyncio.Future[None] = loop.create_future()
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.transport: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        # Reading frame.msg_type builds an enum object (about 130 ns); the payload's
+        # first bytes tell data from everything else for less.
+        payload = frame.get_payload_as_bytes()
+        if payload.startswith(EVENT_PREFIX) or not payload.startswith(b"{"):
+            self.on_other(transport, frame, payload)
+            return
+        self.count += 1
+        group = self.group
+        if self.count == 1 and not group.t_first:
+            group.t_first = time.monotonic()
+        if self.count == group.target:
+            group.t_last = time.monotonic()
+            group.pending -= 1
+            if group.pending == 0:
+                group.done.set()
+        if self.sample:
+            now = time.time() * 1000.0
+            envelope = orjson.loads(payload)
+            group.latencies.append(now - envelope["ts"])
+            group.sampled_bytes += len(payload)
+            group.e2e.append(now - envelope["data"]["ts"])
+
+    def on_other(self, transport: WSTransport, frame: WSFrame, payload: bytes) -> None:
+        """Everything but data: close frames, pongs, and server events."""
+        msg_type = frame.msg_type
+        if msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif msg_type == TEXT:
+            self.on_event(orjson.loads(payload))
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Control events: handshake progress and loss notices; never counted as data."""
+        kind = event.get("event")
+        if kind == "welcome":
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+        elif kind == "subscribed":
+            if not self.subscribed.done():
+                self.subscribed.set_result(None)
+        elif kind == "lagged":
+            self.group.lagged_events += 1
+            self.group.lagged_dropped += int(event.get("data", {}).get("dropped", 0))
+        elif kind == "error" and not self.subscribed.done():
+            self.subscribed.set_exception(RuntimeError(f"subscribe failed: {event}"))
+        else:
+            self.group.other_events += 1
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.closed:
+            self.closed = True
+            self.group.closed_by_server += 1
+        for fut in (self.welcomed, self.subscribed):
+            if not fut.done():
+                fut.set_exception(ConnectionError("disconnected during setup"))
+            # Mark the exception retrieved so asyncio does not log it at exit.
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client-to-server text frame (clients must mask; RFC 6455 section 5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    head = b"\x81" + length
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+async def stalled_connect(host: str, port: int, path: str, channels: list[str]) -> socket.socket:
+    """Handshake and subscribe over a raw socket, then leave it unread forever.
+
+    Done on the event loop (non-blocking socket), not in a thread: a thread would fight the
+    loop, busy with every other client's frames, for the GIL at each step.
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        sock.setblocking(False)
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            await loop.sock_connect(sock, (host, port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    raise ConnectionError("closed during handshake")
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"upgrade refused: {head[:64]!r}")
+            subscribe = orjson.dumps({"action": "subscribe", "channels": channels, "id": 1})
+            await loop.sock_sendall(sock, masked_text_frame(subscribe))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class LoadGen:
+    """Owns the groups and executes the harness's commands."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = parts.path or "/"
+        self.groups: dict[str, Group] = {}
+
+    def group(self, name: str) -> Group:
+        if name not in self.groups:
+            self.groups[name] = Group(name)
+        return self.groups[name]
+
+    async def _open_one(
+        self, sem: asyncio.Semaphore, group: Group, channel: str | None, sample: bool
+    ) -> Client:
+        async with sem:
+            client = Client(group, channel, sample)
+            transport, _ = await ws_connect(
+                lambda: client,
+                self.url,
+                websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+                read_buffer_init_size=65536 if channel is not None else 1024,
+            )
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    await client.welcomed
+                    if channel is not None:
+                        msg = {"action": "subscribe", "channel": channel, "id": 1}
+                        transport.send(TEXT, orjson.dumps(msg))
+                        await client.subscribed
+            except BaseException:
+                transport.disconnect(graceful=False)
+                raise
+            return client
+
+    async def cmd_open(
+        self, group: Group, n: int, channel: str | None, sample: int
+    ) -> dict[str, Any]:
+        start = time.monotonic()
+        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        base = len(group.clients)
+        tasks = [
+            self._open_one(sem, group, channel, sample > 0 and (base + i) % sample == 0)
+            for i in range(n)
+        ]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors: dict[str, int] = {}
+        for result in results:
+            if isinstance(result, Client):
+                group.clients.append(result)
+            else:
+                key = type(result).__name__ + ": " + str(result)[:80]
+                errors[key] = errors.get(key, 0) + 1
+        opened = sum(isinstance(r, Client) for r in results)
+        return {
+            "opened": opened,
+            "failed": n - opened,
+            "errors": errors,
+            "seconds": time.monotonic() - start,
+        }
+
+    async def cmd_open_stalled(self, group: Group, n: int, channels: list[str]) -> dict[str, Any]:
+        start = time.monotonic()
+        errors: dict[str, int] = {}
+        for _ in range(n):
+            try:
+                sock = await stalled_connect(self.host, self.port, self.path, channels)
+            except (OSError, TimeoutError) as exc:
+                key = type(exc).__name__ + ": " + str(exc)[:80]
+                errors[key] = errors.get(key, 0) + 1
+                continue
+            group.stalled.append(sock)
+        return {
+            "opened": n - sum(errors.values()),
+            "errors": errors,
+            "seconds": time.monotonic() - start,
+        }
+
+    async def cmd_wait(self, group: Group, limit: float, stall: float) -> dict[str, Any]:
+        """Wait for every client to reach the target, or give up after no progress.
+
+        ``t_progress`` (when the total last changed, to 0.25 s) stands in for the last
+        delivery when the burst never completes.
+        """
+        deadline = time.monotonic() + limit
+        last_total = -1
+        last_change = time.monotonic()
+        while not group.done.is_set():
+            now = time.monotonic()
+            if now >= deadline or now - last_change >= stall:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await group.done.wait()
+            total = group.total()
+            if total != last_total:
+                last_total, last_change = total, time.monotonic()
+        counts = [c.count for c in group.clients if not c.closed]
+        target = group.target
+        return {
+            "complete": group.done.is_set(),
+            "clients": len(counts),
+            "clients_complete": sum(c >= target for c in counts),
+            "received": sum(counts),
+            "lost": sum(max(0, target - c) for c in counts),
+            "min": min(counts, default=0),
+            "max": max(counts, default=0),
+            "t_first": group.t_first,
+            "t_last": group.t_last,
+            "t_progress": last_change,
+            "closed_by_server": group.closed_by_server,
+            "lagged_events": group.lagged_events,
+        }
+
+    async def cmd_measure(self, group: Group, seconds: float) -> dict[str, Any]:
+        """Count deliveries and collect sampled latencies over a fixed window."""
+        group.latencies = []
+        group.e2e = []
+        group.sampled_bytes = 0
+        group.lagged_events = group.lagged_dropped = 0
+        closed_before = group.closed_by_server
+        cpu0 = time.process_time()
+        t0 = time.monotonic()
+        before = group.total()
+        await asyncio.sleep(seconds)
+        after = group.total()
+        elapsed = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
+        lat = sorted(group.latencies)
+        e2e = sorted(group.e2e)
+        return {
+            "seconds": elapsed,
+            "deliveries": after - before,
+            "deliveries_per_s": (after - before) / elapsed,
+            "clients": sum(not c.closed for c in group.clients),
+            "samples": len(lat),
+            "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99),
+            "p999_ms": percentile(lat, 99.9),
+            "max_ms": lat[-1] if lat else None,
+            "avg_frame_bytes": group.sampled_bytes / len(lat) if lat else None,
+            "e2e_p50_ms": percentile(e2e, 50),
+            "e2e_p99_ms": percentile(e2e, 99),
+            "lagged_events": group.lagged_events,
+            "lagged_dropped": group.lagged_dropped,
+            "closed_by_server": group.closed_by_server - closed_before,
+            "loadgen_cpu": cpu / elapsed,
+        }
+
+    def cmd_status(self, group: Group) -> dict[str, Any]:
+        return {
+            "clients": len(group.clients),
+            "open": sum(not c.closed for c in group.clients),
+            "stalled": len(group.stalled),
+            "closed_by_server": group.closed_by_server,
+        }
+
+    def cmd_close(self, group: Group) -> dict[str, Any]:
+        for client in group.clients:
+            client.closed = True
+            if client.transport is not None:
+                client.transport.disconnect(graceful=False)
+        for sock in group.stalled:
+            sock.close()
+        closed = len(group.clients) + len(group.stalled)
+        del self.groups[group.name]
+        return {"closed": closed}
+
+    async def dispatch(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        name = cmd["cmd"]
+        group = self.group(cmd.get("group", "default"))
+        if name == "open":
+            return await self.cmd_open(group, cmd["n"], cmd.get("channel"), cmd.get("sample", 0))
+        if name == "open_stalled":
+            return await self.cmd_open_stalled(group, cmd["n"], cmd["channels"])
+        if name == "arm":
+            group.arm(cmd["target"])
+            return {"armed": group.pending}
+        if name == "wait":
+            return await self.cmd_wait(group, cmd.get("limit", 60.0), cmd.get("stall", 5.0))
+        if name == "measure":
+            return await self.cmd_measure(group, cmd["seconds"])
+        if name == "status":
+            return self.cmd_status(group)
+        if name == "close":
+            return self.cmd_close(group)
+        raise ValueError(f"unknown command {name!r}")
+
+
+def reply(obj: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def main(url: str) -> None:
+    """Read commands until ``exit`` or end of input; answer each with one line."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    gen = LoadGen(url)
+    reply({"ok": True, "ready": True, "pid": os.getpid(), "nofile": raise_nofile_limit()})
+    while line := await reader.readline():
+        cmd = orjson.loads(line)
+        if cmd.get("cmd") == "exit":
+            reply({"ok": True})
+            break
+        try:
+            reply({"ok": True, **await gen.dispatch(cmd)})
+        except Exception as exc:
+            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    for name in list(gen.groups):
+        gen.cmd_close(gen.groups[name])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="relay benchmark load generator")
+    parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/ws")
+    args = parser.parse_args()
+    asyncio.run(main(args.url))

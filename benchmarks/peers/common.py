@@ -1,0 +1,48 @@
+"""What every Python peer shares: the synthetic market's topics and the relay's envelope
+data, so that the peers differ only in how they fan out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STREAMS = {"trade": "trades", "ticker": "ticker"}
+TOPICS = {"trades": "trade", "ticker": "ticker"}
+
+
+def topic_for(channel: str) -> str | None:
+    """``sim:trades:BTC-USD`` -> ``trade.BTC-USD`` (None for channels we do not carry)."""
+    parts = channel.split(":")
+    if len(parts) != 3 or parts[0] != "sim" or parts[1] not in TOPICS:
+        return None
+    return f"{TOPICS[parts[1]]}.{parts[2]}"
+
+
+def normalize(msg: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Map one synthetic-market message to (relay channel, protocol data), or None."""
+    topic = msg.get("topic")
+    if not isinstance(topic, str):
+        return None
+    stream, _, symbol = topic.partition(".")
+    body = msg["body"]
+    if stream == "trade":
+        data = {
+            "symbol": symbol,
+            "price": body["px"],
+            "size": body["qty"],
+            "side": "buy" if body["taker"] == "B" else "sell",
+            "trade_id": body["id"],
+            "ts": body["time"] // 1000,
+        }
+    elif stream == "ticker":
+        data = {
+            "symbol": symbol,
+            "bid": body["bid"]["px"],
+            "bid_size": body["bid"]["qty"],
+            "ask": body["ask"]["px"],
+            "ask_size": body["ask"]["qty"],
+            "last": body["last"],
+            "ts": body["time"] // 1000,
+        }
+    else:
+        return None
+    return f"sim:{STREAMS[stream]}:{symbol}", data
