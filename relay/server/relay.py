@@ -282,6 +282,13 @@ class Relay:
                 self.writes += session.writes
                 if session.closing is not None:
                     self.close_codes[session.closing.code] += 1
+                log.debug(
+                    "session %s (%s) closed: %s",
+                    session.id,
+                    session.key_name,
+                    session.closing,
+                    extra={"session": session.id, "key": session.key_name},
+                )
                 nursery.cancel_scope.cancel()
 
     # Plain HTTP --------------------------------------------------------------------------
@@ -300,7 +307,13 @@ class Relay:
             return head.response(200, b'{"status":"ok"}')
         if path == "/readyz":
             states = {name: u.state.value for name, u in self.upstreams.items()}
-            body = orjson.dumps({"ready": self.ready, "upstreams": states})
+            now = trio.current_time()
+            retry_in = {
+                name: round(max(0.0, u.next_retry - now), 3)
+                for name, u in self.upstreams.items()
+                if u.next_retry is not None
+            }
+            body = orjson.dumps({"ready": self.ready, "upstreams": states, "retry_in": retry_in})
             return head.response(200 if self.ready else 503, body)
         if path == "/metrics":
             return head.response(

@@ -166,7 +166,6 @@ class UpstreamSupervisor:
         self._plan_changed = trio.lowlevel.ParkingLot()
         self._last_frame = 0.0
         self._http: httpx.AsyncClient | None = None
-        self._conn: UpstreamConnection | None = None
 
     # SourceListener: called by the hub from client sessions ------------------------------
 
@@ -230,13 +229,10 @@ class UpstreamSupervisor:
                 assert cancelled is not None
                 raise cancelled from None
             return "; ".join(_describe(e) for e in failures)
-        finally:
-            self._conn = None
         return "connection ended"
 
     def _connected(self, conn: UpstreamConnection) -> None:
         now = trio.current_time()
-        self._conn = conn
         self.stats.connects += 1
         self.backoff.connected(now)
         self.state = UpstreamState.CONNECTED

@@ -119,6 +119,10 @@ async def test_health_readiness_metrics(stack: Stack) -> None:
     not_ready = await stack.http.get(stack.base + "/readyz")
     assert not_ready.status_code == 503
     assert not_ready.json()["upstreams"]["sim"] != "connected"
+    # Between attempts it says when the next one comes.
+    await stack.wait_for(lambda: stack.relay.upstreams["sim"].next_retry is not None)
+    waiting = (await stack.http.get(stack.base + "/readyz")).json()
+    assert 0 <= waiting["retry_in"]["sim"] <= 0.2
 
 
 async def test_snapshot_endpoint(stack: Stack) -> None:
