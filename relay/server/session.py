@@ -1,9 +1,10 @@
-"""One downstream client: a nursery of reader, writer, heartbeat and idle watch.
+"""One downstream client: a reader task and a writer, in the connection's nursery.
 
-When any of them ends, the others are cancelled and ``finally`` releases the session's
+When either ends, the connection's nursery is cancelled and ``finally`` releases the session's
 subscriptions, so a session cannot leak a task, a subscription or a queue, however it ends.
-The writer is the only task that writes data frames; it drains everything queued and writes it
-with one ``send_all``, so batches grow by themselves under load.
+Writes normally happen outside this session's tasks: the relay's write rounds release it and it
+writes its whole outbox with one non-blocking send (see ``release``); the writer task only
+takes over what the socket would not take at once, and the close.
 """
 
 from __future__ import annotations
@@ -327,8 +328,8 @@ class Session:
         return True
 
     async def _wait(self) -> None:
-        """Sleep until :meth:`wake`. A parking lot would do, but costs an OrderedDict per idle
-        client; one task slot costs nothing."""
+        """Sleep until the write rounds hand this writer work (``_wake_writer``). A parking lot
+        would do, but costs an OrderedDict per idle client; one task slot costs nothing."""
         self._waiter = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
