@@ -99,8 +99,12 @@ def _join(base: str, rest: str) -> str:
 
 
 def _key(name: str) -> str:
-    """A mapping key as it would be written in a TOML dotted key."""
-    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+    """A mapping key as it would be written in a TOML dotted key. Names with characters that
+    do not print (line breaks such as U+0085 among them) are escaped, so that every issue stays
+    on one line of the error message."""
+    if _BARE_KEY.fullmatch(name):
+        return name
+    return json.dumps(name, ensure_ascii=not name.isprintable())
 
 
 def _raise_issues(issues: list[Issue]) -> None:

@@ -557,7 +557,9 @@ def test_round_trip_through_the_converter(config: RelayConfig) -> None:
 
 def _toml_key(name: str) -> str:
     """How a table name appears in a dotted path: bare if TOML allows, else a basic string."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name, ensure_ascii=False)
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return json.dumps(name, ensure_ascii=not name.isprintable())
 
 
 @given(configs(), st.data())
@@ -575,3 +577,10 @@ def test_an_unknown_key_in_any_table_is_named(config: RelayConfig, data: st.Data
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert str(info.value).splitlines() == [expected]
+
+
+def test_a_name_with_a_line_break_stays_on_one_line() -> None:
+    """Found by the property above: U+0085 is a line break to str.splitlines."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"tiers": {"\x85": {"nope": 1}}})
+    assert str(info.value).splitlines() == ["unknown key 'tiers.\"\\u0085\".nope'"]
