@@ -1118,10 +1118,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         max_offered = max(results["profile"]["paced_rates"]) * pc["clients"]
         good = [s for s in pc["steps"] if s["deliveries_per_s"] >= 500_000 and s["held"]]
-        best = max(pc["steps"], key=lambda s: s["deliveries_per_s"])
+        held = [s for s in pc["steps"] if s["held"]]
+        # Quote the step that decides: the best one that held the latency target, else the
+        # highest throughput seen (whatever its latency).
+        shown = max(held or pc["steps"], key=lambda s: s["deliveries_per_s"])
+        what = "held" if held else "best, not held,"
         detail = (
-            f"best {best['deliveries_per_s']:,.0f} deliveries/s at {best['rate']} msg/s with "
-            f"p99 {fmt_ms(best['p99_ms'])} ms (need >= 500,000/s with p99 < 50 ms)"
+            f"{what} {shown['deliveries_per_s']:,.0f} deliveries/s at {shown['rate']} msg/s with "
+            f"p99 {fmt_ms(shown['p99_ms'])} ms (need >= 500,000/s with p99 < 50 ms)"
         )
         if good:
             add("paced", True, detail)
