@@ -27,6 +27,8 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception, transform_error
 
+from relay.core.channels import matches_any
+
 __all__ = [
     "POLICIES",
     "SOURCE_KINDS",
@@ -245,7 +247,7 @@ class TierConfig:
 
     def allows(self, channel: str) -> bool:
         """Case-sensitive on every platform, unlike :func:`fnmatch.fnmatch`."""
-        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.channels)
+        return matches_any(channel, self.channels)
 
     def __attrs_post_init__(self) -> None:
         issues: list[Issue] = []

@@ -209,7 +209,7 @@ class Hub:
 
     def publish(self, update: Update, ts: int) -> None:
         """Sequence, encode, frame once; offer the same bytes to every subscriber."""
-        state = self._channels.get(update.channel) or self.channel(update.channel)
+        state = self.channel(update.channel)
         state.seq += 1
         state.ts = ts
         if state.kind is StreamKind.STATE:

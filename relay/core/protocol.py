@@ -34,7 +34,6 @@ class ErrorCode:
     FORBIDDEN: Final = "forbidden"
     TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
     RATE_LIMITED: Final = "rate_limited"
-    NOT_SUBSCRIBED: Final = "not_subscribed"
 
 
 # Commands ------------------------------------------------------------------------------------

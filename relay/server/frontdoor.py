@@ -163,10 +163,6 @@ class ReplayStream(trio.abc.Stream):
         self._lock = trio.StrictFIFOLock()
         self._fd = inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
 
-    @property
-    def inner(self) -> trio.abc.Stream:
-        return self._inner
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         prefix = self._prefix
         if prefix is not None:

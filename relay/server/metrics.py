@@ -68,6 +68,11 @@ class RelayCollector(Collector):
             "Socket writes to clients; deliveries / writes is the batching factor",
             value=relay.writes + sum(s.writes for s in relay.sessions),
         )
+        yield CounterMetricFamily(
+            "relay_write_rounds",
+            "Write rounds: times the waiting client writers were released together",
+            value=relay.rounds.rounds,
+        )
         closes = CounterMetricFamily(
             "relay_disconnects", "Client connections closed, by close code", labels=["code"]
         )

@@ -40,8 +40,8 @@ PACING = 0.5
 
 
 class Writer(Protocol):
-    def release(self) -> bool:
-        """Let the writer drain and write; False if it was busy (it will look again)."""
+    def release(self) -> None:
+        """Write what is queued now (a busy writer looks again when it is done)."""
         ...
 
 
@@ -56,7 +56,6 @@ class WriteRounds:
         self._pending: list[Writer] = []
         self._wakeup = trio.lowlevel.ParkingLot()
         self.rounds = 0
-        self.released = 0
 
     def request(self, writer: Writer) -> None:
         """The writer has something queued (called at most once per drain)."""
@@ -73,7 +72,8 @@ class WriteRounds:
             batch, self._pending = self._pending, []
             self.rounds += 1
             started = trio.current_time()
-            self.released += sum(writer.release() for writer in batch)
+            for writer in batch:
+                writer.release()
             # The released writers run in the next tick and finish (their send_all's last
             # checkpoint) in the one after: that is the round's cost.
             await trio.lowlevel.checkpoint()

@@ -156,51 +156,51 @@ class Session:
             self._oldest_ms = self._hub.publish_ts
             self._rounds.request(self)
 
-    def release(self) -> bool:
+    def release(self) -> None:
         """Called by the write rounds: write what is queued, now.
 
         The fast path writes the whole batch synchronously with one non-blocking ``send``; the
         writer task is woken only for what that cannot do (a socket that takes part of the
-        batch or nothing, a closing session, a stream without a socket). Answers whether the
-        session was ready for the round (False: its writer task is still busy).
+        batch or nothing, a closing session, a stream without a socket).
         """
         if self._writing:
             self._released = True  # the writer task looks again when its write is done
-            return False
+            return
         self._requested = False
         if self.closing is not None:
-            return self._wake_writer()
+            self._wake_writer()
+            return
         data, oldest = self._collect()
         if data is None:
-            return True
+            return
         try:
             sent = self._stream.try_send(data, self._open)
         except OSError:
             self._end(Closing(CloseCode.NORMAL, "peer gone", hard=True))
-            return True
+            return
         if sent is None:
             self._backlog, self._backlog_oldest = data, oldest
-            return self._wake_writer()
+            self._wake_writer()
+            return
         if sent == CLOSING:
             self._end(Closing(CloseCode.NORMAL, "closed by peer"))
-            return True
+            return
         self.bytes_out += sent
         if sent == len(data):
             self._wrote(oldest)
-            return True
+            return
         # Part of a frame may be on the wire now: the rest must follow before anything else,
         # and if the session ends first the connection can only be cut.
         self._writing = True
         self._backlog, self._backlog_oldest = data[sent:], oldest
-        return self._wake_writer()
+        self._wake_writer()
 
-    def _wake_writer(self) -> bool:
+    def _wake_writer(self) -> None:
         self._released = True
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             trio.lowlevel.reschedule(waiter)
-        return True
 
     def _collect(self) -> tuple[bytes | None, int]:
         """Everything queued, as one buffer, and when its oldest message arrived."""

@@ -374,9 +374,7 @@ class UpstreamSupervisor:
         if sync is not None:
             resyncing = sync.state is SyncState.RESYNCING
             step = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
-            for out in step.publish:
-                self._book_ts[channel] = out.data.get("ts", now_ms)
-                self.hub.publish(out, now_ms)
+            self._publish_book(channel, step.publish, now_ms)
             if step.fetch_snapshot:
                 if not resyncing:
                     self.stats.gaps += 1
@@ -406,6 +404,12 @@ class UpstreamSupervisor:
                 extra={"source": self.source, "channel": channel},
             )
         self.hub.publish(update, now_ms)
+
+    def _publish_book(self, channel: str, updates: list[Update], now_ms: int) -> None:
+        """Publish what a BookSync step released, remembering the book's time for snapshots."""
+        for update in updates:
+            self._book_ts[channel] = update.data.get("ts", now_ms)
+            self.hub.publish(update, now_ms)
 
     def _resynced(self, channel: str) -> None:
         self.stats.resyncs += 1
@@ -459,9 +463,7 @@ class UpstreamSupervisor:
                     await trio.sleep(delay)
                     continue
                 now_ms = self._now_ms()
-                for out in step.publish:
-                    self._book_ts[channel] = out.data.get("ts", now_ms)
-                    self.hub.publish(out, now_ms)
+                self._publish_book(channel, step.publish, now_ms)
                 if step.publish:
                     self._resynced(channel)
                 elif step.fetch_snapshot:

@@ -106,6 +106,11 @@ async def test_health_readiness_metrics(stack: Stack) -> None:
     assert "relay_connections 1.0" in metrics
     assert 'relay_upstream_connected{source="sim"} 1.0' in metrics
     assert "relay_deliveries_total" in metrics
+    for counter in ("relay_writes_total", "relay_write_rounds_total"):
+        assert any(
+            line.startswith(counter) and float(line.split()[-1]) >= 1
+            for line in metrics.splitlines()
+        ), counter
     counts = [
         float(line.split()[-1])
         for line in metrics.splitlines()
