@@ -14,6 +14,7 @@ from wsproto.events import (
     AcceptConnection,
     CloseConnection,
     Ping,
+    Pong,
     Request,
     TextMessage,
 )
@@ -236,3 +237,40 @@ async def test_shutdown_closes_clients_with_1001(
         server_scope.cancel()
     assert client.closed is not None and client.closed.code == 1001
     assert not relay.sessions and len(relay.hub.registry) == 0
+
+
+async def test_a_client_close_is_answered_at_once(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The client closed first: the relay answers and hangs up without the close timeout."""
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    await trio.sleep(3)
+    closed_at = trio.current_time()
+    await client.stream.send_all(client.ws.send(CloseConnection(code=1000, reason="bye")))
+    await client.read_forever()
+    assert client.closed is not None and client.closed.code == 1000
+    assert client.eof_at == pytest.approx(closed_at)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not relay.sessions and len(relay.hub.registry) == 0
+    assert relay.close_codes[1000] == 1
+
+
+async def test_an_unsolicited_pong_counts_as_an_answer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """RFC 6455 allows pongs as a one-way heartbeat: one that arrives while a ping waits
+    keeps the connection, even if the client never answers the ping itself."""
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    client.answer_pings = False
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    nursery.start_soon(client.read_forever)
+    await trio.sleep(1)
+    for _ in range(10):
+        await trio.sleep(15)  # the relay pings at each 15 s mark, this pong follows 1 s later
+        await client.stream.send_all(client.ws.send(Pong(b"keepalive")))
+    assert client.closed is None and len(relay.sessions) == 1
+    await trio.sleep(30)  # no more pongs: the next ping goes unanswered
+    assert client.closed is not None and client.closed.code == 4001

@@ -1,15 +1,14 @@
 """One TCP port for plain HTTP and WebSocket upgrades.
 
-trio-websocket answers a plain GET with a bare 400 and cannot refuse an upgrade with a useful
-status, so the relay reads the request head itself (h11, under the caller's deadline), decides
-what the request is, and only then either answers it as HTTP or hands the connection, with the
-bytes already read, to ``trio_websocket.wrap_server_stream``.
+The relay reads the request head itself (h11, under the caller's deadline), decides what the
+request is, and either answers it as HTTP, with a real status and a JSON body when it refuses an
+upgrade, or hands the head and whatever followed it to the WebSocket handshake
+(:func:`relay.core.websocket.accept`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -53,8 +52,10 @@ class RequestHead:
     query: dict[str, list[str]]
     headers: dict[str, str]
     """Lower-case names; repeated headers joined with ", " as RFC 9110 allows."""
-    raw: bytes
-    """Every byte read from the socket so far; the WebSocket handshake is replayed from it."""
+    head: bytes
+    """The request head exactly as read: the WebSocket handshake is answered from it."""
+    trailing: bytes
+    """What the client sent after the head (a client may send frames without waiting)."""
     _h11: h11.Connection
 
     @property
@@ -131,101 +132,15 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> R
                 key = name.decode("latin-1")
                 text = value.decode("latin-1")
                 headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            trailing = conn.trailing_data[0]
             return RequestHead(
                 method=event.method.decode("ascii"),
                 target=target,
                 path=split.path,
                 query=parse_qs(split.query),
                 headers=headers,
-                raw=bytes(raw),
+                head=bytes(raw[: len(raw) - len(trailing)]),
+                trailing=bytes(trailing),
                 h11=conn,
             )
         raise BadRequest(400, "expected an HTTP request")
-
-
-CLOSING = -1
-"""What :meth:`ReplayStream.try_send` answers when the WebSocket is closing."""
-
-
-class ReplayStream(trio.abc.Stream):
-    """The socket as trio-websocket sees it, plus the relay's own frame writes.
-
-    Reads first replay the bytes the front door consumed. Every write, trio-websocket's (pings,
-    pongs, close frames) and the relay's pre-built data frames, goes through one lock, so frames
-    from the two writers never interleave mid-frame.
-    """
-
-    __slots__ = ("_fd", "_inner", "_lock", "_prefix")
-
-    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
-        self._inner = inner
-        self._prefix: bytes | None = prefix or None
-        self._lock = trio.StrictFIFOLock()
-        self._fd = inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        prefix = self._prefix
-        if prefix is not None:
-            size = len(prefix) if max_bytes is None else max_bytes
-            chunk, rest = prefix[:size], prefix[size:]
-            self._prefix = rest or None  # released once replayed
-            return chunk
-        return await self._inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        async with self._lock:
-            await self._inner.send_all(data)
-
-    async def send_frames(self, data: bytes, still_open: Callable[[], bool]) -> bool:
-        """Write pre-built frames unless the WebSocket is closing; False when it was.
-
-        The check happens under the lock because trio-websocket marks the connection closed
-        before it writes the close frame: no data frame can follow a close frame.
-        """
-        lock = self._lock
-        try:
-            lock.acquire_nowait()  # uncontended almost always: no task switch for it
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if not still_open():
-                return False
-            await self._inner.send_all(data)
-            return True
-        finally:
-            lock.release()
-
-    def try_send(self, data: bytes, still_open: Callable[[], bool]) -> int | None:
-        """Write what the socket takes right now, without waiting or yielding.
-
-        Answers the number of bytes written (possibly 0), ``CLOSING`` when the WebSocket is
-        closing (nothing written), or None when only the async path can write: no socket
-        underneath, or another write holds the lock. Raises OSError when the peer is gone.
-
-        Trio's ``send_all`` costs a task switch and several checkpoints per call; the relay
-        writes to every client once per write round, so this synchronous non-blocking write
-        (the same ``send`` trio itself performs) is what lets one round reach a thousand
-        clients in a few milliseconds.
-        """
-        if self._fd is None:
-            return None
-        lock = self._lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            return None
-        try:
-            if not still_open():
-                return CLOSING
-            try:
-                return os.write(self._fd, data)
-            except BlockingIOError:
-                return 0
-        finally:
-            lock.release()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

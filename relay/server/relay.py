@@ -18,7 +18,6 @@ import httpx
 import orjson
 import trio
 from prometheus_client import Histogram
-from trio_websocket import wrap_server_stream
 
 from relay.adapters.base import Adapter
 from relay.adapters.sim import SimAdapter
@@ -26,9 +25,9 @@ from relay.config import RelayConfig, SourceConfig, TierConfig
 from relay.core.hub import Hub, Limits
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
+from relay.core.websocket import HandshakeRefused, ServerWebSocket, accept
 from relay.server.frontdoor import (
     BadRequest,
-    ReplayStream,
     RequestHead,
     error_body,
     error_response,
@@ -53,7 +52,6 @@ def make_adapter(name: str, source: SourceConfig) -> Adapter:
 
 @attrs.frozen
 class _Admission:
-    raw: bytes
     identity: str
     tier: str
     label: str
@@ -105,7 +103,7 @@ class Relay:
         self.bytes_out = 0
         self.writes = 0
         self.timers: SessionTimers[Session] = SessionTimers(
-            config.server.heartbeat, config.server.idle_timeout
+            config.server.heartbeat, config.server.idle_timeout, config.server.heartbeat_timeout
         )
         self._timers_changed = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
@@ -145,10 +143,13 @@ class Relay:
         while True:
             with trio.move_on_at(timers.next_deadline()):
                 await self._timers_changed.park()
-            pings, idles = timers.pop_due(trio.current_time())
-            for session in pings:
-                session.ping_soon()
-            for session in idles:
+            now = trio.current_time()
+            due = timers.pop_due(now)
+            for session in due.pings:
+                session.ping(now)
+            for session in due.silent:
+                session.silent()
+            for session in due.idle:
                 session.idle_expired()
 
     @property
@@ -190,9 +191,18 @@ class Relay:
         if isinstance(admitted, bytes):
             await stream.send_all(admitted)
             return
+        try:
+            response, websocket = accept(head.head, head.trailing, server.max_message_size)
+        except HandshakeRefused as refused:
+            code = "upgrade_required" if refused.status == 426 else "bad_request"
+            await stream.send_all(self._refusal(head, refused.status, code, refused.message))
+            return
         # The parsed head (and its h11 state) must not live as long as the connection.
         del head
-        await self._upgrade(stream, admitted, deadline)
+        with trio.move_on_at(deadline) as handshake:
+            await stream.send_all(response)
+        if not handshake.cancelled_caught:
+            await self._serve_session(stream, websocket, admitted)
 
     def _refusal(self, head: RequestHead, status: int, code: str, message: str) -> bytes:
         self.rejected[status] += 1
@@ -233,32 +243,19 @@ class Relay:
                 )
         except _Refused as refused:
             return self._refusal(head, refused.status, refused.code, refused.message)
-        return _Admission(head.raw, identity, tier_name, label)
+        return _Admission(identity, tier_name, label)
 
-    async def _upgrade(
-        self, stream: trio.abc.Stream, admitted: _Admission, deadline: float
+    async def _serve_session(
+        self, stream: trio.abc.Stream, websocket: ServerWebSocket, admitted: _Admission
     ) -> None:
-        replay = ReplayStream(stream, admitted.raw)
-        server = self.config.server
         settings, limits = self._per_tier[admitted.tier]
         identity = admitted.identity
-        # One nursery per connection: trio-websocket's reader and the session's tasks.
+        # One nursery per connection, for the writer task a session starts when its socket is
+        # behind; the session's reader is this task.
         async with trio.open_nursery() as nursery:
-            ws = None
-            with trio.move_on_at(deadline):
-                request = await wrap_server_stream(
-                    nursery,
-                    replay,
-                    message_queue_size=4,
-                    max_message_size=server.max_message_size,
-                )
-                ws = await request.accept()
-            if ws is None:
-                nursery.cancel_scope.cancel()
-                return
             session = Session(
-                ws,
-                replay,
+                stream,
+                websocket,
                 self.hub,
                 limits,
                 settings,

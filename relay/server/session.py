@@ -1,15 +1,18 @@
-"""One downstream client: a reader task and a writer, in the connection's nursery.
+"""One downstream client: a single task that reads, and writes that need no task at all.
 
-When either ends, the connection's nursery is cancelled and ``finally`` releases the session's
-subscriptions, so a session cannot leak a task, a subscription or a queue, however it ends.
-Writes normally happen outside this session's tasks: the relay's write rounds release it and it
-writes its whole outbox with one non-blocking send (see ``release``); the writer task only
-takes over what the socket would not take at once, and the close.
+An idle client costs one task (the one ``trio.serve_tcp`` started for its connection), parked in
+``receive_some``. Writes happen outside it: the relay's write rounds release the session and it
+writes its whole outbox with one non-blocking ``send`` (see ``release``). Only when the socket
+will not take everything at once does a writer task start, in the connection's nursery, and it
+ends as soon as it has caught up. Heartbeats and idle deadlines come from the relay's one timer
+task. When the session ends, the connection's nursery is cancelled and ``finally`` releases its
+subscriptions, so it cannot leak a task, a subscription or a queue, however it ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from typing import Final
@@ -17,7 +20,6 @@ from typing import Final
 import attrs
 import trio
 from prometheus_client import Histogram
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from relay.core.hub import Hub, Limits
 from relay.core.outbox import Outbox
@@ -35,15 +37,20 @@ from relay.core.protocol import (
 )
 from relay.core.ratelimit import TokenBucket
 from relay.core.timers import SessionTimers
-from relay.server.frontdoor import CLOSING, ReplayStream
+from relay.core.websocket import Answer, Closed, PongReceived, Received, ServerWebSocket
 from relay.server.rounds import WriteRounds
 
 log = logging.getLogger("relay.session")
+
+RECEIVE_BYTES = 16384
+PING_PAYLOAD = b"relay"
 
 
 class CloseCode:
     NORMAL: Final = 1000
     GOING_AWAY: Final = 1001
+    LOST: Final = 1006
+    """Not sent: recorded when the connection ended without a close frame."""
     POLICY: Final = 1008
     TOO_BIG: Final = 1009
     IDLE: Final = 4000
@@ -76,26 +83,25 @@ class Closing:
 class Session:
     """A client connection once its WebSocket handshake is done.
 
-    Slotted and lean: an idle connection's memory is mostly this object, its outbox and its
-    tasks, and ten thousand idle connections is a normal day.
+    Slotted and lean: an idle connection's memory is mostly this object, its outbox, its
+    wsproto connection and its one task, and ten thousand idle connections is a normal day.
     """
 
     __slots__ = (
         "_backlog",
         "_backlog_oldest",
         "_bucket",
+        "_fd",
         "_hub",
         "_latency",
         "_limits",
         "_nursery",
         "_oldest_ms",
-        "_released",
         "_requested",
         "_rounds",
         "_settings",
         "_stream",
         "_timers",
-        "_waiter",
         "_writing",
         "_ws",
         "bytes_out",
@@ -108,8 +114,8 @@ class Session:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
-        stream: ReplayStream,
+        stream: trio.abc.Stream,
+        websocket: ServerWebSocket,
         hub: Hub,
         limits: Limits,
         settings: SessionSettings,
@@ -120,8 +126,11 @@ class Session:
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.key_name = key_name
-        self._ws = ws
         self._stream = stream
+        # Only a real socket gets the synchronous write; other streams (tests' memory streams)
+        # always go through the writer task.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._ws = websocket
         self._hub = hub
         self._limits = limits
         self._settings = settings
@@ -129,14 +138,13 @@ class Session:
         self._timers = timers
         self._rounds = rounds
         self._requested = False
-        self._released = False
-        self._waiter: trio.lowlevel.Task | None = None
+        self._writing = False
+        """A writer task owns the socket's write side: from a write the socket took only part
+        of until it has caught up. Set while a frame may be half on the wire."""
         self._backlog: bytes | None = None
-        """The unwritten end of a batch the socket only partly took: the writer task's job."""
         self._backlog_oldest = 0
         self._nursery: trio.Nursery | None = None
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, trio.current_time())
-        self._writing = False
         self._oldest_ms = 0
         self._latency = latency
         self.closing: Closing | None = None
@@ -156,34 +164,41 @@ class Session:
             self._oldest_ms = self._hub.publish_ts
             self._rounds.request(self)
 
+    def overflow(self) -> None:
+        """A slow consumer is usually in the middle of a write. Cutting it now would leave half
+        a frame and no close code, so a writer task finishes that write (bounded by the send
+        timeout), sends nothing more, and the session closes politely with 4008."""
+        if self.closing is None:
+            self.closing = Closing(CloseCode.SLOW_CONSUMER, "slow consumer")
+        if not self._writing:
+            self._end(self.closing)
+
+    # Writing -----------------------------------------------------------------------------
+
     def release(self) -> None:
         """Called by the write rounds: write what is queued, now.
 
-        The fast path writes the whole batch synchronously with one non-blocking ``send``; the
-        writer task is woken only for what that cannot do (a socket that takes part of the
-        batch or nothing, a closing session, a stream without a socket).
+        The fast path writes the whole batch synchronously with one non-blocking ``send``
+        (trio's ``send_all`` costs a task switch and several checkpoints per call; this is
+        what lets one round reach a thousand clients in a few milliseconds). A writer task
+        starts only for what the socket does not take at once.
         """
-        if self._writing:
-            self._released = True  # the writer task looks again when its write is done
-            return
+        if self._writing or self.closing is not None:
+            return  # a writer collects everything once its write is done; a closing one nothing
         self._requested = False
-        if self.closing is not None:
-            self._wake_writer()
-            return
         data, oldest = self._collect()
         if data is None:
             return
+        fd = self._fd
+        if fd is None:
+            self._write_later(data, oldest)
+            return
         try:
-            sent = self._stream.try_send(data, self._open)
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
         except OSError:
-            self._end(Closing(CloseCode.NORMAL, "peer gone", hard=True))
-            return
-        if sent is None:
-            self._backlog, self._backlog_oldest = data, oldest
-            self._wake_writer()
-            return
-        if sent == CLOSING:
-            self._end(Closing(CloseCode.NORMAL, "closed by peer"))
+            self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
             return
         self.bytes_out += sent
         if sent == len(data):
@@ -191,16 +206,46 @@ class Session:
             return
         # Part of a frame may be on the wire now: the rest must follow before anything else,
         # and if the session ends first the connection can only be cut.
-        self._writing = True
-        self._backlog, self._backlog_oldest = data[sent:], oldest
-        self._wake_writer()
+        self._write_later(data[sent:] if sent else data, oldest)
 
-    def _wake_writer(self) -> None:
-        self._released = True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(waiter)
+    def _write_later(self, data: bytes, oldest: int) -> None:
+        self._writing = True
+        self._backlog, self._backlog_oldest = data, oldest
+        if self._nursery is not None:
+            self._nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
+        """The slow path: the backlog, then whatever queued meanwhile, until caught up."""
+        data, oldest = self._backlog, self._backlog_oldest
+        self._backlog = None
+        while data is not None:
+            if not await self._send(data, oldest):
+                return
+            if self.closing is not None:
+                self._end(self.closing)  # an overflow waited for this write: close politely
+                return
+            self._requested = False
+            data, oldest = self._collect()
+        self._writing = False
+
+    async def _send(self, data: bytes, oldest: int) -> bool:
+        """Write with a deadline; False when the session must end."""
+        try:
+            # A bare CancelScope: move_on_after's generator showed up in profiles of this path.
+            with trio.CancelScope(
+                deadline=trio.current_time() + self._settings.send_timeout
+            ) as deadline:
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
+            return False
+        if deadline.cancelled_caught:
+            # Part of a frame may be on the wire: nothing may follow it, not even a close.
+            self._end(Closing(CloseCode.SLOW_CONSUMER, "send timed out", hard=True))
+            return False
+        self.bytes_out += len(data)
+        self._wrote(oldest)
+        return True
 
     def _collect(self) -> tuple[bytes | None, int]:
         """Everything queued, as one buffer, and when its oldest message arrived."""
@@ -226,13 +271,14 @@ class Session:
         if oldest and self._latency is not None:
             self._latency.observe(max(0, time.time_ns() // 1_000_000 - oldest) / 1000)
 
-    def overflow(self) -> None:
-        """A slow consumer is usually in the middle of a write. Cutting it now would leave half
-        a frame and no close code, so the writer finishes that write (bounded by the send
-        timeout), sends nothing more, and the session closes politely with 4008."""
-        if self.closing is None:
-            self.closing = Closing(CloseCode.SLOW_CONSUMER, "slow consumer")
-        self.wake()
+    def _queue(self, frame: bytes) -> None:
+        """A frame of the relay's own (reply, pong, ping), in order with the data."""
+        if self.outbox.offer_control(frame):
+            self.wake()
+        else:
+            self.overflow()
+
+    # Lifecycle ---------------------------------------------------------------------------
 
     def _end(self, closing: Closing) -> None:
         """First reason wins; later ones are consequences of it."""
@@ -241,117 +287,85 @@ class Session:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    # Lifecycle ---------------------------------------------------------------------------
-
     async def run(self, nursery: trio.Nursery) -> None:
-        """Serve the client until the connection ends; runs the writer itself.
+        """Serve the client until the connection ends.
 
-        ``nursery`` is the connection's: it already holds trio-websocket's reader task, and
-        cancelling it ends everything the connection runs. The reader and this task (the
-        writer) are all a session runs; heartbeats and idle deadlines come from the relay's
-        one timer task (:class:`SessionTimers`), which starts a ping task only while a ping is
-        in flight.
+        ``nursery`` is the connection's: cancelling it ends everything the connection runs.
+        This task is the reader; the writer task exists only while the socket is behind.
         """
         self._nursery = nursery
         welcome = Welcome(self.id, self._settings.heartbeat)
-        self.outbox.offer_control(self._hub.framer.text(encode_event("welcome", welcome)))
-        self.wake()
+        self._queue(self._hub.framer.text(encode_event("welcome", welcome)))
         self._timers.add(self, trio.current_time())
         try:
-            nursery.start_soon(self._reader)
-            await self._writer()
+            early, self._ws.early = self._ws.early, []
+            if self._on(early):
+                await self._read()
         finally:
             self._timers.remove(self)
             self._hub.drop(self)
             await self._close()
 
+    async def _read(self) -> None:
+        stream, ws = self._stream, self._ws
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
+                return
+            if not self._on(ws.receive(data)):
+                return
+
+    def _on(self, received: list[Received]) -> bool:
+        """Act on what the client sent; False once the session is closing."""
+        for item in received:
+            if isinstance(item, str | bytes):
+                self._handle(item)
+            elif isinstance(item, Answer):
+                self._queue(item.frame)
+            elif isinstance(item, PongReceived):
+                self._timers.answered(self)
+            elif isinstance(item, Closed):
+                reason = "closed by client" if item.by_client else item.reason
+                self._end(Closing(item.code, reason))
+            if self.closing is not None:
+                return False
+        return True
+
     async def _close(self) -> None:
-        """Send the close frame when the wire allows it; otherwise cut the connection.
+        """Send the close frame when the wire allows it, wait a moment for the client's (unless
+        it closed first), then close the TCP connection.
 
         Shielded: a server shutdown cancels sessions, and that is exactly when clients should
         hear 1001 rather than see a reset.
         """
-        closing = self.closing or Closing(CloseCode.GOING_AWAY, "server shutting down")
+        if self.closing is None:
+            self.closing = Closing(CloseCode.GOING_AWAY, "server shutting down")
+        closing = self.closing
         with trio.CancelScope(shield=True):
+            frame = None
             if not (closing.hard or self._writing):
+                frame = self._ws.close(closing.code, closing.reason)
+            if frame is not None:
                 with trio.move_on_after(self._settings.close_timeout):
-                    await self._ws.aclose(closing.code, closing.reason)
+                    try:
+                        await self._stream.send_all(frame)
+                        await self._await_close_frame()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
             await trio.aclose_forcefully(self._stream)
 
-    # Tasks -------------------------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        """The slow path: what the write rounds could not write without waiting."""
-        while True:
-            while not self._released:
-                await self._wait()
-            self._released = False
-            if self.closing is not None:
-                self._end(self.closing)
-                return
-            data: bytes | None
-            if self._backlog is not None:
-                data, oldest = self._backlog, self._backlog_oldest
-                self._backlog = None
-            else:
-                self._requested = False
-                data, oldest = self._collect()
-            if data is None:
-                continue
-            if not await self._send(data, oldest):
-                return
-            if self.outbox.pending:
-                self._released = True  # fell behind: keep writing from here until caught up
-
-    async def _send(self, data: bytes, oldest: int) -> bool:
-        """Write with a deadline; False when the session must end."""
-        self._writing = True
-        try:
-            # A bare CancelScope: move_on_after's generator showed up in profiles of this path.
-            with trio.CancelScope(
-                deadline=trio.current_time() + self._settings.send_timeout
-            ) as deadline:
-                written = await self._stream.send_frames(data, self._open)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._end(Closing(CloseCode.NORMAL, "peer gone", hard=True))
-            return False
-        if deadline.cancelled_caught:
-            # Part of a frame may be on the wire: nothing may follow it, not even a close.
-            self._end(Closing(CloseCode.SLOW_CONSUMER, "send timed out", hard=True))
-            return False
-        self._writing = False
-        if not written:
-            self._end(Closing(CloseCode.NORMAL, "closed by peer"))
-            return False
-        self.bytes_out += len(data)
-        self._wrote(oldest)
-        return True
-
-    async def _wait(self) -> None:
-        """Sleep until the write rounds hand this writer work (``_wake_writer``). A parking lot
-        would do, but costs an OrderedDict per idle client; one task slot costs nothing."""
-        self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _open(self) -> bool:
-        return self._ws.closed is None
-
-    async def _reader(self) -> None:
+    async def _await_close_frame(self) -> None:
         ws = self._ws
-        while True:
-            try:
-                message = await ws.get_message()
-            except ConnectionClosed as exc:
-                reason = exc.reason
-                code = reason.code if reason is not None else CloseCode.NORMAL
-                self._end(Closing(code, "closed by peer", hard=True))
+        while ws.closing:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            if not data or any(isinstance(item, Closed) for item in ws.receive(data)):
                 return
-            self._handle(message)
+
+    # Commands ----------------------------------------------------------------------------
 
     def _handle(self, message: str | bytes) -> None:
         now = trio.current_time()
@@ -387,26 +401,19 @@ class Session:
             self._timers.idle(self, now)
 
     def _reply(self, payload: bytes) -> None:
-        if self.outbox.offer_control(self._hub.framer.text(payload)):
-            self.wake()
-        else:
-            self.overflow()
+        self._queue(self._hub.framer.text(payload))
 
     # Called by the relay's timer task.
 
-    def ping_soon(self) -> None:
-        if self._nursery is not None and self.closing is None:
-            self._nursery.start_soon(self._ping)
+    def ping(self, now: float) -> None:
+        """Queue a ping; the timers close the session if no pong comes within the timeout."""
+        frame = self._ws.ping(PING_PAYLOAD) if self.closing is None else None
+        if frame is not None:
+            self._timers.pinged(self, now)
+            self._queue(frame)
+
+    def silent(self) -> None:
+        self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))
 
     def idle_expired(self) -> None:
         self._end(Closing(CloseCode.IDLE, "idle timeout"))
-
-    async def _ping(self) -> None:
-        with trio.move_on_after(self._settings.heartbeat_timeout) as deadline:
-            try:
-                await self._ws.ping()
-            except ConnectionClosed:
-                self._end(Closing(CloseCode.NORMAL, "closed", hard=True))
-                return
-        if deadline.cancelled_caught:
-            self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))

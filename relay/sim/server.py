@@ -29,7 +29,6 @@ import trio_websocket
 
 from relay.server.frontdoor import (
     BadRequest,
-    ReplayStream,
     RequestHead,
     error_body,
     error_response,
@@ -144,8 +143,9 @@ class _Conn:
     """Trio time until which nothing may be written to this connection."""
 
 
-class _GatedStream(ReplayStream):
-    """A ReplayStream whose writes wait while the connection is stalled.
+class _GatedStream(trio.abc.Stream):
+    """The socket as trio-websocket sees it: reads first replay the bytes the front door
+    consumed, and writes wait while the connection is stalled.
 
     Gating the stream rather than the message queue also holds back what trio-websocket writes
     by itself (pongs, close frames), so a stalled connection is truly silent.
@@ -153,16 +153,30 @@ class _GatedStream(ReplayStream):
 
     def __init__(
         self,
-        inner: trio.abc.HalfCloseableStream | trio.abc.Stream,
+        inner: trio.abc.Stream,
         prefix: bytes,
         gate: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(inner, prefix)
+        self._inner = inner
+        self._prefix = prefix
         self._gate = gate
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            return chunk
+        return await self._inner.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._gate()
-        await super().send_all(data)
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class SimServer:
@@ -396,7 +410,7 @@ class SimServer:
             return
         send, receive = trio.open_memory_channel[str](self._queue_size)
         conn = _Conn(next(self._ids), send, receive)
-        gated = _GatedStream(stream, head.raw, partial(self._wait_unstalled, conn))
+        gated = _GatedStream(stream, head.head + head.trailing, partial(self._wait_unstalled, conn))
         with conn.scope:
             async with trio.open_nursery() as nursery:
                 ws = None

@@ -163,6 +163,7 @@ async def test_tcp_reset_leaves_nothing_behind(stack: Stack) -> None:
     command = '{"action":"subscribe","channels":["sim:trades:BTC-USD","sim:book:ETH-USD"]}'
     await stream.send_all(ws.send(TextMessage(data=command)))
     await stack.wait_for(lambda: len(relay.hub.registry) == 2)
+    await stack.wait_for_stats(lambda s: s["subscribes"] == 2)  # the upstream holds them too
     (session,) = relay.sessions
     # RST instead of FIN: the abrupt way a client vanishes.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

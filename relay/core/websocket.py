@@ -1,0 +1,187 @@
+"""The server end of a client's WebSocket: wsproto, plus what the relay needs on top.
+
+The relay serves each client from its own sessions on wsproto directly rather than through
+trio-websocket's server connection. trio-websocket adds, per connection, a reader task, a
+memory channel, three events, a stream lock and the handshake's h11 state, kept for the life
+of the connection: about 12 KiB of an idle client's memory (measured in docs/performance.md).
+The relay already has a reader task and a writer discipline of its own, so all it needs is
+what this module adds to wsproto: the handshake answered from the bytes the front door read,
+whole messages under a size cap, and the frames to send for pings, pongs and closes.
+
+Sans-IO: bytes in, results out; the session does every read and write.
+"""
+
+from __future__ import annotations
+
+from typing import Final, cast
+
+import attrs
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+MESSAGE_TOO_BIG: Final = 1009
+
+
+class HandshakeRefused(Exception):
+    """The upgrade request is not a valid WebSocket handshake."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@attrs.frozen
+class Answer:
+    """A frame to queue for the client (a pong)."""
+
+    frame: bytes
+
+
+@attrs.frozen
+class PongReceived:
+    """The client answered a ping (or sent an unsolicited pong: it is alive either way)."""
+
+
+@attrs.frozen
+class Closed:
+    """The conversation is over: the client closed, or broke the protocol."""
+
+    code: int
+    reason: str
+    by_client: bool
+    """True for a close frame from the client, which the relay answers and then hangs up;
+    False for a violation (bad framing, bad UTF-8, a message too big) the relay closes for."""
+
+
+Received = str | bytes | Answer | PongReceived | Closed
+"""Whole text and binary messages are plain ``str`` and ``bytes``."""
+
+PONG_RECEIVED: Final = PongReceived()
+
+
+def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, ServerWebSocket]:
+    """Answer an upgrade request: the 101 response and the connection it opens.
+
+    ``head`` is the request head exactly as read; ``trailing`` whatever the client sent after
+    it (frames may follow the request without waiting for the response). wsproto validates the
+    request; its advice on the status to refuse with (426 for a wrong version) is kept.
+    """
+    handshake = WSConnection(ConnectionType.SERVER)
+    try:
+        handshake.receive_data(head)
+        requests = [event for event in handshake.events() if isinstance(event, Request)]
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        status = hint.status_code if isinstance(hint, RejectConnection) else 400
+        raise HandshakeRefused(status, str(exc)) from None
+    if not requests:
+        raise HandshakeRefused(400, "expected a WebSocket upgrade request")
+    response = handshake.send(AcceptConnection())
+    connection = handshake.connection
+    if connection is None:  # wsproto opens the connection when it accepts
+        raise HandshakeRefused(500, "the WebSocket connection did not open")
+    # Only the opened connection is kept: the handshake's h11 state dies with this function.
+    websocket = ServerWebSocket(connection, max_message_size)
+    if trailing:
+        websocket.early = websocket.receive(trailing)
+    return response, websocket
+
+
+class ServerWebSocket:
+    """One client's frames in, and the control frames the relay sends back."""
+
+    __slots__ = ("_conn", "_parts", "_size", "early", "max_message_size")
+
+    def __init__(self, connection: Connection, max_message_size: int) -> None:
+        self._conn = connection
+        self.max_message_size = max_message_size
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self.early: list[Received] = []
+        """What arrived with the handshake, for the session to handle first."""
+
+    @property
+    def open(self) -> bool:
+        return self._conn.state is ConnectionState.OPEN
+
+    @property
+    def closing(self) -> bool:
+        """The relay sent its close frame and waits for the client's."""
+        return self._conn.state is ConnectionState.LOCAL_CLOSING
+
+    def receive(self, data: bytes | bytearray) -> list[Received]:
+        """Everything ``data`` completes, in order; nothing after a :class:`Closed`."""
+        conn = self._conn
+        if conn.state is ConnectionState.CLOSED:
+            return []
+        conn.receive_data(cast(bytes, data))  # wsproto's buffer takes any bytes-like
+        out: list[Received] = []
+        for event in conn.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                payload = event.data
+                message = self._assemble(
+                    payload if isinstance(payload, str) else bytes(payload),
+                    event.message_finished,
+                )
+                if message is not None:
+                    out.append(message)
+                elif self._size > self.max_message_size:
+                    out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
+                    return out
+            elif isinstance(event, Ping):
+                out.append(Answer(conn.send(event.response())))
+            elif isinstance(event, Pong):
+                out.append(PONG_RECEIVED)
+            elif isinstance(event, CloseConnection):
+                # wsproto reports a protocol violation as a close event without leaving OPEN;
+                # a real close frame moves it to REMOTE_CLOSING (or CLOSED if the relay closed
+                # first).
+                by_client = conn.state is not ConnectionState.OPEN
+                out.append(Closed(event.code, event.reason or "", by_client))
+                return out
+        return out
+
+    def _assemble(self, data: str | bytes, finished: bool) -> str | bytes | None:
+        """A whole message, or None while fragments are still arriving or it is too big."""
+        # The cap is in bytes; an ASCII str (known in O(1)) is as long as its encoding.
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        self._size += size
+        if self._size > self.max_message_size:
+            self._parts.clear()
+            return None
+        if finished and not self._parts:
+            self._size = 0
+            return data
+        self._parts.append(data)
+        if not finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(data, str):
+            return "".join(part for part in parts if isinstance(part, str))
+        return b"".join(part for part in parts if isinstance(part, bytes))
+
+    def ping(self, payload: bytes) -> bytes | None:
+        """A ping frame, or None once closing has begun."""
+        if not self.open:
+            return None
+        return self._conn.send(Ping(payload))
+
+    def close(self, code: int, reason: str) -> bytes | None:
+        """The close frame to send (the answer, if the client closed first), or None when no
+        close frame may be sent any more."""
+        conn = self._conn
+        if conn.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return None
+        return conn.send(CloseConnection(code, reason))

@@ -1,0 +1,214 @@
+"""The server end of a client WebSocket (sans-IO), against wsproto's client as the peer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    TextMessage,
+)
+
+from relay.core.websocket import (
+    MESSAGE_TOO_BIG,
+    Answer,
+    Closed,
+    HandshakeRefused,
+    PongReceived,
+    Received,
+    ServerWebSocket,
+    accept,
+)
+
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+CAP = 1024
+
+
+def request(*, key: str | None = KEY, version: str = "13") -> bytes:
+    lines = [
+        "GET /ws HTTP/1.1",
+        "Host: relay",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Version: {version}",
+    ]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def pair(cap: int = CAP) -> tuple[ServerWebSocket, Connection]:
+    _, server = accept(request(), b"", cap)
+    return server, Connection(ConnectionType.CLIENT)
+
+
+def client_events(client: Connection, frame: bytes) -> list[object]:
+    client.receive_data(frame)
+    return list(client.events())
+
+
+def feed(server: ServerWebSocket, data: bytes, cuts: list[int]) -> list[Received]:
+    """Deliver ``data`` in pieces cut at ``cuts``, the way TCP may."""
+    out: list[Received] = []
+    start = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        if cut > start:
+            out += server.receive(data[start:cut])
+            start = cut
+    return out
+
+
+def test_accept_answers_with_the_rfc_6455_accept_token() -> None:
+    response, _ = accept(request(), b"", CAP)
+    expected = base64.b64encode(
+        hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    )
+    assert response.startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Accept: " + expected in response
+
+
+def test_frames_sent_right_behind_the_request_are_not_lost() -> None:
+    client = Connection(ConnectionType.CLIENT)
+    pipelined = client.send(TextMessage(data='{"action":"ping"}')) + client.send(Ping(b"p"))
+    _, server = accept(request(), pipelined, CAP)
+    assert server.early[0] == '{"action":"ping"}'
+    assert isinstance(server.early[1], Answer)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [(request(key=None), 400), (request(version="8"), 426)],
+)
+def test_a_bad_handshake_is_refused_with_the_status_wsproto_advises(
+    head: bytes, status: int
+) -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        accept(head, b"", CAP)
+    assert refused.value.status == status
+
+
+messages = st.lists(
+    st.one_of(st.text(max_size=300), st.binary(max_size=300)),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=messages,
+    fragments=st.lists(st.integers(1, 5), min_size=8, max_size=8),
+    pings=st.lists(st.booleans(), min_size=8, max_size=8),
+    cuts=st.lists(st.integers(0, 10_000), max_size=20),
+)
+def test_messages_arrive_whole_and_in_order_however_framed_and_cut(
+    messages: list[str | bytes],
+    fragments: list[int],
+    pings: list[bool],
+    cuts: list[int],
+) -> None:
+    server, client = pair(cap=4 * 300)
+    wire = b""
+    for i, message in enumerate(messages):
+        n = fragments[i]
+        step = max(1, -(-len(message) // n))
+        parts = [message[j : j + step] for j in range(0, len(message), step)] or [message]
+        for k, part in enumerate(parts):
+            last = k == len(parts) - 1
+            event = (
+                TextMessage(data=part, message_finished=last)
+                if isinstance(part, str)
+                else BytesMessage(data=part, message_finished=last)
+            )
+            wire += client.send(event)
+            if pings[i] and k == 0:
+                wire += client.send(Ping(payload=b"%d" % i))  # control frames may interleave
+    received = feed(server, wire, cuts)
+    assert [r for r in received if isinstance(r, str | bytes)] == messages
+    answers = [r for r in received if isinstance(r, Answer)]
+    assert len(answers) == sum(pings[: len(messages)])
+    for answer, i in zip(answers, [i for i in range(len(messages)) if pings[i]], strict=True):
+        (pong,) = client_events(client, answer.frame)
+        assert pong == Pong(payload=b"%d" % i)
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(CAP + 1, 3 * CAP), parts=st.integers(1, 4), text=st.booleans())
+def test_a_message_over_the_cap_closes_with_1009_even_in_fragments(
+    size: int, parts: int, text: bool
+) -> None:
+    server, client = pair()
+    payload: str | bytes = "é" * (size // 2 + 1) if text else b"x" * size
+    step = -(-len(payload) // parts)
+    wire = b""
+    chunks = [payload[i : i + step] for i in range(0, len(payload), step)]
+    for k, chunk in enumerate(chunks):
+        finished = k == len(chunks) - 1
+        wire += client.send(
+            TextMessage(data=chunk, message_finished=finished)
+            if isinstance(chunk, str)
+            else BytesMessage(data=chunk, message_finished=finished)
+        )
+    wire += client.send(TextMessage(data="after"))
+    received = server.receive(wire)
+    assert received == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+def test_a_message_exactly_at_the_cap_is_delivered() -> None:
+    server, client = pair()
+    assert server.receive(client.send(TextMessage(data="é" * (CAP // 2)))) == ["é" * (CAP // 2)]
+
+
+def test_the_clients_close_is_answered_once() -> None:
+    server, client = pair()
+    received = server.receive(client.send(CloseConnection(code=1000, reason="bye")))
+    assert received == [Closed(1000, "bye", by_client=True)]
+    reply = server.close(1000, "closed by client")
+    assert reply is not None
+    assert client_events(client, reply) == [CloseConnection(code=1000, reason="closed by client")]
+    assert server.close(1000, "again") is None
+    assert server.receive(b"anything") == []
+
+
+def test_the_relay_closes_first_and_waits_for_the_answer() -> None:
+    server, client = pair()
+    frame = server.close(4000, "idle timeout")
+    assert frame is not None and server.closing and not server.open
+    assert server.ping(b"x") is None
+    (close,) = client_events(client, frame)
+    assert isinstance(close, CloseConnection) and close.code == 4000
+    received = server.receive(client.send(close.response()))
+    assert received == [Closed(4000, "idle timeout", by_client=True)]
+    assert not server.closing
+
+
+def test_pongs_are_reported() -> None:
+    server, client = pair()
+    ping = server.ping(b"relay")
+    assert ping is not None
+    (event,) = client_events(client, ping)
+    assert event == Ping(payload=b"relay")
+    assert server.receive(client.send(Pong(payload=b"relay"))) == [PongReceived()]
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (b"\x81\x05hello", 1002),  # an unmasked frame from a client
+        (b"\x81\x82abcd" + bytes([0xFF ^ ord("a"), 0xFE ^ ord("b")]), 1007),  # not UTF-8
+        (b"\x83\x80abcd", 1002),  # reserved opcode
+    ],
+)
+def test_protocol_violations_close_with_wsprotos_code(wire: bytes, code: int) -> None:
+    server, _ = pair()
+    (closed,) = server.receive(wire + b"\x81\x80abcd")
+    assert isinstance(closed, Closed) and closed.code == code and not closed.by_client
+    assert server.open  # the relay still sends its close frame with that code
+    assert server.close(closed.code, closed.reason) is not None
