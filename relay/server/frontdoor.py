@@ -44,7 +44,8 @@ class BadRequest(Exception):
 
 @attrs.define
 class RequestHead:
-    """A parsed request head plus what is needed to answer it or to replay it."""
+    """A parsed request head plus what is needed to answer it or to hand it to the WebSocket
+    handshake."""
 
     method: str
     target: str
