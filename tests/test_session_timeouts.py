@@ -35,9 +35,9 @@ SERVER = {
 }
 
 
-def make_relay(**outbox: Any) -> Relay:
+def make_relay(server: dict[str, Any] | None = None, **outbox: Any) -> Relay:
     config = {
-        "server": SERVER,
+        "server": {**SERVER, **(server or {})},
         "auth": {"required": False},
         "sources": {"sim": {"kind": "sim", "url": "ws://127.0.0.1:9/ws"}},
     }
@@ -274,3 +274,52 @@ async def test_an_unsolicited_pong_counts_as_an_answer(
     assert client.closed is None and len(relay.sessions) == 1
     await trio.sleep(30)  # no more pongs: the next ping goes unanswered
     assert client.closed is not None and client.closed.code == 4001
+
+
+async def test_a_close_without_a_code_is_answered_and_cleans_up(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A browser's bare ``ws.close()`` sends a close frame with no code at all."""
+    relay = make_relay()
+    client = await connect(relay, nursery)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    with trio.move_on_after(1):
+        await client.read_forever()  # the ack
+    await client.stream.send_all(b"\x88\x80abcd")  # masked, empty payload
+    await client.read_forever()
+    assert client.closed is not None and client.closed.code == 1005  # answered without one
+    await trio.testing.wait_all_tasks_blocked()
+    assert not relay.sessions and len(relay.hub.registry) == 0
+    assert "connection failed" not in caplog.text
+
+
+async def test_a_ping_goes_ahead_of_a_backlog(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A client that lags but reads must not be taken for dead: the heartbeat ping is written
+    at the head of the next batch, not behind everything queued."""
+    # A send timeout longer than the heartbeat: the client is slow, not stuck.
+    relay = make_relay({"send_timeout": 30.0}, max_messages=1000, max_bytes=1 << 20)
+    client = await connect(relay, nursery, lockstep=True)
+    await client.send({"action": "subscribe", "channel": "sim:trades:BTC-USD"})
+    with trio.move_on_after(0.5):
+        await client.read_forever()  # welcome and ack; from here on the client stalls
+    relay.hub.publish(Update("sim:trades:BTC-USD", {"n": 1}, 1, False), ts=1)
+    await trio.testing.wait_all_tasks_blocked()  # the writer is blocked on message 1
+    for n in range(2, 50):
+        relay.hub.publish(Update("sim:trades:BTC-USD", {"n": n}, n, False), ts=n)
+    await trio.sleep(15)  # the heartbeat is due while all that waits
+    order: list[str] = []
+    while len(client.messages) < 2 + 49:
+        data = await client.stream.receive_some()
+        assert data, f"connection closed after {order}"
+        client.ws.receive_data(data)
+        for event in client.ws.events():
+            if isinstance(event, Ping):
+                order.append("ping")
+                await client.stream.send_all(client.ws.send(event.response()))
+            elif isinstance(event, TextMessage):
+                client.messages.append(orjson.loads(event.data))
+                order.append(str(client.messages[-1]["data"]["n"]))
+    assert order[:3] == ["1", "ping", "2"]
+    assert len(relay.sessions) == 1

@@ -28,6 +28,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
 MESSAGE_TOO_BIG: Final = 1009
@@ -102,13 +103,17 @@ def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, 
 class ServerWebSocket:
     """One client's frames in, and the control frames the relay sends back."""
 
-    __slots__ = ("_conn", "_parts", "_size", "early", "max_message_size")
+    __slots__ = ("_conn", "_failed", "_parts", "_size", "_too_big", "early", "max_message_size")
 
     def __init__(self, connection: Connection, max_message_size: int) -> None:
         self._conn = connection
         self.max_message_size = max_message_size
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._too_big = False
+        """The rest of an oversized message is skipped; control frames are still read."""
+        self._failed = False
+        """The client broke the framing: nothing it sends can be parsed any more."""
         self.early: list[Received] = []
         """What arrived with the handshake, for the session to handle first."""
 
@@ -122,14 +127,18 @@ class ServerWebSocket:
         return self._conn.state is ConnectionState.LOCAL_CLOSING
 
     def receive(self, data: bytes | bytearray) -> list[Received]:
-        """Everything ``data`` completes, in order; nothing after a :class:`Closed`."""
+        """Everything ``data`` completes, in order. After a :class:`Closed` only the client's
+        close frame is reported (an answer to the relay's), and nothing once it came."""
         conn = self._conn
-        if conn.state is ConnectionState.CLOSED:
+        if conn.state is ConnectionState.CLOSED or self._failed:
             return []
         conn.receive_data(cast(bytes, data))  # wsproto's buffer takes any bytes-like
         out: list[Received] = []
+        state = conn.state
         for event in conn.events():
             if isinstance(event, TextMessage | BytesMessage):
+                if self._too_big:
+                    continue
                 payload = event.data
                 message = self._assemble(
                     payload if isinstance(payload, str) else bytes(payload),
@@ -138,6 +147,7 @@ class ServerWebSocket:
                 if message is not None:
                     out.append(message)
                 elif self._size > self.max_message_size:
+                    self._too_big = True
                     out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
                     return out
             elif isinstance(event, Ping):
@@ -145,10 +155,11 @@ class ServerWebSocket:
             elif isinstance(event, Pong):
                 out.append(PONG_RECEIVED)
             elif isinstance(event, CloseConnection):
-                # wsproto reports a protocol violation as a close event without leaving OPEN;
-                # a real close frame moves it to REMOTE_CLOSING (or CLOSED if the relay closed
-                # first).
-                by_client = conn.state is not ConnectionState.OPEN
+                # wsproto reports a protocol violation as a close event that leaves the state
+                # as it was; a real close frame moves it on (to REMOTE_CLOSING, or to CLOSED
+                # if the relay closed first).
+                by_client = conn.state is not state
+                self._failed = not by_client
                 out.append(Closed(event.code, event.reason or "", by_client))
                 return out
         return out
@@ -184,4 +195,8 @@ class ServerWebSocket:
         conn = self._conn
         if conn.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             return None
+        if code == CloseReason.NO_STATUS_RCVD:
+            # The client's close had no code (a browser's bare ``close()``): answer in kind; a
+            # close frame without a code cannot carry a reason.
+            return conn.send(CloseConnection(CloseReason.NO_STATUS_RCVD))
         return conn.send(CloseConnection(code, reason))

@@ -97,6 +97,8 @@ class Session:
         "_limits",
         "_nursery",
         "_oldest_ms",
+        "_partial",
+        "_ping_frame",
         "_requested",
         "_rounds",
         "_settings",
@@ -139,8 +141,14 @@ class Session:
         self._rounds = rounds
         self._requested = False
         self._writing = False
-        """A writer task owns the socket's write side: from a write the socket took only part
-        of until it has caught up. Set while a frame may be half on the wire."""
+        """A writer task owns the socket's write side, from a write the socket did not take
+        in full until it has caught up."""
+        self._partial = False
+        """Part of a frame may be on the wire: nothing but its rest may follow, not even a
+        close frame."""
+        self._ping_frame: bytes | None = None
+        """A heartbeat ping, written at the head of the next batch rather than behind
+        everything queued, so a client that lags but reads is not taken for dead."""
         self._backlog: bytes | None = None
         self._backlog_oldest = 0
         self._nursery: trio.Nursery | None = None
@@ -206,6 +214,7 @@ class Session:
             return
         # Part of a frame may be on the wire now: the rest must follow before anything else,
         # and if the session ends first the connection can only be cut.
+        self._partial = sent > 0
         self._write_later(data[sent:] if sent else data, oldest)
 
     def _write_later(self, data: bytes, oldest: int) -> None:
@@ -222,40 +231,68 @@ class Session:
             if not await self._send(data, oldest):
                 return
             if self.closing is not None:
-                self._end(self.closing)  # an overflow waited for this write: close politely
+                # An overflow let this write finish: the wire is at a frame boundary, so the
+                # session can close politely.
+                self._writing = False
+                self._end(self.closing)
                 return
             self._requested = False
             data, oldest = self._collect()
         self._writing = False
 
     async def _send(self, data: bytes, oldest: int) -> bool:
-        """Write with a deadline; False when the session must end."""
+        """Write all of ``data`` within the send timeout; False when the session must end."""
         try:
             # A bare CancelScope: move_on_after's generator showed up in profiles of this path.
             with trio.CancelScope(
                 deadline=trio.current_time() + self._settings.send_timeout
             ) as deadline:
-                await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if self._fd is None:
+                    self._partial = True  # a cancelled send_all may have written any part
+                    await self._stream.send_all(data)
+                    self._partial = False
+                    self.bytes_out += len(data)
+                else:
+                    await self._send_socket(self._fd, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
             return False
         if deadline.cancelled_caught:
             # Part of a frame may be on the wire: nothing may follow it, not even a close.
-            self._end(Closing(CloseCode.SLOW_CONSUMER, "send timed out", hard=True))
+            self._end(Closing(CloseCode.SLOW_CONSUMER, "send timed out", hard=self._partial))
             return False
-        self.bytes_out += len(data)
         self._wrote(oldest)
         return True
+
+    async def _send_socket(self, fd: int, data: bytes) -> None:
+        """``send_all`` written out, so that the session knows at every moment whether the
+        wire is at a frame boundary: a cancellation can only land in the wait."""
+        view = memoryview(data)
+        while view:
+            await trio.lowlevel.wait_writable(fd)
+            # Woken for writability but cancelled before running (the session ended, and may
+            # have sent its close frame meanwhile): nothing may be written now.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            self.bytes_out += sent
+            view = view[sent:]
+            self._partial = bool(view)
 
     def _collect(self) -> tuple[bytes | None, int]:
         """Everything queued, as one buffer, and when its oldest message arrived."""
         outbox = self.outbox
+        ping, self._ping_frame = self._ping_frame, None
         if not outbox.pending:
-            return None, 0
+            return ping, 0
         hub = self._hub
         drained = outbox.drain()
         oldest, self._oldest_ms = self._oldest_ms, 0
         frames = drained.frames
+        if ping is not None:
+            frames.insert(0, ping)
         for channel in drained.resnapshot:
             snapshot = hub.snapshot_frame(hub.channel(channel))
             if snapshot is not None:
@@ -299,14 +336,16 @@ class Session:
         self._timers.add(self, trio.current_time())
         try:
             early, self._ws.early = self._ws.early, []
-            if self._on(early):
-                await self._read()
+            self._on(early)
+            await self._read()
         finally:
             self._timers.remove(self)
             self._hub.drop(self)
             await self._close()
 
     async def _read(self) -> None:
+        """Until the session ends: ``_end`` cancels this task (a session that is only marked
+        closing, waiting for its writer to finish, goes on reading)."""
         stream, ws = self._stream, self._ws
         while True:
             try:
@@ -316,12 +355,13 @@ class Session:
             if not data:
                 self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
                 return
-            if not self._on(ws.receive(data)):
-                return
+            self._on(ws.receive(data))
 
-    def _on(self, received: list[Received]) -> bool:
-        """Act on what the client sent; False once the session is closing."""
+    def _on(self, received: list[Received]) -> None:
+        """Act on what the client sent; nothing more once the session is closing."""
         for item in received:
+            if self.closing is not None:
+                return
             if isinstance(item, str | bytes):
                 self._handle(item)
             elif isinstance(item, Answer):
@@ -331,9 +371,6 @@ class Session:
             elif isinstance(item, Closed):
                 reason = "closed by client" if item.by_client else item.reason
                 self._end(Closing(item.code, reason))
-            if self.closing is not None:
-                return False
-        return True
 
     async def _close(self) -> None:
         """Send the close frame when the wire allows it, wait a moment for the client's (unless
@@ -347,7 +384,7 @@ class Session:
         closing = self.closing
         with trio.CancelScope(shield=True):
             frame = None
-            if not (closing.hard or self._writing):
+            if not (closing.hard or self._partial):
                 frame = self._ws.close(closing.code, closing.reason)
             if frame is not None:
                 with trio.move_on_after(self._settings.close_timeout):
@@ -362,8 +399,9 @@ class Session:
         ws = self._ws
         while ws.closing:
             data = await self._stream.receive_some(RECEIVE_BYTES)
-            if not data or any(isinstance(item, Closed) for item in ws.receive(data)):
+            if not data:
                 return
+            ws.receive(data)
 
     # Commands ----------------------------------------------------------------------------
 
@@ -406,11 +444,15 @@ class Session:
     # Called by the relay's timer task.
 
     def ping(self, now: float) -> None:
-        """Queue a ping; the timers close the session if no pong comes within the timeout."""
+        """Send a ping with the next batch; the timers close the session if no pong comes
+        within the timeout."""
         frame = self._ws.ping(PING_PAYLOAD) if self.closing is None else None
         if frame is not None:
             self._timers.pinged(self, now)
-            self._queue(frame)
+            self._ping_frame = frame
+            if not self._requested:
+                self._requested = True
+                self._rounds.request(self)
 
     def silent(self) -> None:
         self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))

@@ -212,3 +212,40 @@ def test_protocol_violations_close_with_wsprotos_code(wire: bytes, code: int) ->
     assert isinstance(closed, Closed) and closed.code == code and not closed.by_client
     assert server.open  # the relay still sends its close frame with that code
     assert server.close(closed.code, closed.reason) is not None
+
+
+def test_after_a_message_too_big_only_the_clients_close_is_reported() -> None:
+    server, client = pair()
+    first = client.send(TextMessage(data="x" * CAP, message_finished=False))
+    rest = client.send(TextMessage(data="x" * CAP, message_finished=False))
+    (closed,) = server.receive(first + rest)
+    assert closed == Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)
+    frame = server.close(closed.code, closed.reason)
+    assert frame is not None and server.closing
+    # The client goes on with its message for a while, then answers the close.
+    more = client.send(TextMessage(data="x" * CAP, message_finished=True))
+    assert server.receive(more) == []
+    (close,) = client_events(client, frame)
+    assert isinstance(close, CloseConnection)
+    assert server.receive(client.send(close.response())) == [
+        Closed(MESSAGE_TOO_BIG, "message too big", by_client=True)
+    ]
+    assert not server.closing
+
+
+def test_after_a_violation_nothing_more_is_parsed() -> None:
+    server, client = pair()
+    (closed,) = server.receive(b"\x81\x05hello")
+    assert not closed.by_client  # type: ignore[union-attr]
+    assert server.close(1002, "unmasked frame") is not None
+    # Whatever follows cannot be trusted to be framed, not even what looks like a close.
+    assert server.receive(client.send(CloseConnection(code=1000))) == []
+    assert server.closing
+
+
+def test_a_close_without_a_code_is_answered_without_one() -> None:
+    server, _ = pair()
+    (closed,) = server.receive(b"\x88\x80abcd")  # a masked close frame with no payload
+    assert closed == Closed(1005, "", by_client=True)
+    reply = server.close(1005, "closed by client")
+    assert reply == b"\x88\x00"  # an empty close frame: no code, so no reason either
