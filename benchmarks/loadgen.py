@@ -113,10 +113,9 @@ class Group:
 class Client(WSListener):
     """One picows client. The hot path is ``on_ws_frame`` for a data frame: keep it tiny."""
 
-    def __init__(self, group: Group, channel: str | None, sample: bool) -> None:
+    def __init__(self, group: Group, sample: bool) -> None:
         loop = asyncio.get_running_loop()
         self.group = group
-        self.channel = channel
         self.sample = sample
         self.count = 0
         self.closed = False
@@ -255,7 +254,7 @@ class LoadGen:
         self, sem: asyncio.Semaphore, group: Group, channel: str | None, sample: bool
     ) -> Client:
         async with sem:
-            client = Client(group, channel, sample)
+            client = Client(group, sample)
             transport, _ = await ws_connect(
                 lambda: client,
                 self.url,

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -335,6 +335,9 @@ class LoadGen:
         except queue.Empty:
             self.broken = f"load generator gave no answer in {timeout:.0f} s"
             raise TimeoutError(self.broken) from None
+        return self._parse(line)
+
+    def _parse(self, line: bytes) -> dict[str, Any]:
         if not line:
             self.broken = "load generator exited"
             raise RuntimeError(self.broken)
@@ -349,10 +352,7 @@ class LoadGen:
         self.popen.stdin.flush()
 
     def result(self, timeout: float) -> dict[str, Any]:
-        answer = self._read(timeout)
-        if not answer.get("ok"):
-            raise RuntimeError(f"load generator: {answer.get('error')}")
-        return answer
+        return self._checked(self._read(timeout))
 
     def poll(self, timeout: float) -> dict[str, Any] | None:
         """The pending answer if it comes within ``timeout``, else None (still pending)."""
@@ -360,8 +360,13 @@ class LoadGen:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
             return None
-        self._lines.put(line)  # hand it to result(), which checks it
-        return self.result(0.0)
+        return self._checked(self._parse(line))
+
+    @staticmethod
+    def _checked(answer: dict[str, Any]) -> dict[str, Any]:
+        if not answer.get("ok"):
+            raise RuntimeError(f"load generator: {answer.get('error')}")
+        return answer
 
     def call(self, timeout: float, **cmd: Any) -> dict[str, Any]:
         self.send(**cmd)
@@ -497,7 +502,6 @@ class Session:
     server: Proc | None = None
     market: Market | None = None
     lg: LoadGen | None = None
-    procs: list[Any] = field(default_factory=list)
 
     @property
     def S(self) -> Proc:  # short accessors keep the workload code readable
@@ -519,20 +523,17 @@ class Session:
         self.sim_port, self.port = free_port(), free_port()
         # Started first because it only connects when told to: its start-up overlaps the rest.
         self.lg = LoadGen(f"ws://{HOST}:{self.port}/ws", self.workdir)
-        self.procs.append(self.lg)
         self.sim = Proc(
             f"{self.impl.name}-sim",
             [PY, "-m", "relay", "--log-level", "warning", "simulate", "--port",
              str(self.sim_port), "--rate", "1", "--symbols", SIM_SYMBOLS],
             self.workdir,
         )  # fmt: skip
-        self.procs.append(self.sim)
         self.market = Market(self.sim_port)
         wait_until("market", lambda: self.M.stats() is not None, 20.0, self.sim)
         self.M.post("/control/pause")
         argv = self.impl.argv(self.port, self.sim_port, self.workdir)
         self.server = Proc(self.impl.name, argv, self.workdir)
-        self.procs.append(self.server)
         if self.impl.kind == "relay":
             url = f"http://{HOST}:{self.port}/readyz"
             wait_until(
@@ -550,8 +551,9 @@ class Session:
         return {"startup_s": time.monotonic() - t0, "rss_start": self.S.rss()}
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.kill()
+        for proc in (self.server, self.sim, self.lg):  # the reverse of the start order
+            if proc is not None:
+                proc.kill()
         if self.market is not None:
             self.market.close()
 
@@ -818,14 +820,8 @@ def run_impl(impl: Impl, profile: Profile, report: Reporter, logroot: Path) -> d
         out["startup"] = session.start()
         report.status(f"{impl.name}: connecting {profile.clients} clients")
         out["connect"] = session.connect()
-        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("upstream", session.upstream),
-            ("burst", session.burst),
-            ("paced", session.paced),
-            ("idle", session.idle),
-            ("isolation", session.isolation),
-        ]
-        for name, step in steps:
+        for name in WORKLOADS:  # each is the Session method of that name
+            step: Callable[[], dict[str, Any]] = getattr(session, name)
             report.status(f"{impl.name}: {name}")
             try:
                 session.S.check()
@@ -901,9 +897,14 @@ def fmt_ms(value: float | None) -> str:
 
 
 def ratio(relay: float | None, other: float | None, name: str) -> str:
-    if relay is None or other is None or other <= 0:
+    """The "vs relay" cell: "-" on the relay's own row and where either side is missing."""
+    if name == "relay" or relay is None or other is None or other <= 0:
         return "-"
     return f"relay / {name} = {relay / other:.1f}x"
+
+
+def md_row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def wl(results: dict[str, Any], impl: str, name: str) -> dict[str, Any] | None:
@@ -923,7 +924,7 @@ def markdown(results: dict[str, Any]) -> str:
     """One table per workload, one row per implementation, ratios against the relay."""
     profile = results["profile"]
     meta = results["meta"]
-    names = [i for i in results["order"]]
+    names = results["order"]
     lines = [
         "# Relay benchmark results",
         "",
@@ -939,8 +940,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
 
     def row_missing(impl: str, name: str, ncols: int) -> str:
-        cells = [why_missing(results, impl, name)] + ["-"] * (ncols - 2)
-        return f"| {impl} | " + " | ".join(cells) + " |"
+        return md_row(impl, why_missing(results, impl, name), *["-"] * (ncols - 2))
 
     lines += [
         f"## Burst fan-out: {profile['clients']:,} clients x {profile['burst_m']} messages "
@@ -959,9 +959,14 @@ def markdown(results: dict[str, Any]) -> str:
             [r["first_delivery_ms"] for r in b["reps"] if r["first_delivery_ms"] is not None] or [0]
         )
         lines.append(
-            f"| {impl} | {fmt_int(b['deliveries_per_s'])} | {fmt_int(b['best_deliveries_per_s'])}"
-            f" | {b['lost']:,} | {first:.1f} | "
-            f"{ratio(relay_burst, b['deliveries_per_s'], impl) if impl != 'relay' else '-'} |"
+            md_row(
+                impl,
+                fmt_int(b["deliveries_per_s"]),
+                fmt_int(b["best_deliveries_per_s"]),
+                f"{b['lost']:,}",
+                f"{first:.1f}",
+                ratio(relay_burst, b["deliveries_per_s"], impl),
+            )
         )
     lines += [
         "",
@@ -980,17 +985,23 @@ def markdown(results: dict[str, Any]) -> str:
         skipped_rates = [r for r in profile["paced_rates"] if r not in run_rates]
         for s in pc["steps"]:
             lines.append(
-                f"| {impl} | {s['rate']:,} | {fmt_int(s['offered_per_s'])} | "
-                f"{fmt_int(s['deliveries_per_s'])} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])}"
-                f" | {fmt_ms(s['p999_ms'])} | {fmt_ms(s['e2e_p99_ms'])} | "
-                f"{s['cpu_server'] * 100:.0f}% | {'yes' if s['held'] else 'no'} |"
+                md_row(
+                    impl,
+                    f"{s['rate']:,}",
+                    fmt_int(s["offered_per_s"]),
+                    fmt_int(s["deliveries_per_s"]),
+                    fmt_ms(s["p50_ms"]),
+                    fmt_ms(s["p99_ms"]),
+                    fmt_ms(s["p999_ms"]),
+                    fmt_ms(s["e2e_p99_ms"]),
+                    f"{s['cpu_server'] * 100:.0f}%",
+                    "yes" if s["held"] else "no",
+                )
             )
         if skipped_rates:
             rates_text = ", ".join(str(r) for r in skipped_rates)
-            lines.append(
-                f"| {impl} | {rates_text} | not run: saturated at the previous rate "
-                "| - | - | - | - | - | - | - |"
-            )
+            not_run = "not run: saturated at the previous rate"
+            lines.append(md_row(impl, rates_text, not_run, *["-"] * 7))
     lines += [
         "",
         f"Highest rate held (p99 < {HELD_P99_MS:.0f} ms and >= "
@@ -1006,8 +1017,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(row_missing(impl, "paced", 4))
             continue
         d = held_deliveries(pc)
-        vs = ratio(relay_held, d, impl) if impl != "relay" else "-"
-        lines.append(f"| {impl} | {fmt_int(pc['max_rate_held'])} | {fmt_int(d)} | {vs} |")
+        lines.append(
+            md_row(impl, fmt_int(pc["max_rate_held"]), fmt_int(d), ratio(relay_held, d, impl))
+        )
     lines += [
         "",
         f"## Idle connections: {profile['idle']:,} unsubscribed connections (lower is better)",
@@ -1022,10 +1034,15 @@ def markdown(results: dict[str, Any]) -> str:
         if i is None:
             lines.append(row_missing(impl, "idle", 6))
             continue
-        vs = ratio(relay_idle, i["bytes_per_connection"], impl) if impl != "relay" else "-"
         lines.append(
-            f"| {impl} | {i['connections']:,} | {i['rss_before'] / MIB:.1f} | "
-            f"{i['rss_after'] / MIB:.1f} | {fmt_int(i['bytes_per_connection'])} | {vs} |"
+            md_row(
+                impl,
+                f"{i['connections']:,}",
+                f"{i['rss_before'] / MIB:.1f}",
+                f"{i['rss_after'] / MIB:.1f}",
+                fmt_int(i["bytes_per_connection"]),
+                ratio(relay_idle, i["bytes_per_connection"], impl),
+            )
         )
     lines += [
         "",
@@ -1043,12 +1060,18 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         change = "-" if iso["p99_change"] is None else f"{iso['p99_change'] * 100:+.0f}%"
         lines.append(
-            f"| {impl} | {fmt_ms(iso['baseline']['p99_ms'])} | "
-            f"{fmt_ms(iso['with_stalled']['p99_ms'])} | {change} | "
-            f"{fmt_int(iso['baseline']['deliveries_per_s'])} | "
-            f"{fmt_int(iso['with_stalled']['deliveries_per_s'])} | "
-            f"{iso['rss_growth_prefill'] / MIB:.1f} | {iso['rss_growth_window'] / MIB:.2f} | "
-            f"{'yes' if iso['memory_bounded'] else 'no'} | {iso['prefill_note']} |"
+            md_row(
+                impl,
+                fmt_ms(iso["baseline"]["p99_ms"]),
+                fmt_ms(iso["with_stalled"]["p99_ms"]),
+                change,
+                fmt_int(iso["baseline"]["deliveries_per_s"]),
+                fmt_int(iso["with_stalled"]["deliveries_per_s"]),
+                f"{iso['rss_growth_prefill'] / MIB:.1f}",
+                f"{iso['rss_growth_window'] / MIB:.2f}",
+                "yes" if iso["memory_bounded"] else "no",
+                iso["prefill_note"],
+            )
         )
     lines += [
         "",
@@ -1063,7 +1086,7 @@ def markdown(results: dict[str, Any]) -> str:
         if u is None:
             lines.append(row_missing(impl, "upstream", 3))
             continue
-        lines.append(f"| {impl} | {u['connections_open']} | {i.get('upstream_connections', '-')} |")
+        lines.append(md_row(impl, u["connections_open"], i.get("upstream_connections", "-")))
     lines += ["", "## Must-show targets (relay)", ""]
     for t in results["targets"]:
         lines.append(f"- **{t['verdict']}** {t['name']}: {t['detail']}")

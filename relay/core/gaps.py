@@ -64,7 +64,8 @@ class GapDetector:
         return verdict
 
     def reset(self, seq: int | None = None) -> None:
-        """Start over: the next number expected is ``seq + 1``, or any number if None."""
+        """Start over (or record a number :meth:`classify` already found in order): the next
+        number expected is ``seq + 1``, or any number if None."""
         self._last = seq
 
 
@@ -188,7 +189,7 @@ class BookSync:
                 _levels(delta.data, "bids", required=False),
                 _levels(delta.data, "asks", required=False),
             )
-            walk.observe(delta_seq)
+            walk.reset(delta_seq)  # classified in order above
             if delta.data.get("ts") is not None:
                 ts = delta.data["ts"]
         if not isinstance(ts, int):
@@ -215,7 +216,7 @@ class BookSync:
             verdict = self._detector.classify(seq)
             if verdict is Verdict.IN_ORDER:
                 self._book.apply_delta(bids, asks)
-                self._detector.observe(seq)
+                self._detector.reset(seq)  # classified in order above
                 return BookStep([update], False)
             if verdict is Verdict.STALE:
                 return BookStep([], False)

@@ -226,14 +226,12 @@ class Hub:
         self.publish_ts = ts
         for sub in subscribers:
             result = sub.outbox.offer(name, frame, policy, delta)
-            if result is _QUEUED:
-                sub.wake()
-            elif result is _OVERFLOW:
+            if result is not _QUEUED:  # only the rare outcomes are counted here
                 results[result] += 1
-                sub.overflow()
-            else:
-                results[result] += 1
-                sub.wake()
+                if result is _OVERFLOW:
+                    sub.overflow()
+                    continue
+            sub.wake()
         self.publish_ts = 0
         self.deliveries += len(subscribers)
 

@@ -39,6 +39,17 @@ class ErrorCode:
 # Commands ------------------------------------------------------------------------------------
 
 
+class Refusal(Exception):
+    """A request answered with an HTTP status and the protocol's error body,
+    ``{"error": code, "message": message}``, instead of being served."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 @attrs.frozen
 class Subscribe:
     channels: tuple[str, ...]

@@ -96,16 +96,8 @@ class SessionTimers(Generic[K]):
         stands). Idle and silent sessions are forgotten: they are being closed."""
         due: Due[K] = Due([], [], [])
         self._skip_stale()
-        while self._pongs and self._pongs[0][0] <= now:
-            _, key = self._pongs.popleft()
-            due.silent.append(key)
-            self.remove(key)
-            self._skip_stale()
-        while self._idle and self._idle[0][0] <= now:
-            _, key = self._idle.popleft()
-            due.idle.append(key)
-            self.remove(key)
-            self._skip_stale()
+        self._expire(self._pongs, now, due.silent)
+        self._expire(self._idle, now, due.idle)
         while self._beats and self._beats[0][0] <= now:
             _, key = self._beats.popleft()
             if key not in self._pong_at:
@@ -114,13 +106,23 @@ class SessionTimers(Generic[K]):
             self._skip_stale()
         return due
 
+    def _expire(self, queue: deque[tuple[float, K]], now: float, out: list[K]) -> None:
+        """Pop the live deadlines due by ``now`` into ``out`` and forget their sessions."""
+        while queue and queue[0][0] <= now:
+            _, key = queue.popleft()
+            out.append(key)
+            self.remove(key)
+            self._skip_stale()
+
     def _skip_stale(self) -> None:
         beats, members = self._beats, self._members
         while beats and beats[0][1] not in members:
             beats.popleft()
-        idle, idle_at = self._idle, self._idle_at
-        while idle and idle_at.get(idle[0][1]) != idle[0][0]:
-            idle.popleft()
-        pongs, pong_at = self._pongs, self._pong_at
-        while pongs and pong_at.get(pongs[0][1]) != pongs[0][0]:
-            pongs.popleft()
+        _drop_moved(self._idle, self._idle_at)
+        _drop_moved(self._pongs, self._pong_at)
+
+
+def _drop_moved(queue: deque[tuple[float, K]], current: dict[K, float]) -> None:
+    """Drop head entries that are no longer a session's current deadline."""
+    while queue and current.get(queue[0][1]) != queue[0][0]:
+        queue.popleft()

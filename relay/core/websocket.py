@@ -31,16 +31,9 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
+from relay.core.protocol import Refusal
+
 MESSAGE_TOO_BIG: Final = 1009
-
-
-class HandshakeRefused(Exception):
-    """The upgrade request is not a valid WebSocket handshake."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @attrs.frozen
@@ -78,6 +71,7 @@ def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, 
     ``head`` is the request head exactly as read; ``trailing`` whatever the client sent after
     it (frames may follow the request without waiting for the response). wsproto validates the
     request; its advice on the status to refuse with (426 for a wrong version) is kept.
+    Raises :class:`Refusal` for a request that is not a valid handshake.
     """
     handshake = WSConnection(ConnectionType.SERVER)
     try:
@@ -85,14 +79,14 @@ def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, 
         requests = [event for event in handshake.events() if isinstance(event, Request)]
     except RemoteProtocolError as exc:
         hint = exc.event_hint
-        status = hint.status_code if isinstance(hint, RejectConnection) else 400
-        raise HandshakeRefused(status, str(exc)) from None
+        if isinstance(hint, RejectConnection) and hint.status_code == 426:
+            raise Refusal(426, "upgrade_required", str(exc)) from None
+        raise Refusal(400, "bad_request", str(exc)) from None
     if not requests:
-        raise HandshakeRefused(400, "expected a WebSocket upgrade request")
+        raise Refusal(400, "bad_request", "expected a WebSocket upgrade request")
     response = handshake.send(AcceptConnection())
     connection = handshake.connection
-    if connection is None:  # wsproto opens the connection when it accepts
-        raise HandshakeRefused(500, "the WebSocket connection did not open")
+    assert connection is not None  # wsproto opens the connection when it accepts
     # Only the opened connection is kept: the handshake's h11 state dies with this function.
     websocket = ServerWebSocket(connection, max_message_size)
     if trailing:
@@ -146,8 +140,7 @@ class ServerWebSocket:
                 )
                 if message is not None:
                     out.append(message)
-                elif self._size > self.max_message_size:
-                    self._too_big = True
+                elif self._too_big:
                     out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
                     return out
             elif isinstance(event, Ping):
@@ -165,12 +158,14 @@ class ServerWebSocket:
         return out
 
     def _assemble(self, data: str | bytes, finished: bool) -> str | bytes | None:
-        """A whole message, or None while fragments are still arriving or it is too big."""
+        """A whole message, or None while fragments are still arriving or once it is too big
+        (which sets ``_too_big``)."""
         # The cap is in bytes; an ASCII str (known in O(1)) is as long as its encoding.
         size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
         self._size += size
         if self._size > self.max_message_size:
             self._parts.clear()
+            self._too_big = True
             return None
         if finished and not self._parts:
             self._size = 0
@@ -180,8 +175,8 @@ class ServerWebSocket:
             return None
         parts, self._parts, self._size = self._parts, [], 0
         if isinstance(data, str):
-            return "".join(part for part in parts if isinstance(part, str))
-        return b"".join(part for part in parts if isinstance(part, bytes))
+            return "".join(cast(list[str], parts))
+        return b"".join(cast(list[bytes], parts))
 
     def ping(self, payload: bytes) -> bytes | None:
         """A ping frame, or None once closing has begun."""

@@ -16,6 +16,8 @@ import h11
 import orjson
 import trio
 
+from relay.core.protocol import Refusal
+
 _RECEIVE_SIZE = 16384
 
 REASONS = {
@@ -31,15 +33,6 @@ REASONS = {
     500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
-
-
-class BadRequest(Exception):
-    """The bytes on the wire are not an HTTP/1.1 request head we can serve."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @attrs.define
@@ -93,13 +86,13 @@ def error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"error": code, "message": message})
 
 
-def error_response(status: int, code: str, message: str) -> bytes:
+def error_response(refused: Refusal) -> bytes:
     """A bare response for requests too broken for h11 to have a state we can answer from."""
-    body = error_body(code, message)
-    reason = REASONS.get(status, b"")
+    body = error_body(refused.code, refused.message)
+    reason = REASONS.get(refused.status, b"")
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n" % (status, reason, len(body))
+        b"connection: close\r\n\r\n" % (refused.status, reason, len(body))
     )
     return head + body
 
@@ -109,6 +102,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> R
 
     The caller owns the deadline: a client that sends nothing, or a byte a second, is cut off by
     the cancel scope around this call, not by a per-read timeout it could keep resetting.
+    Raises :class:`Refusal` for bytes that are not a request head this port can serve.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
     raw = bytearray()
@@ -117,7 +111,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> R
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            raise BadRequest(status, str(exc) or "malformed request") from None
+            raise Refusal(status, "bad_request", str(exc) or "malformed request") from None
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_RECEIVE_SIZE)
             if not data:
@@ -144,4 +138,4 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> R
                 trailing=bytes(trailing),
                 h11=conn,
             )
-        raise BadRequest(400, "expected an HTTP request")
+        raise Refusal(400, "bad_request", "expected an HTTP request")

@@ -24,10 +24,10 @@ from relay.adapters.sim import SimAdapter
 from relay.config import RelayConfig, SourceConfig, TierConfig
 from relay.core.hub import Hub, Limits
 from relay.core.outbox import Policy
+from relay.core.protocol import Refusal
 from relay.core.timers import SessionTimers
-from relay.core.websocket import HandshakeRefused, ServerWebSocket, accept
+from relay.core.websocket import ServerWebSocket, accept
 from relay.server.frontdoor import (
-    BadRequest,
     RequestHead,
     error_body,
     error_response,
@@ -55,12 +55,6 @@ class _Admission:
     identity: str
     tier: str
     label: str
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class Relay:
@@ -178,9 +172,9 @@ class Relay:
         with trio.move_on_at(deadline):
             try:
                 head = await read_request_head(stream, server.max_head_bytes)
-            except BadRequest as exc:
-                self.rejected[exc.status] += 1
-                await stream.send_all(error_response(exc.status, "bad_request", exc.message))
+            except Refusal as refused:
+                self.rejected[refused.status] += 1
+                await stream.send_all(error_response(refused))
                 return
         if head is None:
             return
@@ -193,9 +187,8 @@ class Relay:
             return
         try:
             response, websocket = accept(head.head, head.trailing, server.max_message_size)
-        except HandshakeRefused as refused:
-            code = "upgrade_required" if refused.status == 426 else "bad_request"
-            await stream.send_all(self._refusal(head, refused.status, code, refused.message))
+        except Refusal as refused:
+            await stream.send_all(self._refusal(head, refused))
             return
         # The parsed head (and its h11 state) must not live as long as the connection.
         del head
@@ -204,12 +197,12 @@ class Relay:
         if not handshake.cancelled_caught:
             await self._serve_session(stream, websocket, admitted)
 
-    def _refusal(self, head: RequestHead, status: int, code: str, message: str) -> bytes:
-        self.rejected[status] += 1
-        return head.response(status, error_body(code, message))
+    def _refusal(self, head: RequestHead, refused: Refusal) -> bytes:
+        self.rejected[refused.status] += 1
+        return head.response(refused.status, error_body(refused.code, refused.message))
 
     def _identity(self, head: RequestHead) -> tuple[str, str, str]:
-        """(identity for connection counting, tier name, key label) or raises _Refused."""
+        """(identity for connection counting, tier name, key label) or raises Refusal."""
         token = None
         authorization = head.headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
@@ -219,30 +212,30 @@ class Relay:
         if token:
             key = self._keys.get(token)
             if key is None:
-                raise _Refused(401, "invalid_credentials", "unknown API key")
+                raise Refusal(401, "invalid_credentials", "unknown API key")
             return f"key:{key.key}", key.tier, key.name
         tier = self.config.auth.anonymous_tier_name
         if tier is None:
-            raise _Refused(401, "missing_credentials", "an API key is required")
+            raise Refusal(401, "missing_credentials", "an API key is required")
         return "anonymous", tier, "anonymous"
 
     def _admit(self, head: RequestHead) -> _Admission | bytes:
         """The connection's identity and tier, or the response that refuses it."""
         if head.path != "/ws":
-            return self._refusal(head, 404, "not_found", "the WebSocket endpoint is /ws")
+            return self._refusal(head, Refusal(404, "not_found", "the WebSocket endpoint is /ws"))
         try:
             identity, tier_name, label = self._identity(head)
             tier = self.config.tiers[tier_name]
             if len(self.sessions) >= self.config.server.max_connections:
-                raise _Refused(429, "server_full", "the server is at its connection limit")
+                raise Refusal(429, "server_full", "the server is at its connection limit")
             if self._per_identity[identity] >= tier.max_connections:
-                raise _Refused(
+                raise Refusal(
                     429,
                     "too_many_connections",
                     f"at most {tier.max_connections} connections for this key",
                 )
-        except _Refused as refused:
-            return self._refusal(head, refused.status, refused.code, refused.message)
+        except Refusal as refused:
+            return self._refusal(head, refused)
         return _Admission(identity, tier_name, label)
 
     async def _serve_session(
@@ -323,9 +316,8 @@ class Relay:
     def _snapshot(self, head: RequestHead, channel: str) -> bytes:
         try:
             _, tier_name, _ = self._identity(head)
-        except _Refused as refused:
-            self.rejected[refused.status] += 1
-            return head.response(refused.status, error_body(refused.code, refused.message))
+        except Refusal as refused:
+            return self._refusal(head, refused)
         if not self.config.tiers[tier_name].allows(channel) and self.hub.known(channel):
             return head.response(403, error_body("forbidden", f"your tier may not read {channel}"))
         snapshot = self.hub.snapshot(channel)

@@ -74,8 +74,9 @@ class WriteRounds:
             started = trio.current_time()
             for writer in batch:
                 writer.release()
-            # The released writers run in the next tick and finish (their send_all's last
-            # checkpoint) in the one after: that is the round's cost.
+            # The round's cost: the synchronous writes above, plus two ticks in which the
+            # writer tasks started for slow sockets make their first writes (PACING was
+            # measured with these two checkpoints).
             await trio.lowlevel.checkpoint()
             await trio.lowlevel.checkpoint()
             cost = trio.current_time() - started

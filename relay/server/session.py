@@ -47,12 +47,12 @@ PING_PAYLOAD = b"relay"
 
 
 class CloseCode:
-    NORMAL: Final = 1000
+    """The codes the session closes with itself; 1009 and the protocol errors come from
+    :mod:`relay.core.websocket`, and a client's own close is answered with its code."""
+
     GOING_AWAY: Final = 1001
     LOST: Final = 1006
     """Not sent: recorded when the connection ended without a close frame."""
-    POLICY: Final = 1008
-    TOO_BIG: Final = 1009
     IDLE: Final = 4000
     HEARTBEAT: Final = 4001
     SLOW_CONSUMER: Final = 4008
@@ -88,8 +88,6 @@ class Session:
     """
 
     __slots__ = (
-        "_backlog",
-        "_backlog_oldest",
         "_bucket",
         "_fd",
         "_hub",
@@ -149,8 +147,6 @@ class Session:
         self._ping_frame: bytes | None = None
         """A heartbeat ping, written at the head of the next batch rather than behind
         everything queued, so a client that lags but reads is not taken for dead."""
-        self._backlog: bytes | None = None
-        self._backlog_oldest = 0
         self._nursery: trio.Nursery | None = None
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, trio.current_time())
         self._oldest_ms = 0
@@ -193,7 +189,6 @@ class Session:
         """
         if self._writing or self.closing is not None:
             return  # a writer collects everything once its write is done; a closing one nothing
-        self._requested = False
         data, oldest = self._collect()
         if data is None:
             return
@@ -219,14 +214,12 @@ class Session:
 
     def _write_later(self, data: bytes, oldest: int) -> None:
         self._writing = True
-        self._backlog, self._backlog_oldest = data, oldest
-        if self._nursery is not None:
-            self._nursery.start_soon(self._writer)
+        assert self._nursery is not None  # set by run() before anything can be queued
+        self._nursery.start_soon(self._writer, data, oldest)
 
-    async def _writer(self) -> None:
+    async def _writer(self, backlog: bytes, oldest: int) -> None:
         """The slow path: the backlog, then whatever queued meanwhile, until caught up."""
-        data, oldest = self._backlog, self._backlog_oldest
-        self._backlog = None
+        data: bytes | None = backlog
         while data is not None:
             if not await self._send(data, oldest):
                 return
@@ -236,7 +229,6 @@ class Session:
                 self._writing = False
                 self._end(self.closing)
                 return
-            self._requested = False
             data, oldest = self._collect()
         self._writing = False
 
@@ -282,7 +274,9 @@ class Session:
             self._partial = bool(view)
 
     def _collect(self) -> tuple[bytes | None, int]:
-        """Everything queued, as one buffer, and when its oldest message arrived."""
+        """Everything queued, as one buffer, and when its oldest message arrived. The next
+        delivery asks for a write round again."""
+        self._requested = False
         outbox = self.outbox
         ping, self._ping_frame = self._ping_frame, None
         if not outbox.pending:
@@ -309,7 +303,7 @@ class Session:
             self._latency.observe(max(0, time.time_ns() // 1_000_000 - oldest) / 1000)
 
     def _queue(self, frame: bytes) -> None:
-        """A frame of the relay's own (reply, pong, ping), in order with the data."""
+        """A frame of the relay's own (a reply or a pong), in order with the data."""
         if self.outbox.offer_control(frame):
             self.wake()
         else:
@@ -450,9 +444,7 @@ class Session:
         if frame is not None:
             self._timers.pinged(self, now)
             self._ping_frame = frame
-            if not self._requested:
-                self._requested = True
-                self._rounds.request(self)
+            self.wake()
 
     def silent(self) -> None:
         self._end(Closing(CloseCode.HEARTBEAT, "heartbeat timeout"))

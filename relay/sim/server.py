@@ -27,8 +27,8 @@ import orjson
 import trio
 import trio_websocket
 
+from relay.core.protocol import Refusal
 from relay.server.frontdoor import (
-    BadRequest,
     RequestHead,
     error_body,
     error_response,
@@ -79,16 +79,6 @@ class _Signal:
 
     async def wait(self) -> None:
         await self._event.wait()
-
-
-class _HttpError(Exception):
-    """A request the control or REST handlers refuse; becomes a JSON error answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @attrs.define
@@ -235,14 +225,6 @@ class SimServer:
         }
 
     @property
-    def rate(self) -> float:
-        return self._rate
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @property
     def connections_open(self) -> int:
         return len(self._conns)
 
@@ -370,8 +352,8 @@ class SimServer:
         with trio.move_on_after(self._handshake_timeout):
             try:
                 head = await read_request_head(stream, _MAX_HEAD_BYTES)
-            except BadRequest as exc:
-                await stream.send_all(error_response(exc.status, "bad_request", exc.message))
+            except Refusal as refused:
+                await stream.send_all(error_response(refused))
                 return
         if head is None:
             return
@@ -523,7 +505,7 @@ class SimServer:
         else:
             try:
                 status, body = 200, orjson.dumps(await route[1](head))
-            except _HttpError as exc:
+            except Refusal as exc:
                 status, body = exc.status, error_body(exc.code, exc.message)
         await self._answer(stream, head, status, body, headers)
 
@@ -531,15 +513,15 @@ class SimServer:
         """``GET /api/snapshot?topic=...``; injected faults apply as they were on arrival."""
         topic = head.query_value("topic")
         if topic is None:
-            raise _HttpError(400, "bad_request", "missing topic")
+            raise Refusal(400, "bad_request", "missing topic")
         if not self.model.has_topic(topic) or topic.startswith("trade."):
-            raise _HttpError(404, "no_snapshot", f"no snapshot for {topic!r}")
+            raise Refusal(404, "no_snapshot", f"no snapshot for {topic!r}")
         delay, status = self._snapshot_delay, self._snapshot_status
         if delay:
             await trio.sleep(delay)
         if status is not None:
             self.stats.snapshot_failures += 1
-            raise _HttpError(status, "injected_fault", "snapshot failure injected by /control")
+            raise Refusal(status, "injected_fault", "snapshot failure injected by /control")
         snapshot = self.model.snapshot(topic, _now_us())
         assert snapshot is not None  # ticker and depth topics always have one
         self.stats.snapshot_requests += 1
@@ -547,7 +529,7 @@ class SimServer:
 
     async def _control_stats(self, head: RequestHead) -> dict[str, Any]:
         return {
-            "connections_open": len(self._conns),
+            "connections_open": self.connections_open,
             **attrs.asdict(self.stats),
             "paused": self._paused,
             "rate": self._rate,
@@ -580,7 +562,7 @@ class SimServer:
         elif topic.startswith("depth.") and self.model.has_topic(topic):
             topics = [topic]
         else:
-            raise _HttpError(400, "bad_request", f"not a depth topic: {topic!r}")
+            raise Refusal(400, "bad_request", f"not a depth topic: {topic!r}")
         now_us = _now_us()
         for t in topics:
             self.model.skip(t, n, now_us)
@@ -609,7 +591,7 @@ class SimServer:
         if head.query_value("status") is not None:
             status = _int_param(head, "status", low=400, high=599)
         if delay is None and status is None:
-            raise _HttpError(400, "bad_request", "give delay=SECONDS and/or status=CODE")
+            raise Refusal(400, "bad_request", "give delay=SECONDS and/or status=CODE")
         if delay is not None:
             self._snapshot_delay = delay
         if status is not None:
@@ -643,7 +625,7 @@ class SimServer:
         n = _int_param(head, "n", low=1, high=_MAX_BURST)
         topic = head.query_value("topic") or f"trade.{self.model.symbols[0]}"
         if not (topic.startswith("trade.") and self.model.has_topic(topic)):
-            raise _HttpError(400, "bad_request", f"not a trade topic: {topic!r}")
+            raise Refusal(400, "bad_request", f"not a trade topic: {topic!r}")
         symbol = topic.removeprefix("trade.")
         first = self.model.seq(topic) + 1
         for i in range(n):
@@ -656,7 +638,7 @@ class SimServer:
     async def _control_rate(self, head: RequestHead) -> dict[str, Any]:
         rate = _float_param(head, "per_second", low=0.0, high=_MAX_RATE)
         if rate == 0:
-            raise _HttpError(400, "bad_request", "per_second must be positive; use /control/pause")
+            raise Refusal(400, "bad_request", "per_second must be positive; use /control/pause")
         self._rate = rate
         self._control_changed.fire()
         return {"ok": True, "rate": rate}
@@ -673,13 +655,13 @@ def _int_param(head: RequestHead, name: str, *, low: int, high: int) -> int:
 def _param(head: RequestHead, name: str, kind: Callable[[str], N], what: str, low: N, high: N) -> N:
     raw = head.query_value(name)
     if raw is None:
-        raise _HttpError(400, "bad_request", f"missing {name}")
+        raise Refusal(400, "bad_request", f"missing {name}")
     try:
         value = kind(raw)
     except ValueError:
-        raise _HttpError(400, "bad_request", f"{name} must be {what}") from None
+        raise Refusal(400, "bad_request", f"{name} must be {what}") from None
     if not low <= value <= high:  # also rejects nan
-        raise _HttpError(400, "bad_request", f"{name} must be in [{low}, {high}]")
+        raise Refusal(400, "bad_request", f"{name} must be in [{low}, {high}]")
     return value
 
 

@@ -17,11 +17,11 @@ from wsproto.events import (
     TextMessage,
 )
 
+from relay.core.protocol import Refusal
 from relay.core.websocket import (
     MESSAGE_TOO_BIG,
     Answer,
     Closed,
-    HandshakeRefused,
     PongReceived,
     Received,
     ServerWebSocket,
@@ -90,7 +90,7 @@ def test_frames_sent_right_behind_the_request_are_not_lost() -> None:
 def test_a_bad_handshake_is_refused_with_the_status_wsproto_advises(
     head: bytes, status: int
 ) -> None:
-    with pytest.raises(HandshakeRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         accept(head, b"", CAP)
     assert refused.value.status == status
 
