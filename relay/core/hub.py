@@ -42,7 +42,9 @@ class Subscriber(Protocol):
     def __hash__(self) -> int: ...
 
     def wake(self) -> None:
-        """Something was queued: let the writer run."""
+        """Something was queued: let the writer run. Inside :meth:`Hub.publish`,
+        ``hub.publish_ts`` holds the message's receive time (0 elsewhere), for a subscriber that
+        measures fan-out latency; it is not an argument, to keep each delivery one call."""
 
     def overflow(self) -> None:
         """The disconnect policy tripped: close as a slow consumer (must not re-enter the hub)."""
