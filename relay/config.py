@@ -27,6 +27,7 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception, transform_error
 
+from relay.adapters import SOURCE_KINDS as _KINDS
 from relay.core.channels import matches_any
 
 __all__ = [
@@ -49,8 +50,8 @@ __all__ = [
     "unstructure",
 ]
 
-#: Upstream kinds the relay has an adapter for. Adding a kind is adding its name here.
-SOURCE_KINDS: frozenset[str] = frozenset({"sim"})
+#: Upstream kinds the relay has an adapter for, from the adapters' registry.
+SOURCE_KINDS: frozenset[str] = frozenset(_KINDS)
 
 #: What to do with a message for a client whose outbox is full.
 PolicyName = Literal["drop", "coalesce", "disconnect"]

@@ -31,7 +31,7 @@ async def run_demo(host: str, port: int, sim_port: int, rate: float) -> None:
         relay = Relay(demo_config(port=port, sim_port=sim_port, host=host))
         port = await nursery.start(relay.serve)
         url = f"ws://{host}:{port}/ws"
-        channels = "\n".join(f"  {c}" for c in relay.hub.channels())
+        channels = "\n".join(f"  {c}" for c in relay.channels())
         print(
             f"relay demo: relay on {url}  (synthetic market on {host}:{sim_port})\n\n"
             f"Watch a stream:\n  relay tail {url} sim:trades:BTC-USD sim:ticker:BTC-USD\n\n"

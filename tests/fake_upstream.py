@@ -11,10 +11,9 @@ from contextlib import asynccontextmanager
 import orjson
 import trio
 import trio.lowlevel
-from trio_websocket import CloseReason, ConnectionClosed
 
 from relay.adapters.sim import SimAdapter
-from relay.server.upstream import UpstreamConnection
+from relay.server.transports import ConnectFailed, UpstreamClosed, UpstreamConnection
 
 
 class FakeConnection:
@@ -28,6 +27,8 @@ class FakeConnection:
         self._send, self._receive = trio.open_memory_channel[str | bytes](math.inf)
         self.closed = False
         self.pong = True
+        self.raise_on_receive: BaseException | None = None
+        """Raised by the next receive, as if from deep inside the connection."""
 
     def _channel(self, topic: str) -> str:
         stream, _, symbol = topic.partition(".")
@@ -51,10 +52,12 @@ class FakeConnection:
 
     async def receive(self) -> str | bytes:
         self._check()
+        if self.raise_on_receive is not None:
+            raise self.raise_on_receive
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            raise ConnectionClosed(CloseReason(1006, "dropped")) from None
+            raise UpstreamClosed(1006, "dropped") from None
 
     async def ping(self) -> None:
         self._check()
@@ -63,7 +66,7 @@ class FakeConnection:
 
     def _check(self) -> None:
         if self.closed:
-            raise ConnectionClosed(CloseReason(1006, "dropped"))
+            raise UpstreamClosed(1006, "dropped")
 
     # The test's side.
 
@@ -101,7 +104,7 @@ class FakeTransport:
         self.attempts.append(now)
         await trio.lowlevel.checkpoint()
         if now < self.refuse_until:
-            raise OSError(111, "Connection refused")
+            raise ConnectFailed("[Errno 111] Connection refused")
         conn = FakeConnection(self.adapter, now)
         self.connections.append(conn)
         if self.on_connect is not None:

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay.adapters.base import Update
+from relay.core.model import Update
 from relay.server.relay import Relay
 from tests.test_session_timeouts import Client, connect, make_relay
 
@@ -90,7 +90,7 @@ async def test_coalesce_on_a_book_sends_one_fresh_snapshot(
 ) -> None:
     relay = relay_with("coalesce")
     book: dict[str, Any] = {"symbol": "BTC-USD", "bids": [], "asks": [], "ts": 0}
-    relay.hub.channel(BOOK).state_provider = lambda: book
+    relay.upstreams["sim"].channel_state = lambda channel: book  # type: ignore[method-assign]
     client = await blocked_client(relay, nursery, BOOK)
     # The subscribe above already delivered a snapshot of the (empty) book.
     for n in range(1, 21):

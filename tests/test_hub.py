@@ -8,8 +8,8 @@ import orjson
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from relay.adapters.base import StreamKind, Update
 from relay.core.hub import Hub, Limits
+from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 
 CATALOGUE = {
@@ -43,6 +43,7 @@ class FakeSession:
 class Listener:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        self.books: dict[str, dict[str, Any]] = {}
 
     def want(self, channel: str) -> None:
         self.events.append(("want", channel))
@@ -50,9 +51,12 @@ class Listener:
     def unwant(self, channel: str) -> None:
         self.events.append(("unwant", channel))
 
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        return self.books.get(channel)
+
 
 def make_hub() -> tuple[Hub, Listener]:
-    hub = Hub(CATALOGUE, lambda c: Policy.COALESCE if ":ticker:" in c else Policy.DROP)
+    hub = Hub(CATALOGUE.get, lambda c: Policy.COALESCE if ":ticker:" in c else Policy.DROP)
     listener = Listener()
     hub.add_source("sim", listener)
     hub.add_source("alt", listener)
@@ -121,14 +125,13 @@ def test_state_channel_snapshot_first() -> None:
     assert late.messages()[0]["seq"] == 3
 
 
-def test_book_snapshot_comes_from_the_provider() -> None:
-    hub, _ = make_hub()
-    book: dict[str, Any] | None = None
-    hub.channel("sim:book:A").state_provider = lambda: book
+def test_book_snapshot_comes_from_the_source() -> None:
+    hub, listener = make_hub()
     a = FakeSession()
     hub.subscribe(a, ["sim:book:A"], None, OPEN)
     assert [m.get("event") for m in a.messages()] == ["subscribed"]
     book = {"bids": [], "asks": []}
+    listener.books["sim:book:A"] = book
     hub.unsubscribe(a, ["sim:book:A"], None)
     hub.subscribe(a, ["sim:book:A"], None, OPEN)
     assert a.messages()[-1]["data"] == book
@@ -189,7 +192,7 @@ def test_never_receives_an_unsubscribed_channel() -> None:
 
 
 def test_disconnect_policy_overflow_is_reported() -> None:
-    hub = Hub(CATALOGUE, lambda c: Policy.DISCONNECT)
+    hub = Hub(CATALOGUE.get, lambda c: Policy.DISCONNECT)
     hub.add_source("sim", Listener())
     slow = FakeSession(max_messages=2)
     hub.subscribe(slow, ["sim:trades:A"], None, OPEN)
@@ -214,7 +217,7 @@ def test_status_goes_to_sessions_of_that_source_only() -> None:
 
 
 def test_offer_outcomes_are_counted() -> None:
-    hub = Hub(CATALOGUE, lambda c: Policy.DROP)
+    hub = Hub(CATALOGUE.get, lambda c: Policy.DROP)
     hub.add_source("sim", Listener())
     roomy, tight = FakeSession(), FakeSession(max_messages=2)
     for s in (roomy, tight):

@@ -19,8 +19,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from relay.adapters.base import Update
 from relay.config import parse_config
+from relay.core.model import Update
 from relay.server.relay import Relay
 
 SERVER = {

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.adapters.base import Ack, Adapter, Heartbeat, StreamKind, Update, UpstreamFormatError
+from relay.adapters.base import Adapter, HttpRequest
 from relay.adapters.sim import SimAdapter
+from relay.core.model import Ack, Heartbeat, RepairKind, StreamKind, Update, UpstreamFormatError
+from relay.core.source import FetchSnapshot
 from relay.sim.market import MarketModel
 
 SYMBOLS = ["BTC-USD", "ETH-USD"]
@@ -76,10 +78,10 @@ def test_channels_and_kinds(adapter: SimAdapter) -> None:
     assert adapter.kind("sim:trades:BTC-USD") is StreamKind.EVENT
     assert adapter.kind("sim:ticker:BTC-USD") is StreamKind.STATE
     assert adapter.kind("sim:book:ETH-USD") is StreamKind.BOOK
-    with pytest.raises(KeyError):
-        adapter.kind("sim:book:DOGE-USD")
-    with pytest.raises(KeyError):
-        adapter.kind("other:book:BTC-USD")
+    assert adapter.kind("sim:book:DOGE-USD") is None
+    assert adapter.kind("other:book:BTC-USD") is None
+    assert adapter.repair("sim:book:ETH-USD") is RepairKind.REST_SNAPSHOT
+    assert adapter.repair("sim:ticker:ETH-USD") is RepairKind.NONE
 
 
 def test_trade(adapter: SimAdapter) -> None:
@@ -146,7 +148,7 @@ def test_depth_snapshot_and_update(adapter: SimAdapter) -> None:
 
 def test_control_messages(adapter: SimAdapter) -> None:
     assert parse_one(adapter, {"op": "heartbeat", "time": 1763712000123456}) == Heartbeat()
-    assert list(adapter.parse('{"op": "pong", "req": 9}')) == []
+    assert list(adapter.parse('{"op": "pong", "req": 9}')) == [Heartbeat()]
     ack = parse_one(adapter, {"op": "subscribe", "req": 7, "ok": True, "args": ["trade.BTC-USD"]})
     assert isinstance(ack, Ack) and ack.ok and "trade.BTC-USD" in ack.detail
     refused = {"op": "subscribe", "req": 7, "ok": False, "args": ["x"], "error": "unknown_topic"}
@@ -333,18 +335,25 @@ def test_subscribe_frames_round_trip(adapter: SimAdapter) -> None:
         adapter.subscribe_frames(["sim:book:DOGE-USD"])
 
 
-def test_snapshot_paths_and_parse_snapshot(adapter: SimAdapter) -> None:
-    assert adapter.snapshot_path("sim:book:BTC-USD") == "/api/snapshot?topic=depth.BTC-USD"
-    assert adapter.snapshot_path("sim:ticker:ETH-USD") == "/api/snapshot?topic=ticker.ETH-USD"
-    assert adapter.snapshot_path("sim:trades:BTC-USD") is None
-    update = adapter.parse_snapshot("sim:book:ETH-USD", orjson.dumps(DEPTH_SNAPSHOT))
+def test_snapshot_requests_and_parse_snapshot(adapter: SimAdapter) -> None:
+    rest = SimAdapter("sim", ["BTC-USD", "ETH-USD"], rest_url="http://127.0.0.1:9/")
+    assert rest.snapshot_request(FetchSnapshot("sim:book:BTC-USD")) == HttpRequest(
+        "GET", "http://127.0.0.1:9/api/snapshot?topic=depth.BTC-USD"
+    )
+    assert rest.snapshot_request(FetchSnapshot("sim:ticker:ETH-USD")) == HttpRequest(
+        "GET", "http://127.0.0.1:9/api/snapshot?topic=ticker.ETH-USD"
+    )
+    assert rest.snapshot_request(FetchSnapshot("sim:trades:BTC-USD")) is None
+    assert adapter.snapshot_request(FetchSnapshot("sim:book:BTC-USD")) is None  # no rest_url
+    eth_book = FetchSnapshot("sim:book:ETH-USD")
+    update = adapter.parse_snapshot(eth_book, orjson.dumps(DEPTH_SNAPSHOT))
     assert update.snapshot and update.seq == 7 and update.channel == "sim:book:ETH-USD"
     assert update.data["bids"][0] == ["2300.00", "1.5000"]
     with pytest.raises(UpstreamFormatError):  # a snapshot of another topic
-        adapter.parse_snapshot("sim:book:BTC-USD", orjson.dumps(DEPTH_SNAPSHOT))
+        adapter.parse_snapshot(FetchSnapshot("sim:book:BTC-USD"), orjson.dumps(DEPTH_SNAPSHOT))
     with pytest.raises(UpstreamFormatError):  # a delta is not a snapshot
-        adapter.parse_snapshot("sim:book:ETH-USD", orjson.dumps(DEPTH_UPDATE))
+        adapter.parse_snapshot(eth_book, orjson.dumps(DEPTH_UPDATE))
     with pytest.raises(UpstreamFormatError):
-        adapter.parse_snapshot("sim:book:ETH-USD", b'{"error": "no_snapshot"}')
+        adapter.parse_snapshot(eth_book, b'{"error": "no_snapshot"}')
     with pytest.raises(UpstreamFormatError):
-        adapter.parse_snapshot("sim:book:ETH-USD", b"<html>")
+        adapter.parse_snapshot(eth_book, b"<html>")

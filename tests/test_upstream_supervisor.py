@@ -6,6 +6,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 
 import attrs
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -13,9 +14,10 @@ import trio.testing
 from relay.adapters.sim import SimAdapter
 from relay.config import SourceConfig
 from relay.core.hub import Hub, Limits
+from relay.core.model import RepairKind, Update, UpstreamEvent
 from relay.core.outbox import Outbox
 from relay.server.upstream import UpstreamState, UpstreamSupervisor
-from tests.fake_upstream import FakeTransport
+from tests.fake_upstream import FakeConnection, FakeTransport
 
 LIMITS = Limits(max_subscriptions=100)
 
@@ -44,9 +46,11 @@ class Rig:
         self.hub.unsubscribe(who, channels, None)
 
 
-def make_rig(rng: Callable[[], float] = lambda: 0.5, **settings: float) -> Rig:
-    adapter = SimAdapter("sim", ["BTC-USD", "ETH-USD"], heartbeat_interval=1.0)
-    hub = Hub({c: adapter.kind(c) for c in adapter.channels()})
+def make_rig(
+    rng: Callable[[], float] = lambda: 0.5, adapter: SimAdapter | None = None, **settings: float
+) -> Rig:
+    adapter = adapter or SimAdapter("sim", ["BTC-USD", "ETH-USD"], heartbeat_interval=1.0)
+    hub = Hub(adapter.kind)
     config = SourceConfig(kind="sim", url="ws://upstream.invalid/ws", **settings)  # type: ignore[arg-type]
     transport = FakeTransport(adapter)
     supervisor = UpstreamSupervisor(adapter, config, hub, transport=transport, rng=rng)
@@ -207,3 +211,88 @@ async def test_a_frame_waiting_at_the_deadline_is_not_death(
         conn.heartbeat()  # readable at the very moment the deadline passes
         await trio.testing.wait_all_tasks_blocked()
     assert rig.supervisor.stats.disconnects == 0
+
+
+def book_frame(seq: int, snapshot: bool, bid: str = "100") -> str:
+    kind = "snapshot" if snapshot else "update"
+    body = {"bids": [[bid, "1"]], "asks": [], "time": 1_000_000}
+    return orjson.dumps({"topic": "depth.BTC-USD", "seq": seq, "kind": kind, "body": body}).decode()
+
+
+async def book_rig(nursery: trio.Nursery, adapter: SimAdapter) -> tuple[Rig, FakeConnection]:
+    """A running supervisor with one client on sim:book:BTC-USD, and its connection."""
+    rig = make_rig(adapter=adapter)
+    await nursery.start(rig.supervisor.run)
+    rig.want(Subscriber(), "sim:book:BTC-USD")
+    await trio.testing.wait_all_tasks_blocked()
+    conn = rig.transport.current
+    assert conn is not None
+    return rig, conn
+
+
+@pytest.mark.parametrize("exit_exception", [KeyboardInterrupt, SystemExit])
+async def test_an_interrupt_inside_an_attempt_stops_the_supervisor(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    exit_exception: type[BaseException],
+) -> None:
+    """Not a failure of the source: it must leave the supervisor, not be retried."""
+    rig = make_rig()
+
+    def interrupt(conn: FakeConnection) -> None:
+        conn.raise_on_receive = exit_exception()
+
+    rig.transport.on_connect = interrupt
+    with pytest.raises(BaseExceptionGroup) as caught, trio.fail_after(60):
+        await rig.supervisor.run()  # without the fix: retried until the deadline
+    assert caught.group_contains(exit_exception)
+    assert len(rig.transport.attempts) == 1
+    assert rig.supervisor.stats.disconnects == 0
+
+
+class BrokenBookAdapter(SimAdapter):
+    """Hands the core a book update without a seq, which the book sync refuses with a
+    ValueError: a relay bug, not a malformed upstream frame."""
+
+    def parse(self, frame: str | bytes) -> list[UpstreamEvent]:
+        return [
+            attrs.evolve(e, seq=None) if isinstance(e, Update) else e for e in super().parse(frame)
+        ]
+
+
+async def test_a_core_error_is_not_counted_as_a_malformed_frame(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig, conn = await book_rig(nursery, BrokenBookAdapter("sim", ["BTC-USD"]))
+    conn.push(book_frame(1, snapshot=True))
+    await trio.testing.wait_all_tasks_blocked()
+    assert rig.supervisor.stats.malformed == 0
+    assert rig.supervisor.stats.disconnects == 1  # the attempt ended, to start clean
+    assert any("unexpected failure" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+class ResubscribingAdapter(SimAdapter):
+    """A source whose books are repaired by subscribing again (as Kraken's and Coinbase's)."""
+
+    def repair(self, channel: str) -> RepairKind:
+        return RepairKind.RESUBSCRIBE
+
+
+async def test_a_book_gap_can_be_repaired_by_resubscribing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig, conn = await book_rig(nursery, ResubscribingAdapter("sim", ["BTC-USD"]))
+    conn.push(book_frame(1, snapshot=True))
+    conn.push(book_frame(2, snapshot=False))
+    conn.push(book_frame(5, snapshot=False))  # 3 and 4 are lost
+    await trio.testing.wait_all_tasks_blocked()
+    assert conn.subscribe_batches == [{"sim:book:BTC-USD"}, {"sim:book:BTC-USD"}]
+    assert rig.supervisor.stats.gaps == 1 and rig.supervisor.stats.snapshot_fetches == 0
+    assert rig.supervisor.channel_state("sim:book:BTC-USD") is None  # stale until repaired
+    conn.push(book_frame(9, snapshot=True, bid="101"))  # what the upstream sends on subscribe
+    await trio.testing.wait_all_tasks_blocked()
+    assert rig.supervisor.stats.resyncs == 1
+    state = rig.supervisor.channel_state("sim:book:BTC-USD")
+    assert state is not None and state["bids"] == [["101", "1"]]

@@ -1,62 +1,31 @@
-"""The contract between an upstream's wire format and the relay's normalized schema.
+"""The contract between an upstream's wire format and the relay's normalized model.
 
-An adapter is sans-IO: it turns upstream frames into normalized events and channel names into
-upstream subscribe frames, and never touches a socket or a clock. That keeps every exchange's
-quirks in one module that property tests can drive, and lets the supervisor stay generic.
+An adapter is sans-IO: it turns upstream frames into normalized events, channel names into
+upstream subscribe frames, and repairs into HTTP requests, and never touches a socket or a clock.
+That keeps every upstream's quirks in one module that property tests can drive, and lets the
+supervisor stay generic. What an adapter may keep is per-connection bookkeeping (request ids,
+subscription ids), which :meth:`Adapter.reset` clears when a new connection starts.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-
-class StreamKind(enum.Enum):
-    """How a channel's messages relate to its state; decides snapshots and gap handling."""
-
-    #: Independent events (trades). No state, so no snapshot on subscribe.
-    EVENT = "event"
-    #: Every message is the whole state (ticker). The latest message is the snapshot.
-    STATE = "state"
-    #: A snapshot followed by sequenced deltas (level-2 book). Gaps must be repaired.
-    BOOK = "book"
+from relay.core.model import RepairKind, StreamKind, Update, UpstreamEvent
+from relay.core.source import FetchSnapshot
 
 
 @attrs.frozen
-class Update:
-    """One normalized message for one relay channel."""
+class HttpRequest:
+    """A request the shell sends for a repair, exactly as the adapter built it."""
 
-    channel: str
-    """Full relay channel name, e.g. ``sim:book:BTC-USD``."""
-    data: dict[str, Any]
-    """Payload in the protocol's normalized schema (protocol.md, "Normalized data")."""
-    seq: int | None
-    """The upstream's own per-stream sequence number, or None if the stream has none."""
-    snapshot: bool
-    """True when ``data`` is the channel's full state rather than a delta or an event."""
-
-
-@attrs.frozen
-class Heartbeat:
-    """The upstream said it is alive; only feeds the watchdog."""
-
-
-@attrs.frozen
-class Ack:
-    """The upstream confirmed (or refused) a subscribe or unsubscribe request."""
-
-    ok: bool
-    detail: str = ""
-
-
-UpstreamEvent = Update | Heartbeat | Ack
-
-
-class UpstreamFormatError(ValueError):
-    """An upstream frame the adapter cannot understand. Logged and counted, never fatal."""
+    method: str
+    url: str
+    json: Any = None
+    """A JSON body (sent with ``content-type: application/json``), or None for no body."""
 
 
 class Adapter(Protocol):
@@ -69,15 +38,25 @@ class Adapter(Protocol):
 
     @property
     def heartbeat_interval(self) -> float:
-        """Seconds between the upstream's own heartbeats; the watchdog allows 1.5 times this."""
+        """Seconds between the upstream's own heartbeats (or the relay's probes); the watchdog
+        allows 1.5 times this without a sign of life."""
         ...
 
     def channels(self) -> frozenset[str]:
-        """Every channel this source can serve (full relay names)."""
+        """The channels a client can discover (full relay names). Families that are open, such
+        as one channel per contract address, are not listed; :meth:`kind` still knows them."""
         ...
 
-    def kind(self, channel: str) -> StreamKind:
-        """The stream kind of one of :meth:`channels`."""
+    def kind(self, channel: str) -> StreamKind | None:
+        """The stream kind of a channel, or None when this source does not serve it."""
+        ...
+
+    def repair(self, channel: str) -> RepairKind:
+        """How a lost message on a channel is recovered, as this upstream documents it."""
+        ...
+
+    def reset(self) -> None:
+        """A new connection starts: forget the old one's request and subscription ids."""
         ...
 
     def subscribe_frames(self, channels: Sequence[str]) -> list[str]:
@@ -88,16 +67,21 @@ class Adapter(Protocol):
         """Upstream frames that unsubscribe from ``channels``."""
         ...
 
+    def probe_frame(self) -> str | None:
+        """A request sent every heartbeat interval whose answer proves the upstream alive, for
+        upstreams that are silent when idle; None for upstreams with their own heartbeat."""
+        ...
+
     def parse(self, frame: str | bytes) -> Iterable[UpstreamEvent]:
         """Normalize one upstream frame. Raises UpstreamFormatError on malformed input."""
         ...
 
-    def snapshot_path(self, channel: str) -> str | None:
-        """Path and query of the REST snapshot for ``channel``, relative to the REST base URL,
-        or None when the stream has no snapshot endpoint."""
+    def snapshot_request(self, repair: FetchSnapshot) -> HttpRequest | None:
+        """The HTTP request that fetches a channel's snapshot, or None when the upstream has
+        no snapshot to fetch for it."""
         ...
 
-    def parse_snapshot(self, channel: str, body: bytes) -> Update:
-        """Normalize a REST snapshot body into an Update with ``snapshot=True`` and the
-        upstream ``seq`` the snapshot reflects. Raises UpstreamFormatError."""
+    def parse_snapshot(self, repair: FetchSnapshot, body: bytes) -> Update:
+        """Normalize the answer to :meth:`snapshot_request` into an Update with
+        ``snapshot=True`` and the upstream ``seq`` it reflects. Raises UpstreamFormatError."""
         ...

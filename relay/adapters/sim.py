@@ -17,14 +17,17 @@ from urllib.parse import quote
 
 import orjson
 
-from relay.adapters.base import (
+from relay.adapters.base import HttpRequest
+from relay.core.model import (
     Ack,
     Heartbeat,
+    RepairKind,
     StreamKind,
     Update,
     UpstreamEvent,
     UpstreamFormatError,
 )
+from relay.core.source import FetchSnapshot
 
 # relay stream name -> (sim stream name, kind)
 _STREAMS: dict[str, tuple[str, StreamKind]] = {
@@ -41,12 +44,17 @@ class SimAdapter:
     ``<stream>.<SYM>`` and normalizes the sim's messages."""
 
     def __init__(
-        self, source: str, symbols: Sequence[str], heartbeat_interval: float = 1.0
+        self,
+        source: str,
+        symbols: Sequence[str],
+        heartbeat_interval: float = 1.0,
+        rest_url: str | None = None,
     ) -> None:
         if ":" in source:
             raise ValueError(f"source name must not contain ':': {source!r}")
         self._source = source
         self._heartbeat_interval = heartbeat_interval
+        self._rest_url = None if rest_url is None else rest_url.rstrip("/")
         self._to_topic: dict[str, str] = {}
         self._to_channel: dict[str, tuple[str, str, StreamKind]] = {}
         """sim topic -> (relay channel, symbol, kind)"""
@@ -69,8 +77,23 @@ class SimAdapter:
     def channels(self) -> frozenset[str]:
         return frozenset(self._to_topic)
 
-    def kind(self, channel: str) -> StreamKind:
-        return self._to_channel[self.topic(channel)][2]
+    def kind(self, channel: str) -> StreamKind | None:
+        topic = self._to_topic.get(channel)
+        return None if topic is None else self._to_channel[topic][2]
+
+    def repair(self, channel: str) -> RepairKind:
+        """Books are repaired from the REST snapshot; trades and tickers have nothing to
+        repair from."""
+        return (
+            RepairKind.REST_SNAPSHOT if self.kind(channel) is StreamKind.BOOK else RepairKind.NONE
+        )
+
+    def reset(self) -> None:
+        """Request numbers only label requests in logs; nothing is correlated by them."""
+
+    def probe_frame(self) -> None:
+        """The market sends its own heartbeat every second."""
+        return None
 
     def topic(self, channel: str) -> str:
         """The sim topic of a relay channel; KeyError for channels this source does not serve."""
@@ -92,11 +115,11 @@ class SimAdapter:
         args = [self.topic(channel) for channel in channels]
         return [orjson.dumps({"op": op, "args": args, "req": next(self._req)}).decode()]
 
-    def snapshot_path(self, channel: str) -> str | None:
-        topic = self.topic(channel)
-        if self.kind(channel) is StreamKind.EVENT:
+    def snapshot_request(self, repair: FetchSnapshot) -> HttpRequest | None:
+        topic = self.topic(repair.channel)
+        if self._rest_url is None or self.kind(repair.channel) is StreamKind.EVENT:
             return None
-        return f"/api/snapshot?topic={quote(topic, safe='')}"
+        return HttpRequest("GET", f"{self._rest_url}/api/snapshot?topic={quote(topic, safe='')}")
 
     def parse(self, frame: str | bytes) -> list[UpstreamEvent]:
         message = _loads(frame)
@@ -107,21 +130,30 @@ class SimAdapter:
             _int(message, "time")
             return [Heartbeat()]
         if op == "pong":
-            return []
+            return [Heartbeat()]
         if op in ("subscribe", "unsubscribe"):
             ok = message.get("ok")
             if not isinstance(ok, bool):
                 raise UpstreamFormatError(f"{op} ack without a boolean 'ok'")
+            channels = self._ack_channels(message.get("args"))
             if ok:
-                return [Ack(True, f"{op} {_describe(message.get('args'))}")]
-            return [Ack(False, f"{op} refused: {_describe(message.get('error'))}")]
+                return [Ack(True, f"{op} {_describe(message.get('args'))}", channels)]
+            return [Ack(False, f"{op} refused: {_describe(message.get('error'))}", channels)]
         if op == "error":
             # The sim could not read one of our requests: a refusal, not a broken stream.
             return [Ack(False, f"request rejected: {_describe(message.get('error'))}")]
         raise UpstreamFormatError(f"unknown message op {_describe(op)}")
 
-    def parse_snapshot(self, channel: str, body: bytes) -> Update:
-        topic = self.topic(channel)
+    def _ack_channels(self, args: object) -> tuple[str, ...]:
+        """The channels an ack names; topics the relay does not know are left out (an ack is
+        only ever matched against what was requested)."""
+        if not isinstance(args, list):
+            return ()
+        known = self._to_channel
+        return tuple(known[t][0] for t in args if isinstance(t, str) and t in known)
+
+    def parse_snapshot(self, repair: FetchSnapshot, body: bytes) -> Update:
+        topic = self.topic(repair.channel)
         message = _loads(body)
         if message.get("topic") != topic:
             raise UpstreamFormatError(

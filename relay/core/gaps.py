@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from relay.adapters.base import Update
 from relay.core.book import OrderBook, parse_levels
+from relay.core.model import Update
 
 
 class Verdict(enum.Enum):
@@ -114,6 +114,7 @@ class BookSync:
     _book: OrderBook = attrs.field(init=False, factory=OrderBook)
     _detector: GapDetector = attrs.field(init=False, factory=GapDetector)
     _state: SyncState = attrs.field(init=False, default=SyncState.AWAITING_SNAPSHOT)
+    _ts: int = attrs.field(init=False, default=0)
     _buffer: deque[tuple[int, Update]] = attrs.field(init=False, repr=False)
 
     @_buffer.default
@@ -135,6 +136,13 @@ class BookSync:
     def book(self) -> OrderBook:
         """The current book. Replaced by a new object whenever a snapshot is taken."""
         return self._book
+
+    def state_data(self) -> dict[str, Any] | None:
+        """The whole book in the protocol's schema, for a new subscriber's snapshot; None while
+        the book is not consistent with the upstream (a stale book must not reach anyone)."""
+        if self._state is not SyncState.LIVE:
+            return None
+        return self._book.to_data(self.symbol, self._ts)
 
     @property
     def last_seq(self) -> int | None:
@@ -195,6 +203,7 @@ class BookSync:
         if not isinstance(ts, int):
             raise ValueError(f"book snapshot on {self.channel!r} without an integer 'ts'")
         self._book = candidate
+        self._ts = ts
         self._detector.reset(walk.last)
         self._buffer.clear()
         self._state = SyncState.LIVE
@@ -217,6 +226,9 @@ class BookSync:
             if verdict is Verdict.IN_ORDER:
                 self._book.apply_delta(bids, asks)
                 self._detector.reset(seq)  # classified in order above
+                ts = update.data.get("ts")
+                if isinstance(ts, int):
+                    self._ts = ts
                 return BookStep([update], False)
             if verdict is Verdict.STALE:
                 return BookStep([], False)

@@ -7,15 +7,15 @@ fill its own outbox, and what happens then is the outbox policy's decision.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from relay.adapters.base import StreamKind, Update
 from relay.core.channels import matches_any, source_of
+from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import (
     ChannelAck,
@@ -52,11 +52,16 @@ class Subscriber(Protocol):
 
 class SourceListener(Protocol):
     """The upstream side of a source: told when a channel gains its first or loses its last
-    subscriber."""
+    subscriber, and asked for the state of the channels whose state it owns (books)."""
 
     def want(self, channel: str) -> None: ...
 
     def unwant(self, channel: str) -> None: ...
+
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        """The channel's full state, for channels whose messages are not the state themselves
+        (a book's deltas); None when there is none or it is stale."""
+        ...
 
 
 @attrs.frozen
@@ -88,13 +93,6 @@ class ChannelState:
     ts: int = 0
     latest: dict[str, Any] | None = None
     """The full state, for STATE channels (the last message is the state)."""
-    state_provider: Callable[[], dict[str, Any] | None] | None = None
-    """For BOOK channels: the upstream side owns the book and renders it on demand."""
-
-    def snapshot_data(self) -> dict[str, Any] | None:
-        if self.state_provider is not None:
-            return self.state_provider()
-        return self.latest
 
 
 class Hub:
@@ -102,10 +100,13 @@ class Hub:
 
     def __init__(
         self,
-        catalogue: Mapping[str, StreamKind],
+        kind_of: Callable[[str], StreamKind | None],
         policy_for: Callable[[str], Policy] = lambda _: Policy.DROP,
     ) -> None:
-        self._catalogue = dict(catalogue)
+        self._kind_of = kind_of
+        """A channel's stream kind, or None for a channel no source serves (asked once per
+        channel name that a client tries, so families such as ``eth:logs:<address>`` that
+        cannot be listed are served all the same)."""
         self._policy_for = policy_for
         self._channels: dict[str, ChannelState] = {}
         self._listeners: dict[str, SourceListener] = {}
@@ -126,15 +127,15 @@ class Hub:
         self._listeners[source] = listener
 
     def known(self, channel: str) -> bool:
-        return channel in self._catalogue
-
-    def channels(self) -> list[str]:
-        return sorted(self._catalogue)
+        return channel in self._channels or self._kind_of(channel) is not None
 
     def channel(self, name: str) -> ChannelState:
+        """The state of a channel a source serves (KeyError for one it does not)."""
         state = self._channels.get(name)
         if state is None:
-            kind = self._catalogue[name]
+            kind = self._kind_of(name)
+            if kind is None:
+                raise KeyError(f"no source serves {name!r}")
             state = ChannelState(name, kind, self._policy_for(name), kind is StreamKind.BOOK)
             self._channels[name] = state
         return state
@@ -164,7 +165,7 @@ class Hub:
         sub.wake()
 
     def _refusal(self, sub: Subscriber, name: str, limits: Limits) -> tuple[str, str] | None:
-        if name not in self._catalogue:
+        if not self.known(name):
             return ErrorCode.UNKNOWN_CHANNEL, f"no such channel: {name}"
         if not matches_any(name, limits.channels):
             return ErrorCode.FORBIDDEN, f"your tier may not subscribe to {name}"
@@ -182,7 +183,7 @@ class Hub:
         client asked for a state it is now in. Unknown channels are errors."""
         outbox = sub.outbox
         for name in channels:
-            if name not in self._catalogue:
+            if not self.known(name):
                 error = ProtocolError(
                     ErrorCode.UNKNOWN_CHANNEL, f"no such channel: {name}", request_id, name
                 )
@@ -248,18 +249,23 @@ class Hub:
 
         It carries the seq of the last message it reflects, so the next message continues at
         seq + 1 for a client that starts from it."""
-        data = state.snapshot_data()
+        data = self._state_data(state)
         if data is None:
             return None
         return self.framer.text(encode_envelope(state.name, state.seq, state.ts, data, True))
 
     def snapshot(self, name: str) -> tuple[int, int, dict[str, Any]] | None:
         """(seq, ts, data) of a channel's latest state, for the HTTP snapshot endpoint."""
-        if name not in self._catalogue:
+        if not self.known(name):
             return None
         state = self.channel(name)
-        data = state.snapshot_data()
+        data = self._state_data(state)
         return None if data is None else (state.seq, state.ts, data)
+
+    def _state_data(self, state: ChannelState) -> dict[str, Any] | None:
+        if state.kind is StreamKind.BOOK:
+            return self._listeners[source_of(state.name)].channel_state(state.name)
+        return state.latest
 
     def forget_state(self, channel: str) -> None:
         """The upstream no longer feeds this channel; stale state must not reach new clients."""

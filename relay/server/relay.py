@@ -19,10 +19,12 @@ import orjson
 import trio
 from prometheus_client import Histogram
 
+from relay.adapters import make_adapter
 from relay.adapters.base import Adapter
-from relay.adapters.sim import SimAdapter
-from relay.config import RelayConfig, SourceConfig, TierConfig
+from relay.config import RelayConfig, TierConfig
+from relay.core.channels import source_of
 from relay.core.hub import Hub, Limits
+from relay.core.model import StreamKind
 from relay.core.outbox import Policy
 from relay.core.protocol import Refusal
 from relay.core.timers import SessionTimers
@@ -36,18 +38,10 @@ from relay.server.frontdoor import (
 from relay.server.metrics import make_registry, render
 from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
-from relay.server.upstream import Transport, UpstreamState, UpstreamSupervisor
+from relay.server.transports import HttpTransport, Transport
+from relay.server.upstream import UpstreamState, UpstreamSupervisor
 
 log = logging.getLogger("relay")
-
-_ADAPTERS = {
-    "sim": lambda name, cfg: SimAdapter(name, cfg.symbols, cfg.heartbeat_interval),
-}
-
-
-def make_adapter(name: str, source: SourceConfig) -> Adapter:
-    adapter: Adapter = _ADAPTERS[source.kind](name, source)
-    return adapter
 
 
 @attrs.frozen
@@ -73,12 +67,7 @@ class Relay:
             if adapters is not None
             else {name: make_adapter(name, source) for name, source in config.sources.items()}
         )
-        catalogue = {
-            channel: adapter.kind(channel)
-            for adapter in self.adapters.values()
-            for channel in adapter.channels()
-        }
-        self.hub = Hub(catalogue, lambda channel: Policy(config.policy_for(channel)))
+        self.hub = Hub(self._kind_of, lambda channel: Policy(config.policy_for(channel)))
         self.upstreams = {
             name: UpstreamSupervisor(adapter, config.sources[name], self.hub, transport)
             for name, adapter in self.adapters.items()
@@ -110,6 +99,15 @@ class Relay:
         )
         self.port: int | None = None
 
+    def _kind_of(self, channel: str) -> StreamKind | None:
+        adapter = self.adapters.get(source_of(channel))
+        return None if adapter is None else adapter.kind(channel)
+
+    def channels(self) -> list[str]:
+        """Every channel the sources list (open families, such as one per contract address,
+        are served but cannot be listed)."""
+        return sorted(c for adapter in self.adapters.values() for c in adapter.channels())
+
     # Running -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -118,7 +116,7 @@ class Relay:
         server = self.config.server
         async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
             for supervisor in self.upstreams.values():
-                await nursery.start(supervisor.run, http)
+                await nursery.start(supervisor.run, HttpTransport(http))
             nursery.start_soon(self.run_timers)
             nursery.start_soon(self.rounds.run)
             listeners = await nursery.start(

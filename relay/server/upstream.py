@@ -3,8 +3,11 @@
 Each attempt connects under a timeout, then runs the reader, the heartbeat watchdog, the
 subscription syncer and (optionally) a pinger in a child nursery. Any of them failing ends the
 attempt, the backoff schedule decides when the next one starts, and the plan re-subscribes
-exactly what clients want at that moment. Gaps in a book's sequence numbers are repaired from the
-source's REST snapshot while the deltas that keep arriving are buffered.
+exactly what clients want at that moment.
+
+Every decision about what the messages mean (sequencing, book sync, which repair) is the source
+pipeline's (``core/source.py``); this module only does what a step says: publish, log, and run
+the repairs it names (an HTTP fetch, a re-subscribe).
 """
 
 from __future__ import annotations
@@ -14,20 +17,26 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-import httpx
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
 
-from relay.adapters.base import Ack, Adapter, StreamKind, Update, UpstreamFormatError
+from relay.adapters.base import Adapter
 from relay.config import SourceConfig
 from relay.core.backoff import Backoff
-from relay.core.gaps import BookSync, GapDetector, SyncState, Verdict
 from relay.core.hub import Hub
+from relay.core.model import Ack, Update, UpstreamEvent, UpstreamFormatError
+from relay.core.source import FetchSnapshot, Repair, Resubscribe, SourcePipeline, SourceStep
 from relay.core.upstream_plan import UpstreamPlan
+from relay.server.transports import (
+    HttpTransport,
+    Transport,
+    TransportError,
+    UpstreamClosed,
+    UpstreamConnection,
+    WebSocketTransport,
+)
 
 log = logging.getLogger("relay.upstream")
 
@@ -40,80 +49,6 @@ class UpstreamState(enum.Enum):
 
 class UpstreamDead(Exception):
     """The connection is open but the upstream stopped talking, or stopped answering pings."""
-
-
-class UpstreamConnection(Protocol):
-    async def send(self, text: str) -> None: ...
-
-    async def receive(self) -> str | bytes:
-        """The next frame; raises ConnectionClosed (trio-websocket's) when the upstream closes."""
-        ...
-
-    async def ping(self) -> None: ...
-
-
-class Transport(Protocol):
-    """Opens upstream connections; a fake one drives the multiplexer's property tests."""
-
-    def connect(
-        self, url: str, connect_timeout: float
-    ) -> AbstractAsyncContextManager[UpstreamConnection]: ...
-
-
-class _WebSocketUpstream:
-    def __init__(self, ws: Any) -> None:
-        self._ws = ws
-
-    async def send(self, text: str) -> None:
-        await self._ws.send_message(text)
-
-    async def receive(self) -> str | bytes:
-        message: str | bytes = await self._ws.get_message()
-        return message
-
-    async def ping(self) -> None:
-        await self._ws.ping()
-
-
-class WebSocketTransport:
-    """The real transport: a trio-websocket client connection.
-
-    It owns the connection's lifetime instead of using ``open_websocket_url``, whose exit waits
-    for a close handshake: a stalled upstream never answers one, and the reconnect would wait
-    for it. After a failure the stream is cut at once; only a clean exit closes politely.
-    """
-
-    def __init__(
-        self,
-        message_queue_size: int = 1024,
-        max_message_size: int = 16 * 2**20,
-        close_timeout: float = 1.0,
-    ) -> None:
-        self.message_queue_size = message_queue_size
-        self.max_message_size = max_message_size
-        self.close_timeout = close_timeout
-
-    @asynccontextmanager
-    async def connect(self, url: str, connect_timeout: float) -> AsyncIterator[UpstreamConnection]:
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                ws = await connect_websocket_url(
-                    nursery,
-                    url,
-                    message_queue_size=self.message_queue_size,
-                    max_message_size=self.max_message_size,
-                )
-            clean = False
-            try:
-                yield _WebSocketUpstream(ws)
-                clean = True
-            finally:
-                # Shielded so that shutdown still closes; a zero budget means the close is
-                # cancelled at once, and trio-websocket then closes the TCP stream itself.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + (self.close_timeout if clean else 0)
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
 
 
 class UpstreamStats:
@@ -159,13 +94,10 @@ class UpstreamSupervisor:
         self.state = UpstreamState.CONNECTING
         self.stats = UpstreamStats()
         self.next_retry: float | None = None
-        self._books: dict[str, BookSync] = {}
-        self._book_ts: dict[str, int] = {}
-        self._detectors: dict[str, GapDetector] = {}
-        self._fetching: set[str] = set()
+        self.pipeline = SourcePipeline(adapter)
         self._plan_changed = trio.lowlevel.ParkingLot()
         self._last_frame = 0.0
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpTransport | None = None
 
     # SourceListener: called by the hub from client sessions ------------------------------
 
@@ -177,11 +109,14 @@ class UpstreamSupervisor:
         self.plan.unwant(channel, trio.current_time())
         self._plan_changed.unpark_all()
 
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        return self.pipeline.state(channel)
+
     # Supervision -------------------------------------------------------------------------
 
     async def run(
         self,
-        http: httpx.AsyncClient | None = None,
+        http: HttpTransport | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -218,8 +153,11 @@ class UpstreamSupervisor:
                         nursery.start_soon(self._ping, conn)
         except (Exception, BaseExceptionGroup) as exc:
             # One source's failure must never reach the relay's nursery, but a cancellation
-            # that arrives together with a failure must still propagate, alone.
+            # that arrives together with a failure must still propagate, alone; and what is not
+            # a failure of this source at all (KeyboardInterrupt, SystemExit) must stop it.
             leaves = _leaves(exc)
+            if not all(isinstance(e, Exception | trio.Cancelled) for e in leaves):
+                raise
             failures = [e for e in leaves if not isinstance(e, trio.Cancelled)]
             if not all(isinstance(e, _EXPECTED_FAILURES) for e in failures):
                 log.error("upstream %s: unexpected failure", self.source, exc_info=exc)
@@ -249,11 +187,7 @@ class UpstreamSupervisor:
         self.stats.disconnects += 1
         self.backoff.disconnected(trio.current_time())
         self.plan.connection_lost()
-        for sync in self._books.values():
-            sync.reset()
-        self._books.clear()
-        self._detectors.clear()
-        self._fetching.clear()
+        self.pipeline.connection_lost()
         for channel in self.hub.registry.wanted(self.source):
             self.hub.forget_state(channel)
         self.state = UpstreamState.RECONNECTING
@@ -306,12 +240,13 @@ class UpstreamSupervisor:
             plan = self.plan.plan(trio.current_time())
             if plan.subscribe:
                 for channel in plan.subscribe:
-                    self._track(channel)
+                    self.pipeline.track(channel)
                 for frame in adapter.subscribe_frames(plan.subscribe):
                     await conn.send(frame)
             if plan.unsubscribe:
                 for channel in plan.unsubscribe:
-                    self._untrack(channel)
+                    self.pipeline.untrack(channel)
+                    self.hub.forget_state(channel)
                 for frame in adapter.unsubscribe_frames(plan.unsubscribe):
                     await conn.send(frame)
             if plan:
@@ -319,27 +254,6 @@ class UpstreamSupervisor:
             deadline = self.plan.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._plan_changed.park()
-
-    def _track(self, channel: str) -> None:
-        if self.adapter.kind(channel) is StreamKind.BOOK:
-            sync = BookSync(channel, channel.rsplit(":", 1)[-1])
-            self._books[channel] = sync
-            self.hub.channel(channel).state_provider = lambda: self._book_data(channel)
-        else:
-            self._detectors[channel] = GapDetector()
-
-    def _untrack(self, channel: str) -> None:
-        self._books.pop(channel, None)
-        self._book_ts.pop(channel, None)
-        self._detectors.pop(channel, None)
-        self.hub.channel(channel).state_provider = None
-        self.hub.forget_state(channel)
-
-    def _book_data(self, channel: str) -> dict[str, Any] | None:
-        sync = self._books.get(channel)
-        if sync is None or not sync.live:
-            return None
-        return sync.book.to_data(sync.symbol, self._book_ts.get(channel, 0))
 
     # Data --------------------------------------------------------------------------------
 
@@ -350,15 +264,11 @@ class UpstreamSupervisor:
             frame = await conn.receive()
             self._last_frame = trio.current_time()
             stats.messages += 1
+            # Only the adapter's verdict on the frame is a malformed frame; a ValueError from
+            # anywhere after it is a bug, and ends the attempt with its traceback.
             try:
-                events = adapter.parse(frame)
-                now_ms = self._now_ms()
-                for event in events:
-                    if isinstance(event, Update):
-                        self._on_update(event, now_ms, nursery)
-                    elif isinstance(event, Ack) and not event.ok:
-                        log.warning("upstream %s refused a request: %s", self.source, event.detail)
-            except (UpstreamFormatError, ValueError) as exc:
+                events = list(adapter.parse(frame))
+            except UpstreamFormatError as exc:
                 stats.malformed += 1
                 log.warning(
                     "upstream %s: malformed message skipped: %s (%r)",
@@ -367,49 +277,48 @@ class UpstreamSupervisor:
                     frame[:200],
                     extra={"source": self.source},
                 )
+                continue
+            self._on_events(events, conn, nursery)
 
-    def _on_update(self, update: Update, now_ms: int, nursery: trio.Nursery) -> None:
-        channel = update.channel
-        sync = self._books.get(channel)
-        if sync is not None:
-            resyncing = sync.state is SyncState.RESYNCING
-            step = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
-            self._publish_book(channel, step.publish, now_ms)
-            if step.fetch_snapshot:
-                if not resyncing:
-                    self.stats.gaps += 1
-                    log.warning(
-                        "upstream %s: gap on %s at seq %s; resyncing from REST",
-                        self.source,
-                        channel,
-                        update.seq,
-                        extra={"source": self.source, "channel": channel},
-                    )
-                self._request_snapshot(channel, nursery)
-            elif resyncing and step.publish:
-                self._resynced(channel)
-            return
-        detector = self._detectors.get(channel)
-        if detector is None:
-            return  # late message for a channel no client wants any more
-        if update.seq is not None and detector.observe(update.seq) is Verdict.GAP:
-            # Trades and tickers have nothing to repair from: a ticker is whole in every
-            # message, a lost trade is gone. Counted and logged, never hidden.
+    def _on_events(
+        self, events: list[UpstreamEvent], conn: UpstreamConnection, nursery: trio.Nursery
+    ) -> None:
+        now_ms = self._now_ms()
+        for event in events:
+            if isinstance(event, Update):
+                self._apply(self.pipeline.on_update(event), now_ms, conn, nursery)
+            elif isinstance(event, Ack) and not event.ok:
+                log.warning("upstream %s refused a request: %s", self.source, event.detail)
+
+    def _apply(
+        self,
+        step: SourceStep,
+        now_ms: int,
+        conn: UpstreamConnection,
+        nursery: trio.Nursery,
+        running: Repair | None = None,
+    ) -> bool:
+        """Do what a pipeline step says; answers whether it names ``running`` again (a
+        snapshot older than the deltas buffered since the gap), which its task then retries."""
+        for update in step.publish:
+            self.hub.publish(update, now_ms)
+        for channel in step.gaps:
             self.stats.gaps += 1
             log.warning(
-                "upstream %s: gap on %s before seq %s",
+                "upstream %s: gap on %s",
                 self.source,
                 channel,
-                update.seq,
                 extra={"source": self.source, "channel": channel},
             )
-        self.hub.publish(update, now_ms)
-
-    def _publish_book(self, channel: str, updates: list[Update], now_ms: int) -> None:
-        """Publish what a BookSync step released, remembering the book's time for snapshots."""
-        for update in updates:
-            self._book_ts[channel] = update.data.get("ts", now_ms)
-            self.hub.publish(update, now_ms)
+        for channel in step.resynced:
+            self._resynced(channel)
+        again = False
+        for repair in step.repairs:
+            if repair == running:
+                again = True
+            else:
+                nursery.start_soon(self._repair, repair, conn, nursery)
+        return again
 
     def _resynced(self, channel: str) -> None:
         self.stats.resyncs += 1
@@ -421,66 +330,64 @@ class UpstreamSupervisor:
         )
         self.hub.status(self.source, "resynced")
 
-    def _request_snapshot(self, channel: str, nursery: trio.Nursery) -> None:
-        if channel not in self._fetching:
-            self._fetching.add(channel)
-            nursery.start_soon(self._fetch_snapshot, channel)
+    async def _repair(
+        self, repair: Repair, conn: UpstreamConnection, nursery: trio.Nursery
+    ) -> None:
+        if isinstance(repair, Resubscribe):
+            channels = [repair.channel]
+            for frame in self.adapter.unsubscribe_frames(channels):
+                await conn.send(frame)
+            for frame in self.adapter.subscribe_frames(channels):
+                await conn.send(frame)
+            self._apply(self.pipeline.on_repaired(repair, None), self._now_ms(), conn, nursery)
+            return
+        await self._fetch_snapshot(repair, conn, nursery)
 
-    async def _fetch_snapshot(self, channel: str) -> None:
-        """Fetch until the book is live again; each failure waits a little longer."""
-        path = self.adapter.snapshot_path(channel)
-        base = self.settings.rest_url
-        if path is None or base is None or self._http is None:
+    async def _fetch_snapshot(
+        self, repair: FetchSnapshot, conn: UpstreamConnection, nursery: trio.Nursery
+    ) -> None:
+        """Fetch until the pipeline no longer wants it; each failure waits a little longer."""
+        request = self.adapter.snapshot_request(repair)
+        if request is None or self._http is None:
             log.error(
-                "upstream %s: %s has a gap and no REST snapshot to repair it", self.source, channel
+                "upstream %s: %s has a gap and no snapshot to repair it from",
+                self.source,
+                repair.channel,
             )
-            raise UpstreamDead(f"unrepairable gap on {channel}")
+            raise UpstreamDead(f"unrepairable gap on {repair.channel}")
         retry = Backoff(initial=0.2, factor=2.0, cap=5.0, reset_after=0.0)
         http = self._http
-        try:
-            while (sync := self._books.get(channel)) is not None and not sync.live:
-                self.stats.snapshot_fetches += 1
-                try:
-                    with trio.fail_after(self.settings.snapshot_timeout):
-                        response = await http.get(base.rstrip("/") + path)
-                    response.raise_for_status()
-                    snapshot = self.adapter.parse_snapshot(channel, response.content)
-                    if self._books.get(channel) is not sync:
-                        return  # unsubscribed or reconnected meanwhile
-                    step = sync.on_snapshot(snapshot)
-                except (httpx.HTTPError, trio.TooSlowError, ValueError) as exc:
-                    # ValueError covers UpstreamFormatError and a snapshot the book rejects.
-                    self.stats.snapshot_failures += 1
-                    delay = retry.next_delay(self._rng)
-                    log.warning(
-                        "upstream %s: snapshot of %s failed (%r); retry in %.2fs",
-                        self.source,
-                        channel,
-                        exc,
-                        delay,
-                        extra={"source": self.source, "channel": channel, "retry_in": delay},
-                    )
-                    await trio.sleep(delay)
-                    continue
-                now_ms = self._now_ms()
-                self._publish_book(channel, step.publish, now_ms)
-                if step.publish:
-                    self._resynced(channel)
-                elif step.fetch_snapshot:
-                    # Older than the deltas buffered since the gap: the source's snapshot lags
-                    # its stream. Ask again, but give it time to catch up.
-                    await trio.sleep(retry.next_delay(self._rng))
-        finally:
-            self._fetching.discard(channel)
+        while self.pipeline.wants(repair):
+            self.stats.snapshot_fetches += 1
+            try:
+                with trio.fail_after(self.settings.snapshot_timeout):
+                    body = await http.fetch(request)
+                snapshot = self.adapter.parse_snapshot(repair, body)
+                step = self.pipeline.on_repaired(repair, snapshot)
+            except (TransportError, trio.TooSlowError, ValueError) as exc:
+                # ValueError covers UpstreamFormatError and a snapshot the book rejects.
+                self.stats.snapshot_failures += 1
+                delay = retry.next_delay(self._rng)
+                log.warning(
+                    "upstream %s: snapshot of %s failed (%s); retry in %.2fs",
+                    self.source,
+                    repair.channel,
+                    exc,
+                    delay,
+                    extra={"source": self.source, "channel": repair.channel, "retry_in": delay},
+                )
+                await trio.sleep(delay)
+                continue
+            if not self._apply(step, self._now_ms(), conn, nursery, running=repair):
+                return
+            # Older than the deltas buffered since the gap: the source's snapshot lags its
+            # stream. Ask again, but give it time to catch up.
+            await trio.sleep(retry.next_delay(self._rng))
 
 
 _EXPECTED_FAILURES = (
-    OSError,
-    HandshakeError,
-    ConnectionClosed,
+    TransportError,
     UpstreamDead,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
     trio.TooSlowError,
 )
 """The network's fault, not a bug: logged as a reason and retried, without a traceback."""
@@ -493,9 +400,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionClosed):
-        return f"connection closed ({exc.reason})"
-    if isinstance(exc, UpstreamDead):
+    if isinstance(exc, UpstreamClosed | UpstreamDead):
         return str(exc)
     cause = exc.__cause__ or exc.__context__
     detail = str(exc) or (repr(cause) if cause is not None else "")

@@ -17,9 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from relay.adapters.base import Update
 from relay.core.book import OrderBook
 from relay.core.gaps import BookStep, BookSync, GapDetector, SyncState, Verdict
+from relay.core.model import Update
 
 CHANNEL = "sim:book:BTC-USD"
 SYMBOL = "BTC-USD"

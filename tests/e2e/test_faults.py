@@ -12,6 +12,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from relay.adapters.sim import SimAdapter
+from relay.core.source import FetchSnapshot
 from tests.e2e.conftest import Stack, client, receive, running_stack, subscribe
 
 pytestmark = pytest.mark.e2e
@@ -146,7 +147,9 @@ async def test_book_stays_consistent_through_gaps(stack: Stack) -> None:
         raw = await stack.http.get(
             f"http://127.0.0.1:{stack.sim_port}/api/snapshot?topic=depth.BTC-USD"
         )
-        market_book = SimAdapter("sim", ["BTC-USD"]).parse_snapshot(BOOK, raw.content).data
+        market_book = (
+            SimAdapter("sim", ["BTC-USD"]).parse_snapshot(FetchSnapshot(BOOK), raw.content).data
+        )
         assert relay_book["bids"] == market_book["bids"]
         assert relay_book["asks"] == market_book["asks"]
         assert relay_book["bids"] and relay_book["asks"]

@@ -12,7 +12,7 @@ import trio
 import wsproto
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from relay.adapters.base import Update
+from relay.core.model import Update
 from tests.e2e.conftest import HOST, running_stack
 
 pytestmark = pytest.mark.e2e

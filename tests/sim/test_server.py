@@ -18,8 +18,9 @@ import pytest
 import trio
 import trio_websocket
 
-from relay.adapters.base import Ack, Heartbeat, Update, UpstreamFormatError
 from relay.adapters.sim import SimAdapter
+from relay.core.model import Ack, Heartbeat, Update, UpstreamFormatError
+from relay.core.source import FetchSnapshot
 from relay.sim.server import GARBAGE, SimServer
 
 SYMBOLS = ["BTC-USD", "ETH-USD"]
@@ -446,7 +447,9 @@ async def test_rate_pause_and_resume(sim: Sim) -> None:
 async def test_adapter_rebuilds_the_book_against_the_live_market(sim: Sim) -> None:
     """End to end for the upstream side: adapter frames in, adapter parsing out, and the book
     rebuilt from the stream equals the REST snapshot once the market is at rest."""
-    adapter = SimAdapter("sim", SYMBOLS, heartbeat_interval=HEARTBEAT)
+    adapter = SimAdapter(
+        "sim", SYMBOLS, heartbeat_interval=HEARTBEAT, rest_url=f"http://127.0.0.1:{sim.port}"
+    )
     channel = "sim:book:ETH-USD"
     bids: dict[str, str] = {}
     asks: dict[str, str] = {}
@@ -481,15 +484,20 @@ async def test_adapter_rebuilds_the_book_against_the_live_market(sim: Sim) -> No
 
         await consume(None)
         await sim.post("/control/pause")
-        path = adapter.snapshot_path(channel)
-        assert path is not None
-        snapshot = adapter.parse_snapshot(channel, (await http.get(path)).content)
+        request = adapter.snapshot_request(FetchSnapshot(channel))
+        assert request is not None
+        body = (await http.get(request.url)).content
+        snapshot = adapter.parse_snapshot(FetchSnapshot(channel), body)
         await consume(snapshot.seq)
     assert seq == snapshot.seq
     assert {p: s for p, s in snapshot.data["bids"]} == bids
     assert {p: s for p, s in snapshot.data["asks"]} == asks
     answers = [e for e in events if not isinstance(e, Heartbeat)]
-    assert answers[0] == Ack(True, "subscribe ['depth.ETH-USD', 'trade.ETH-USD']")
+    assert answers[0] == Ack(
+        True,
+        "subscribe ['depth.ETH-USD', 'trade.ETH-USD']",
+        ("sim:book:ETH-USD", "sim:trades:ETH-USD"),
+    )
     assert any(isinstance(e, Heartbeat) for e in events)
     assert any(isinstance(e, Update) and e.channel == "sim:trades:ETH-USD" for e in events)
 

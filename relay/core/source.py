@@ -1,0 +1,169 @@
+"""What a source's messages mean for its channels: sequencing, book sync, and which repair to run.
+
+The supervisor of a source only moves bytes: it connects, reads, writes, and runs repairs. Every
+decision between "the adapter normalized a frame" and "the hub publishes it" is taken here,
+without I/O and without reading a clock (times are passed in), so property tests can drive it
+through any interleaving of messages, gaps, reconnects and repair answers.
+
+Each tracked channel gets the tracker its adapter asks for: a :class:`BookSync` for books, a
+:class:`GapDetector` for sequenced events and states. A step names the repairs to start from a
+closed set the shell knows how to run; a repair is named once, and stays "in flight" until its
+answer comes back through :meth:`SourcePipeline.on_repaired` (or the channel or the connection
+goes), so the shell never runs the same repair twice at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+
+from relay.core.gaps import BookStep, BookSync, GapDetector, SyncState, Verdict
+from relay.core.model import RepairKind, StreamKind, Update
+
+
+@attrs.frozen
+class FetchSnapshot:
+    """Fetch the channel's snapshot over HTTP and hand it to :meth:`SourcePipeline.on_repaired`."""
+
+    channel: str
+
+
+@attrs.frozen
+class Resubscribe:
+    """Unsubscribe the channel upstream and subscribe it again; the upstream's own snapshot then
+    resynchronizes it. Answered with ``on_repaired(repair, None)`` once the frames are sent."""
+
+    channel: str
+
+
+Repair = FetchSnapshot | Resubscribe
+
+
+@attrs.frozen
+class SourceStep:
+    """What the shell must do after the pipeline took one input."""
+
+    publish: list[Update] = attrs.Factory(list)
+    """Updates to publish, in order."""
+    repairs: list[Repair] = attrs.Factory(list)
+    """Repairs to start now (none of them is already in flight)."""
+    gaps: list[str] = attrs.Factory(list)
+    """Channels on which this input revealed lost messages: for the log and the gap count."""
+    resynced: list[str] = attrs.Factory(list)
+    """Channels consistent with the upstream again after a repair: for the log and the
+    ``resynced`` status event."""
+
+
+_NOTHING = SourceStep()
+
+
+class ChannelCatalogue(Protocol):
+    """What the pipeline needs to know about a source's channels (the adapter answers)."""
+
+    def kind(self, channel: str) -> StreamKind | None: ...
+
+    def repair(self, channel: str) -> RepairKind: ...
+
+
+class SourcePipeline:
+    """Per source: the trackers of the channels subscribed upstream, and the repairs in flight."""
+
+    def __init__(self, catalogue: ChannelCatalogue) -> None:
+        self._catalogue = catalogue
+        self._books: dict[str, tuple[BookSync, RepairKind]] = {}
+        self._detectors: dict[str, GapDetector] = {}
+        self._in_flight: set[Repair] = set()
+
+    # Channels ------------------------------------------------------------------------------
+
+    def track(self, channel: str) -> None:
+        """The channel is being subscribed upstream: its messages count from now on."""
+        if self._catalogue.kind(channel) is StreamKind.BOOK:
+            sync = BookSync(channel, channel.rsplit(":", 1)[-1])
+            self._books[channel] = (sync, self._catalogue.repair(channel))
+        else:
+            self._detectors[channel] = GapDetector()
+
+    def untrack(self, channel: str) -> None:
+        """The channel is being unsubscribed upstream: late messages and repairs are dropped."""
+        self._books.pop(channel, None)
+        self._detectors.pop(channel, None)
+        self._in_flight.discard(FetchSnapshot(channel))
+        self._in_flight.discard(Resubscribe(channel))
+
+    def connection_lost(self) -> None:
+        """A new connection subscribes afresh: books wait for a new snapshot, numbering may
+        restart, and the repairs of the old connection were cancelled with it."""
+        for sync, _ in self._books.values():
+            sync.reset()
+        self._books.clear()
+        self._detectors.clear()
+        self._in_flight.clear()
+
+    def state(self, channel: str) -> dict[str, Any] | None:
+        """The full state of a book channel for a new subscriber, or None (no book, or stale).
+
+        Other channels' state is their last message, which the hub keeps as it publishes."""
+        entry = self._books.get(channel)
+        return None if entry is None else entry[0].state_data()
+
+    def wants(self, repair: Repair) -> bool:
+        """Whether a repair is still needed: a shell retrying a failed fetch stops when not."""
+        return repair in self._in_flight
+
+    # Data ----------------------------------------------------------------------------------
+
+    def on_update(self, update: Update) -> SourceStep:
+        """One normalized message from the upstream connection."""
+        channel = update.channel
+        entry = self._books.get(channel)
+        if entry is not None:
+            sync, repair = entry
+            resyncing = sync.state is SyncState.RESYNCING
+            book = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
+            return self._book_step(channel, repair, book, resyncing)
+        detector = self._detectors.get(channel)
+        if detector is None:
+            return _NOTHING  # a late message for a channel no client wants any more
+        if update.seq is not None and detector.observe(update.seq) is Verdict.GAP:
+            # Trades and tickers have nothing to repair from: a ticker is whole in every
+            # message, a lost trade is gone. Reported, never hidden.
+            return SourceStep(publish=[update], gaps=[channel])
+        return SourceStep(publish=[update])
+
+    def on_repaired(self, repair: Repair, update: Update | None) -> SourceStep:
+        """The answer to a repair the shell ran. Raises ValueError for a snapshot the book
+        rejects (malformed levels): the repair stays in flight and the shell tries again."""
+        if repair not in self._in_flight:
+            return _NOTHING  # the channel or the connection went meanwhile
+        entry = self._books.get(repair.channel)
+        if isinstance(repair, Resubscribe) or entry is None or update is None:
+            self._in_flight.discard(repair)
+            return _NOTHING
+        sync, kind = entry
+        book = sync.on_snapshot(update)
+        self._in_flight.discard(repair)
+        return self._book_step(repair.channel, kind, book, resyncing=True)
+
+    def _book_step(
+        self, channel: str, kind: RepairKind, book: BookStep, resyncing: bool
+    ) -> SourceStep:
+        if book.fetch_snapshot:
+            repair = self._repair_for(channel, kind)
+            new = repair not in self._in_flight
+            self._in_flight.add(repair)
+            return SourceStep(
+                publish=book.publish,
+                repairs=[repair] if new else [],
+                gaps=[] if resyncing else [channel],
+            )
+        if resyncing and book.publish:
+            return SourceStep(publish=book.publish, resynced=[channel])
+        return SourceStep(publish=book.publish)
+
+    @staticmethod
+    def _repair_for(channel: str, kind: RepairKind) -> Repair:
+        if kind is RepairKind.RESUBSCRIBE:
+            return Resubscribe(channel)
+        return FetchSnapshot(channel)

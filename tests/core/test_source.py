@@ -1,0 +1,106 @@
+"""The source pipeline: which tracker a channel gets, what a step reports, repairs in flight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.core.model import RepairKind, StreamKind, Update
+from relay.core.source import FetchSnapshot, Resubscribe, SourcePipeline, SourceStep
+
+BOOK = "x:book:A"
+TRADES = "x:trades:A"
+
+
+class Catalogue:
+    def __init__(self, book_repair: RepairKind = RepairKind.REST_SNAPSHOT) -> None:
+        self.book_repair = book_repair
+
+    def kind(self, channel: str) -> StreamKind | None:
+        return StreamKind.BOOK if ":book:" in channel else StreamKind.EVENT
+
+    def repair(self, channel: str) -> RepairKind:
+        return self.book_repair if ":book:" in channel else RepairKind.NONE
+
+
+def book(seq: int, snapshot: bool = False, bid: str = "1") -> Update:
+    data: dict[str, Any] = {"symbol": "A", "bids": [[bid, "1"]], "asks": [], "ts": seq}
+    return Update(BOOK, data, seq, snapshot)
+
+
+def trade(seq: int) -> Update:
+    return Update(TRADES, {"trade_id": str(seq)}, seq, False)
+
+
+def live_pipeline(repair: RepairKind = RepairKind.REST_SNAPSHOT) -> SourcePipeline:
+    pipeline = SourcePipeline(Catalogue(repair))
+    pipeline.track(BOOK)
+    pipeline.track(TRADES)
+    assert pipeline.on_update(book(1, snapshot=True)).publish == [book(1, snapshot=True)]
+    return pipeline
+
+
+def test_events_are_published_and_gaps_reported_once() -> None:
+    pipeline = live_pipeline()
+    assert pipeline.on_update(trade(1)) == SourceStep(publish=[trade(1)])
+    assert pipeline.on_update(trade(4)) == SourceStep(publish=[trade(4)], gaps=[TRADES])
+    assert pipeline.on_update(trade(5)) == SourceStep(publish=[trade(5)])
+
+
+def test_untracked_channels_publish_nothing() -> None:
+    pipeline = live_pipeline()
+    pipeline.untrack(TRADES)
+    assert pipeline.on_update(trade(1)) == SourceStep()
+
+
+def test_a_book_gap_names_one_repair_until_it_is_answered() -> None:
+    pipeline = live_pipeline()
+    gap = pipeline.on_update(book(3))
+    assert gap == SourceStep(repairs=[FetchSnapshot(BOOK)], gaps=[BOOK])
+    assert pipeline.state(BOOK) is None  # stale: a new subscriber must not get it
+    assert pipeline.on_update(book(4)) == SourceStep()  # buffered, no second repair
+    assert pipeline.wants(FetchSnapshot(BOOK))
+    repaired = pipeline.on_repaired(FetchSnapshot(BOOK), book(3, snapshot=True, bid="2"))
+    assert repaired.resynced == [BOOK] and repaired.repairs == []
+    assert [u.seq for u in repaired.publish] == [4]
+    assert not pipeline.wants(FetchSnapshot(BOOK))
+    state = pipeline.state(BOOK)
+    assert state is not None and state["ts"] == 4
+
+
+def test_a_snapshot_older_than_the_buffer_names_the_same_repair_again() -> None:
+    pipeline = live_pipeline()
+    pipeline.on_update(book(5))
+    again = pipeline.on_repaired(FetchSnapshot(BOOK), book(2, snapshot=True))
+    assert again == SourceStep(repairs=[FetchSnapshot(BOOK)])
+    assert pipeline.wants(FetchSnapshot(BOOK))
+
+
+def test_a_rejected_snapshot_keeps_the_repair_in_flight() -> None:
+    pipeline = live_pipeline()
+    pipeline.on_update(book(5))
+    bad = Update(BOOK, {"bids": [["x", "1"]], "asks": [], "ts": 1}, 4, True)
+    with pytest.raises(ValueError):
+        pipeline.on_repaired(FetchSnapshot(BOOK), bad)
+    assert pipeline.wants(FetchSnapshot(BOOK))
+
+
+@pytest.mark.parametrize("end", ["untrack", "connection_lost"])
+def test_answers_for_a_channel_or_connection_that_went_are_ignored(end: str) -> None:
+    pipeline = live_pipeline()
+    pipeline.on_update(book(5))
+    if end == "untrack":
+        pipeline.untrack(BOOK)
+    else:
+        pipeline.connection_lost()
+    assert not pipeline.wants(FetchSnapshot(BOOK))
+    assert pipeline.on_repaired(FetchSnapshot(BOOK), book(4, snapshot=True)) == SourceStep()
+
+
+def test_resubscribe_sources_resync_from_their_own_snapshot() -> None:
+    pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
+    assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
+    assert pipeline.on_repaired(Resubscribe(BOOK), None) == SourceStep()
+    resynced = pipeline.on_update(book(10, snapshot=True))
+    assert resynced.resynced == [BOOK] and resynced.publish[0].seq == 10
