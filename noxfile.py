@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -14,7 +15,22 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, property and end-to-end over loopback."""
     session.install("-e", ".[test]")
+    install_ganache(session)
     session.run("pytest", *(session.posargs or ["-q"]))
+
+
+def install_ganache(session: nox.Session) -> None:
+    """The Ethereum tests' node (tests/ethereum/node), when npm is here and it is not installed
+    already from the current lock."""
+    node_dir = Path("tests/ethereum/node")
+    ganache = node_dir / "node_modules" / ".bin" / "ganache"
+    lock = node_dir / "package-lock.json"
+    if not shutil.which("npm"):
+        return
+    # lstat: the link's own time, made by the install (npm may date the files it links to back).
+    if ganache.exists() and ganache.lstat().st_mtime > lock.stat().st_mtime:
+        return
+    session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", str(node_dir), external=True)
 
 
 @nox.session

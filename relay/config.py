@@ -293,9 +293,16 @@ class SourceConfig:
     """The upstream's WebSocket URL (ws:// or wss://)."""
     rest_url: str | None = None
     """Base URL for REST snapshots (http:// or https://), for kinds that resynchronize over REST."""
-    symbols: list[str] = attrs.Factory(lambda: ["BTC-USD", "ETH-USD", "SOL-USD"])
-    heartbeat_interval: float = 1.0
-    """The upstream's own heartbeat interval; the watchdog allows 1.5 times this."""
+    rpc_url: str | None = None
+    """The node's HTTP JSON-RPC endpoint (http:// or https://), for kinds that backfill over
+    JSON-RPC (ethereum)."""
+    symbols: list[str] | None = None
+    """The symbols to serve, for kinds with symbols; None means the kind's default list."""
+    heartbeat_interval: float | None = None
+    """The upstream's own heartbeat interval, or how often the relay probes an upstream that is
+    silent when idle; the watchdog allows 1.5 times this. None means the kind's default."""
+    answer_timeout: float = 10.0
+    """A subscribe request the upstream has not answered within this is a dead connection."""
     linger: float = 5.0
     """Keep an upstream subscription this long after the last client left, so a client that
     resubscribes at once does not cost an upstream round trip and a fresh snapshot."""
@@ -311,14 +318,24 @@ class SourceConfig:
 
     def __attrs_post_init__(self) -> None:
         issues: list[Issue] = []
-        if self.kind not in SOURCE_KINDS:
+        kind = _KINDS.get(self.kind)
+        if kind is None:
             known = ", ".join(sorted(SOURCE_KINDS))
             issues.append(Issue("kind", f"unknown source kind {self.kind!r} (known: {known})"))
+        else:
+            for option in ("rest_url", "rpc_url", "symbols"):
+                given = getattr(self, option) is not None
+                if given and option not in kind.options:
+                    issues.append(Issue(option, f"is not used by kind {self.kind!r}"))
+                elif not given and option in kind.required:
+                    issues.append(Issue(option, f"is required for kind {self.kind!r}"))
         _url(issues, "url", self.url, ("ws", "wss"))
-        if self.rest_url is not None:
-            _url(issues, "rest_url", self.rest_url, ("http", "https"))
+        for option in ("rest_url", "rpc_url"):
+            value = getattr(self, option)
+            if value is not None:
+                _url(issues, option, value, ("http", "https"))
         seen: set[str] = set()
-        for i, symbol in enumerate(self.symbols):
+        for i, symbol in enumerate(self.symbols or ()):
             if not symbol or ":" in symbol:
                 # The symbol is the last part of a channel name.
                 issues.append(
@@ -327,7 +344,9 @@ class SourceConfig:
             elif symbol in seen:
                 issues.append(Issue(f"symbols[{i}]", f"duplicate symbol {symbol!r}"))
             seen.add(symbol)
-        for name in ("heartbeat_interval", "connect_timeout", "backoff_initial"):
+        if self.heartbeat_interval is not None:
+            _positive(issues, "heartbeat_interval", self.heartbeat_interval)
+        for name in ("connect_timeout", "backoff_initial", "answer_timeout"):
             _positive(issues, name, getattr(self, name))
         for name in ("linger", "backoff_reset_after", "ping_interval"):
             _non_negative(issues, name, getattr(self, name))
@@ -610,13 +629,19 @@ def load_config(path: str | os.PathLike[str]) -> RelayConfig:
 
 
 def unstructure(config: RelayConfig) -> dict[str, Any]:
-    """Plain data that :func:`parse_config` turns back into an equal config.
-
-    Optional values left unset come out as None, which TOML cannot express; drop them before
-    writing TOML.
-    """
-    data: dict[str, Any] = _converter.unstructure(config)
+    """Plain data that :func:`parse_config` turns back into an equal config, as a TOML file
+    would hold it: optional values left unset are left out (TOML has no null, and a key a
+    source's kind does not use must not be written at all)."""
+    data: dict[str, Any] = _without_none(_converter.unstructure(config))
     return data
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def demo_config(*, port: int, sim_port: int, host: str = "127.0.0.1") -> RelayConfig:

@@ -27,6 +27,8 @@ class FakeConnection:
         self._send, self._receive = trio.open_memory_channel[str | bytes](math.inf)
         self.closed = False
         self.pong = True
+        self.answer = True
+        """Acknowledge subscribe requests, as the market does."""
         self.raise_on_receive: BaseException | None = None
         """Raised by the next receive, as if from deep inside the connection."""
 
@@ -46,6 +48,9 @@ class FakeConnection:
             assert not channels & self.subscribed, "subscribed twice"
             self.subscribed |= channels
             self.subscribe_batches.append(channels)
+            if self.answer:
+                ack = {"op": "subscribe", "ok": True, "args": message["args"]}
+                self.push(orjson.dumps(ack).decode())
         else:
             assert channels <= self.subscribed, "unsubscribed from something not subscribed"
             self.subscribed -= channels

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.adapters import SOURCE_KINDS
 from relay.config import (
     POLICIES,
-    SOURCE_KINDS,
     ApiKey,
     AuthConfig,
     BackpressureRule,
@@ -82,6 +82,7 @@ url = "wss://md.example.com:8443/ws"
 rest_url = "https://md.example.com"
 symbols = ["BTC-EUR", "ETH-EUR"]
 heartbeat_interval = 2.0
+answer_timeout = 3.0
 linger = 0.0
 connect_timeout = 4.0
 backoff_initial = 0.5
@@ -90,6 +91,21 @@ backoff_cap = 45.0
 backoff_reset_after = 0.0
 ping_interval = 20.0
 snapshot_timeout = 6.0
+
+[sources.eth]
+kind = "ethereum"
+url = "ws://127.0.0.1:8545"
+rpc_url = "http://127.0.0.1:8545"
+heartbeat_interval = 5.0
+answer_timeout = 10.0
+linger = 5.0
+connect_timeout = 10.0
+backoff_initial = 1.0
+backoff_factor = 2.0
+backoff_cap = 30.0
+backoff_reset_after = 30.0
+ping_interval = 0.0
+snapshot_timeout = 10.0
 
 [outbox]
 max_messages = 64
@@ -273,7 +289,7 @@ def test_docs_list_every_key(heading: str, cls: type[Any]) -> None:
         # unknown source kind
         (
             "[sources.sim]\nkind = 'kafka'\nurl = 'ws://h/ws'",
-            "sources.sim.kind: unknown source kind 'kafka' (known: sim)",
+            "sources.sim.kind: unknown source kind 'kafka' (known: ethereum, sim)",
         ),
         # bad source names
         (
@@ -504,12 +520,22 @@ rest_urls = st.none() | st.builds(
 @st.composite
 def sources(draw: st.DrawFn) -> SourceConfig:
     initial = draw(positive)
+    kind = draw(st.sampled_from(sorted(SOURCE_KINDS)))
+    options: dict[str, Any] = {}
+    if "rest_url" in SOURCE_KINDS[kind].options:
+        options["rest_url"] = draw(rest_urls)
+    if "symbols" in SOURCE_KINDS[kind].options:
+        symbols = st.lists(text.filter(lambda s: ":" not in s), unique=True, max_size=4)
+        options["symbols"] = draw(st.none() | symbols)
+    if "rpc_url" in SOURCE_KINDS[kind].options:
+        rpc = rest_urls.filter(lambda url: url is not None)
+        options["rpc_url"] = draw(rpc if "rpc_url" in SOURCE_KINDS[kind].required else rest_urls)
     return SourceConfig(
-        kind=draw(st.sampled_from(sorted(SOURCE_KINDS))),
+        kind=kind,
         url=draw(urls),
-        rest_url=draw(rest_urls),
-        symbols=draw(st.lists(text.filter(lambda s: ":" not in s), unique=True, max_size=4)),
-        heartbeat_interval=draw(positive),
+        **options,
+        heartbeat_interval=draw(st.none() | positive),
+        answer_timeout=draw(positive),
         linger=draw(non_negative),
         connect_timeout=draw(positive),
         backoff_initial=initial,

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from relay.adapters.base import Adapter, HttpRequest
 from relay.adapters.sim import SimAdapter
+from relay.core.chain import FetchByNumber
 from relay.core.model import Ack, Heartbeat, RepairKind, StreamKind, Update, UpstreamFormatError
-from relay.core.source import FetchSnapshot
+from relay.core.source import FetchItem, FetchSnapshot
 from relay.sim.market import MarketModel
 
 SYMBOLS = ["BTC-USD", "ETH-USD"]
@@ -337,15 +338,21 @@ def test_subscribe_frames_round_trip(adapter: SimAdapter) -> None:
 
 def test_snapshot_requests_and_parse_snapshot(adapter: SimAdapter) -> None:
     rest = SimAdapter("sim", ["BTC-USD", "ETH-USD"], rest_url="http://127.0.0.1:9/")
-    assert rest.snapshot_request(FetchSnapshot("sim:book:BTC-USD")) == HttpRequest(
-        "GET", "http://127.0.0.1:9/api/snapshot?topic=depth.BTC-USD"
-    )
-    assert rest.snapshot_request(FetchSnapshot("sim:ticker:ETH-USD")) == HttpRequest(
-        "GET", "http://127.0.0.1:9/api/snapshot?topic=ticker.ETH-USD"
-    )
-    assert rest.snapshot_request(FetchSnapshot("sim:trades:BTC-USD")) is None
-    assert adapter.snapshot_request(FetchSnapshot("sim:book:BTC-USD")) is None  # no rest_url
+    book = rest.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert book is not None
+    assert book.request == HttpRequest("GET", "http://127.0.0.1:9/api/snapshot?topic=depth.BTC-USD")
+    ticker = rest.http_repair(FetchSnapshot("sim:ticker:ETH-USD"))
+    assert ticker is not None
+    assert ticker.request.url == "http://127.0.0.1:9/api/snapshot?topic=ticker.ETH-USD"
+    assert rest.http_repair(FetchSnapshot("sim:trades:BTC-USD")) is None
+    assert rest.http_repair(FetchItem("sim:book:BTC-USD", FetchByNumber(1))) is None
+    assert adapter.http_repair(FetchSnapshot("sim:book:BTC-USD")) is None  # no rest_url
     eth_book = FetchSnapshot("sim:book:ETH-USD")
+    eth = rest.http_repair(eth_book)
+    assert eth is not None
+    assert eth.parse(orjson.dumps(DEPTH_SNAPSHOT)) == rest.parse_snapshot(
+        eth_book, orjson.dumps(DEPTH_SNAPSHOT)
+    )
     update = adapter.parse_snapshot(eth_book, orjson.dumps(DEPTH_SNAPSHOT))
     assert update.snapshot and update.seq == 7 and update.channel == "sim:book:ETH-USD"
     assert update.data["bids"][0] == ["2300.00", "1.5000"]

@@ -49,7 +49,8 @@ class Rig:
 def make_rig(
     rng: Callable[[], float] = lambda: 0.5, adapter: SimAdapter | None = None, **settings: float
 ) -> Rig:
-    adapter = adapter or SimAdapter("sim", ["BTC-USD", "ETH-USD"], heartbeat_interval=1.0)
+    interval = float(settings.get("heartbeat_interval", 1.0))
+    adapter = adapter or SimAdapter("sim", ["BTC-USD", "ETH-USD"], heartbeat_interval=interval)
     hub = Hub(adapter.kind)
     config = SourceConfig(kind="sim", url="ws://upstream.invalid/ws", **settings)  # type: ignore[arg-type]
     transport = FakeTransport(adapter)

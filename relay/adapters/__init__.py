@@ -1,7 +1,8 @@
 """Every kind of source the relay can connect to, in one registry.
 
-The configuration's list of kinds is derived from :data:`SOURCE_KINDS`, so adding a kind is
-adding its adapter module and one entry here; nothing else in the relay names a kind.
+The configuration's list of kinds, and which of a source's keys each kind uses or requires, are
+derived from :data:`SOURCE_KINDS`, so adding a kind is adding its adapter module and one entry
+here; nothing else in the relay names a kind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from relay.adapters.base import Adapter
+from relay.adapters.ethereum import EthereumAdapter
 from relay.adapters.sim import SimAdapter
 
 if TYPE_CHECKING:
@@ -20,20 +22,53 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class SourceKind:
-    """One kind of upstream: how to build its adapter from a source's configuration."""
+    """One kind of upstream: how to build its adapter, and which source keys it reads."""
 
     name: str
-    build: Callable[[str, SourceConfig], Adapter]
-    """``build(source_name, config)``: the adapter for one configured source."""
+    build: Callable[[str, SourceConfig, float], Adapter]
+    """``build(source_name, config, heartbeat_interval)``: the adapter for one source."""
+    heartbeat_interval: float
+    """The default for ``heartbeat_interval``: the upstream's own heartbeat, or how often the
+    relay probes an upstream that is silent when idle."""
+    options: frozenset[str] = frozenset()
+    """Optional keys (``rest_url``, ``rpc_url``, ``symbols``) this kind reads; the others are
+    refused, so a key that would be silently ignored is a configuration error."""
+    required: frozenset[str] = frozenset()
 
 
-def _sim(name: str, config: SourceConfig) -> Adapter:
-    return SimAdapter(name, config.symbols, config.heartbeat_interval, config.rest_url)
+#: What the synthetic market trades unless the configuration says otherwise.
+DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 
 
-SOURCE_KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (SourceKind("sim", _sim),)}
+def _sim(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    symbols = DEFAULT_SYMBOLS if config.symbols is None else config.symbols
+    return SimAdapter(name, symbols, heartbeat_interval, config.rest_url)
+
+
+def _ethereum(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    return EthereumAdapter(name, config.rpc_url, heartbeat_interval)
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {
+    kind.name: kind
+    for kind in (
+        SourceKind("sim", _sim, 1.0, options=frozenset({"rest_url", "symbols"})),
+        SourceKind(
+            "ethereum",
+            _ethereum,
+            # A node is silent between blocks; an eth_blockNumber every 5 s costs it little.
+            5.0,
+            options=frozenset({"rpc_url"}),
+            required=frozenset({"rpc_url"}),
+        ),
+    )
+}
 
 
 def make_adapter(name: str, config: SourceConfig) -> Adapter:
     """The adapter for a configured source (its kind was validated with the configuration)."""
-    return SOURCE_KINDS[config.kind].build(name, config)
+    kind = SOURCE_KINDS[config.kind]
+    interval = (
+        kind.heartbeat_interval if config.heartbeat_interval is None else config.heartbeat_interval
+    )
+    return kind.build(name, config, interval)

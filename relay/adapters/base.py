@@ -9,13 +9,13 @@ subscription ids), which :meth:`Adapter.reset` clears when a new connection star
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
 
 from relay.core.model import RepairKind, StreamKind, Update, UpstreamEvent
-from relay.core.source import FetchSnapshot
+from relay.core.source import FetchItem, FetchSnapshot
 
 
 @attrs.frozen
@@ -26,6 +26,19 @@ class HttpRequest:
     url: str
     json: Any = None
     """A JSON body (sent with ``content-type: application/json``), or None for no body."""
+
+
+@attrs.frozen
+class HttpRepair:
+    """How to run one repair over HTTP: the request, and the parser of its answer's body.
+
+    The adapter hands both together, so the answer is always read by the code that knows what
+    was asked: no second lookup that could disagree with the first."""
+
+    request: HttpRequest
+    parse: Callable[[bytes], Update | None]
+    """Normalizes the body: the item or snapshot, or None when the upstream has no such item.
+    Raises UpstreamFormatError for a body it cannot read."""
 
 
 class Adapter(Protocol):
@@ -76,12 +89,8 @@ class Adapter(Protocol):
         """Normalize one upstream frame. Raises UpstreamFormatError on malformed input."""
         ...
 
-    def snapshot_request(self, repair: FetchSnapshot) -> HttpRequest | None:
-        """The HTTP request that fetches a channel's snapshot, or None when the upstream has
-        no snapshot to fetch for it."""
-        ...
-
-    def parse_snapshot(self, repair: FetchSnapshot, body: bytes) -> Update:
-        """Normalize the answer to :meth:`snapshot_request` into an Update with
-        ``snapshot=True`` and the upstream ``seq`` it reflects. Raises UpstreamFormatError."""
+    def http_repair(self, repair: FetchSnapshot | FetchItem) -> HttpRepair | None:
+        """How to fetch a channel's snapshot (an Update with ``snapshot=True`` and the upstream
+        ``seq`` it reflects) or one of its numbered items; None when this upstream has no way
+        to: the relay then cannot repair that channel."""
         ...

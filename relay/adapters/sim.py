@@ -9,6 +9,7 @@ frame must become one counted :class:`UpstreamFormatError`, never a ``KeyError``
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from urllib.parse import quote
 
 import orjson
 
-from relay.adapters.base import HttpRequest
+from relay.adapters.base import HttpRepair, HttpRequest
+from relay.adapters.wire import describe, load_object
 from relay.core.model import (
     Ack,
     Heartbeat,
@@ -27,7 +29,7 @@ from relay.core.model import (
     UpstreamEvent,
     UpstreamFormatError,
 )
-from relay.core.source import FetchSnapshot
+from relay.core.source import FetchItem, FetchSnapshot
 
 # relay stream name -> (sim stream name, kind)
 _STREAMS: dict[str, tuple[str, StreamKind]] = {
@@ -115,14 +117,18 @@ class SimAdapter:
         args = [self.topic(channel) for channel in channels]
         return [orjson.dumps({"op": op, "args": args, "req": next(self._req)}).decode()]
 
-    def snapshot_request(self, repair: FetchSnapshot) -> HttpRequest | None:
-        topic = self.topic(repair.channel)
-        if self._rest_url is None or self.kind(repair.channel) is StreamKind.EVENT:
+    def http_repair(self, repair: FetchSnapshot | FetchItem) -> HttpRepair | None:
+        """Tickers and books have a REST snapshot; the market has no numbered items."""
+        if isinstance(repair, FetchItem) or self._rest_url is None:
             return None
-        return HttpRequest("GET", f"{self._rest_url}/api/snapshot?topic={quote(topic, safe='')}")
+        topic = self.topic(repair.channel)
+        if self.kind(repair.channel) is StreamKind.EVENT:
+            return None
+        url = f"{self._rest_url}/api/snapshot?topic={quote(topic, safe='')}"
+        return HttpRepair(HttpRequest("GET", url), functools.partial(self.parse_snapshot, repair))
 
     def parse(self, frame: str | bytes) -> list[UpstreamEvent]:
-        message = _loads(frame)
+        message = load_object(frame)
         if "topic" in message:
             return [self._update(message)]
         op = message.get("op")
@@ -137,12 +143,12 @@ class SimAdapter:
                 raise UpstreamFormatError(f"{op} ack without a boolean 'ok'")
             channels = self._ack_channels(message.get("args"))
             if ok:
-                return [Ack(True, f"{op} {_describe(message.get('args'))}", channels)]
-            return [Ack(False, f"{op} refused: {_describe(message.get('error'))}", channels)]
+                return [Ack(True, f"{op} {describe(message.get('args'))}", channels)]
+            return [Ack(False, f"{op} refused: {describe(message.get('error'))}", channels)]
         if op == "error":
             # The sim could not read one of our requests: a refusal, not a broken stream.
-            return [Ack(False, f"request rejected: {_describe(message.get('error'))}")]
-        raise UpstreamFormatError(f"unknown message op {_describe(op)}")
+            return [Ack(False, f"request rejected: {describe(message.get('error'))}")]
+        raise UpstreamFormatError(f"unknown message op {describe(op)}")
 
     def _ack_channels(self, args: object) -> tuple[str, ...]:
         """The channels an ack names; topics the relay does not know are left out (an ack is
@@ -153,12 +159,11 @@ class SimAdapter:
         return tuple(known[t][0] for t in args if isinstance(t, str) and t in known)
 
     def parse_snapshot(self, repair: FetchSnapshot, body: bytes) -> Update:
+        """A REST snapshot's body as an Update with ``snapshot=True``."""
         topic = self.topic(repair.channel)
-        message = _loads(body)
+        message = load_object(body)
         if message.get("topic") != topic:
-            raise UpstreamFormatError(
-                f"snapshot for {_describe(message.get('topic'))}, not {topic}"
-            )
+            raise UpstreamFormatError(f"snapshot for {describe(message.get('topic'))}, not {topic}")
         if message.get("kind") != "snapshot":
             raise UpstreamFormatError("REST snapshot without kind 'snapshot'")
         return self._update(message)
@@ -166,7 +171,7 @@ class SimAdapter:
     def _update(self, message: dict[str, Any]) -> Update:
         topic = message["topic"]
         if not isinstance(topic, str) or topic not in self._to_channel:
-            raise UpstreamFormatError(f"unknown topic {_describe(topic)}")
+            raise UpstreamFormatError(f"unknown topic {describe(topic)}")
         channel, symbol, kind = self._to_channel[topic]
         seq = _int(message, "seq")
         msg_kind = message.get("kind")
@@ -215,34 +220,18 @@ class SimAdapter:
         return Update(channel, data, seq, snapshot=msg_kind == "snapshot")
 
 
-def _loads(frame: str | bytes) -> dict[str, Any]:
-    try:
-        message = orjson.loads(frame)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamFormatError(f"not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise UpstreamFormatError("not a JSON object")
-    return message
-
-
-def _describe(value: object) -> str:
-    """A short rendering of an untrusted value for an error message or log line."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _int(obj: dict[str, Any], key: str) -> int:
     value = obj.get(key)
     # bool is an int subclass, and True is not a sequence number.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UpstreamFormatError(f"{key!r} must be a non-negative integer, got {_describe(value)}")
+        raise UpstreamFormatError(f"{key!r} must be a non-negative integer, got {describe(value)}")
     return value
 
 
 def _decimal(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
-        raise UpstreamFormatError(f"{key!r} must be a decimal string, got {_describe(value)}")
+        raise UpstreamFormatError(f"{key!r} must be a decimal string, got {describe(value)}")
     return value
 
 
@@ -263,8 +252,8 @@ def _levels(body: dict[str, Any], key: str) -> list[list[str]]:
             raise UpstreamFormatError(f"{key!r}: a level must be [price, size]")
         price, size = level
         if not (isinstance(price, str) and _DECIMAL.fullmatch(price)):
-            raise UpstreamFormatError(f"{key!r}: bad price {_describe(price)}")
+            raise UpstreamFormatError(f"{key!r}: bad price {describe(price)}")
         if not (isinstance(size, str) and _DECIMAL.fullmatch(size)):
-            raise UpstreamFormatError(f"{key!r}: bad size {_describe(size)}")
+            raise UpstreamFormatError(f"{key!r}: bad size {describe(size)}")
         levels.append([price, size])
     return levels

@@ -222,7 +222,9 @@ class Hub:
         if not subscribers:
             return
         frame = self.framer.text(
-            encode_envelope(update.channel, state.seq, ts, update.data, update.snapshot)
+            encode_envelope(
+                update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
+            )
         )
         name, policy, delta = update.channel, state.policy, state.delta
         results = self.offer_results
@@ -272,6 +274,18 @@ class Hub:
         state = self._channels.get(channel)
         if state is not None:
             state.latest = None
+
+    def upstream_refused(self, channel: str, message: str) -> None:
+        """The upstream refused to serve a channel: its subscribers hear it rather than wait
+        for data that will not come. They stay subscribed; the next connection asks again."""
+        frame = self.framer.text(
+            encode_error(ProtocolError(ErrorCode.UPSTREAM_REFUSED, message, None, channel))
+        )
+        for sub in self.registry.subscribers(channel):
+            if sub.outbox.offer_control(frame):
+                sub.wake()
+            else:
+                sub.overflow()
 
     def status(self, source: str, state: str) -> None:
         frame = self.framer.text(encode_event("status", Status(source, state)))

@@ -53,6 +53,9 @@ class Update:
     """The upstream's own per-stream sequence number, or None if the stream has none."""
     snapshot: bool
     """True when ``data`` is the channel's full state rather than a delta or an event."""
+    reorg: bool = False
+    """A block of a new branch after a reorganization: the client drops the block it holds at
+    this number and every block above it (protocol.md, "Ethereum sources")."""
 
 
 @attrs.frozen
@@ -71,7 +74,25 @@ class Ack:
     the adapter correlated it by request id): what the relay stops waiting for."""
 
 
-UpstreamEvent = Update | Heartbeat | Ack
+@attrs.frozen
+class Head:
+    """The upstream says a numbered stream has reached ``seq`` (an Ethereum node's answer to
+    ``eth_blockNumber``): items up to it exist even if they were never announced, so the ones
+    missing can be fetched now rather than at the next announcement."""
+
+    channel: str
+    seq: int
+
+
+@attrs.frozen
+class Reply:
+    """A frame the adapter needs sent because of what it just parsed: an unsubscribe for a
+    subscription the upstream confirmed after the relay had already given it up."""
+
+    frame: str
+
+
+UpstreamEvent = Update | Heartbeat | Ack | Head | Reply
 
 
 class UpstreamFormatError(ValueError):

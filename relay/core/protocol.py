@@ -34,6 +34,7 @@ class ErrorCode:
     FORBIDDEN: Final = "forbidden"
     TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
     RATE_LIMITED: Final = "rate_limited"
+    UPSTREAM_REFUSED: Final = "upstream_refused"
 
 
 # Commands ------------------------------------------------------------------------------------
@@ -261,10 +262,15 @@ def encode_error(error: ProtocolError) -> bytes:
     return encode_event("error", ErrorData(error.code, error.message, error.channel), error.id)
 
 
-def encode_envelope(channel: str, seq: int, ts: int, data: dict[str, Any], snapshot: bool) -> bytes:
-    """A data message. Once per channel message on the hot path, so a plain dict for orjson."""
+def encode_envelope(
+    channel: str, seq: int, ts: int, data: dict[str, Any], snapshot: bool, reorg: bool = False
+) -> bytes:
+    """A data message. Once per channel message on the hot path, so a plain dict for orjson,
+    and the flags only when they are set."""
     if snapshot:
         return orjson.dumps(
             {"channel": channel, "seq": seq, "ts": ts, "snapshot": True, "data": data}
         )
+    if reorg:
+        return orjson.dumps({"channel": channel, "seq": seq, "ts": ts, "reorg": True, "data": data})
     return orjson.dumps({"channel": channel, "seq": seq, "ts": ts, "data": data})

@@ -6,7 +6,8 @@ without I/O and without reading a clock (times are passed in), so property tests
 through any interleaving of messages, gaps, reconnects and repair answers.
 
 Each tracked channel gets the tracker its adapter asks for: a :class:`BookSync` for books, a
-:class:`GapDetector` for sequenced events and states. A step names the repairs to start from a
+:class:`ChainFollower` for chains of numbered items (blocks), a :class:`GapDetector` for
+sequenced events and states. A step names the repairs to start from a
 closed set the shell knows how to run; a repair is named once, and stays "in flight" until its
 answer comes back through :meth:`SourcePipeline.on_repaired` (or the channel or the connection
 goes), so the shell never runs the same repair twice at once.
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from relay.core.chain import Block, ChainFollower, ChainStep, Fetch, Link
 from relay.core.gaps import BookStep, BookSync, GapDetector, SyncState, Verdict
 from relay.core.model import RepairKind, StreamKind, Update
 
@@ -37,7 +39,16 @@ class Resubscribe:
     channel: str
 
 
-Repair = FetchSnapshot | Resubscribe
+@attrs.frozen
+class FetchItem:
+    """Fetch one numbered item (a block, by number or by hash) over HTTP and hand it, or None
+    when the upstream has no such item, to :meth:`SourcePipeline.on_repaired`."""
+
+    channel: str
+    fetch: Fetch
+
+
+Repair = FetchSnapshot | Resubscribe | FetchItem
 
 
 @attrs.frozen
@@ -73,15 +84,23 @@ class SourcePipeline:
         self._catalogue = catalogue
         self._books: dict[str, tuple[BookSync, RepairKind]] = {}
         self._detectors: dict[str, GapDetector] = {}
+        self._chains: dict[str, ChainFollower] = {}
+        self._resting: dict[str, ChainFollower] = {}
+        """Chains of channels that lost their connection: what was published stays what
+        clients hold, so the channel's next connection goes on from it (backfilling the gap)."""
         self._in_flight: set[Repair] = set()
 
     # Channels ------------------------------------------------------------------------------
 
     def track(self, channel: str) -> None:
         """The channel is being subscribed upstream: its messages count from now on."""
+        repair = self._catalogue.repair(channel)
         if self._catalogue.kind(channel) is StreamKind.BOOK:
             sync = BookSync(channel, channel.rsplit(":", 1)[-1])
-            self._books[channel] = (sync, self._catalogue.repair(channel))
+            self._books[channel] = (sync, repair)
+        elif repair is RepairKind.BACKFILL:
+            resting = self._resting.pop(channel, None)
+            self._chains[channel] = ChainFollower() if resting is None else resting
         else:
             self._detectors[channel] = GapDetector()
 
@@ -89,8 +108,9 @@ class SourcePipeline:
         """The channel is being unsubscribed upstream: late messages and repairs are dropped."""
         self._books.pop(channel, None)
         self._detectors.pop(channel, None)
-        self._in_flight.discard(FetchSnapshot(channel))
-        self._in_flight.discard(Resubscribe(channel))
+        self._chains.pop(channel, None)
+        self._resting.pop(channel, None)
+        self._in_flight = {r for r in self._in_flight if r.channel != channel}
 
     def connection_lost(self) -> None:
         """A new connection subscribes afresh: books wait for a new snapshot, numbering may
@@ -99,6 +119,10 @@ class SourcePipeline:
             sync.reset()
         self._books.clear()
         self._detectors.clear()
+        for channel, chain in self._chains.items():
+            chain.connection_lost()
+            self._resting[channel] = chain
+        self._chains.clear()
         self._in_flight.clear()
 
     def state(self, channel: str) -> dict[str, Any] | None:
@@ -123,6 +147,9 @@ class SourcePipeline:
             resyncing = sync.state is SyncState.RESYNCING
             book = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
             return self._book_step(channel, repair, book, resyncing)
+        chain = self._chains.get(channel)
+        if chain is not None:
+            return self._chain_step(channel, chain.on_head(_block(update)))
         detector = self._detectors.get(channel)
         if detector is None:
             return _NOTHING  # a late message for a channel no client wants any more
@@ -132,11 +159,26 @@ class SourcePipeline:
             return SourceStep(publish=[update], gaps=[channel])
         return SourceStep(publish=[update])
 
+    def on_head(self, channel: str, seq: int) -> SourceStep:
+        """The upstream says a chain has reached ``seq``: backfill up to it if that is news."""
+        chain = self._chains.get(channel)
+        if chain is None:
+            return _NOTHING
+        return self._chain_step(channel, chain.on_height(seq))
+
     def on_repaired(self, repair: Repair, update: Update | None) -> SourceStep:
-        """The answer to a repair the shell ran. Raises ValueError for a snapshot the book
-        rejects (malformed levels): the repair stays in flight and the shell tries again."""
+        """The answer to a repair the shell ran. Raises ValueError for an answer that does not
+        fit (a snapshot the book rejects, a block that is not the one asked for, no snapshot at
+        all): the repair stays in flight and the shell tries again."""
         if repair not in self._in_flight:
             return _NOTHING  # the channel or the connection went meanwhile
+        if isinstance(repair, FetchItem):
+            chain = self._chains[repair.channel]
+            step = chain.on_fetched(repair.fetch, None if update is None else _block(update))
+            self._in_flight.discard(repair)
+            return self._chain_step(repair.channel, step)
+        if isinstance(repair, FetchSnapshot) and update is None:
+            raise ValueError(f"no snapshot of {repair.channel}")
         entry = self._books.get(repair.channel)
         if isinstance(repair, Resubscribe) or entry is None or update is None:
             self._in_flight.discard(repair)
@@ -162,8 +204,34 @@ class SourcePipeline:
             return SourceStep(publish=book.publish, resynced=[channel])
         return SourceStep(publish=book.publish)
 
+    def _chain_step(self, channel: str, step: ChainStep) -> SourceStep:
+        publish = [
+            Update(
+                channel,
+                p.block.data,
+                p.block.number,
+                snapshot=p.link is Link.RESTART,
+                reorg=p.link is Link.REORG,
+            )
+            for p in step.publish
+        ]
+        if step.fetch is None:
+            return SourceStep(publish=publish)
+        repair = FetchItem(channel, step.fetch)
+        self._in_flight.add(repair)
+        return SourceStep(publish=publish, repairs=[repair])
+
     @staticmethod
     def _repair_for(channel: str, kind: RepairKind) -> Repair:
         if kind is RepairKind.RESUBSCRIBE:
             return Resubscribe(channel)
         return FetchSnapshot(channel)
+
+
+def _block(update: Update) -> Block:
+    """A chain item as the follower sees it: the adapter's normalized block carries its own
+    number, hash and parent hash (protocol.md, "Ethereum sources")."""
+    data = update.data
+    if update.seq is None:
+        raise ValueError(f"block on {update.channel!r} without a number")
+    return Block(update.seq, data["hash"], data["parent_hash"], data)

@@ -31,6 +31,9 @@ class UpstreamPlan:
         """Requested on the current connection (acknowledged or not)."""
         self.lingering: dict[str, float] = {}
         """Active channels nobody wants any more, with the time to unsubscribe them."""
+        self.unanswered: dict[str, float] = {}
+        """Subscribe requests the upstream has not answered yet, with the time they were sent:
+        an upstream that never answers is as dead as a silent one."""
 
     def want(self, channel: str) -> None:
         self.wanted.add(channel)
@@ -45,6 +48,7 @@ class UpstreamPlan:
         """A fresh connection knows nothing of the old one's subscriptions."""
         self.active.clear()
         self.lingering.clear()
+        self.unanswered.clear()
 
     def plan(self, now: float) -> Plan:
         """The requests to send now; they count as active from here on."""
@@ -53,8 +57,25 @@ class UpstreamPlan:
         for channel in due:
             del self.lingering[channel]
             self.active.discard(channel)
+            self.unanswered.pop(channel, None)
         self.active.update(subscribe)
+        for channel in subscribe:
+            self.unanswered[channel] = now
         return Plan(subscribe, due)
+
+    def answered(self, channels: tuple[str, ...]) -> None:
+        """The upstream answered these subscribe requests (accepted or refused)."""
+        for channel in channels:
+            self.unanswered.pop(channel, None)
+
+    def answer_deadline(self, timeout: float) -> float | None:
+        """When the oldest unanswered subscribe request is overdue, or None."""
+        oldest = min(self.unanswered.values(), default=None)
+        return None if oldest is None else oldest + timeout
+
+    def overdue(self, now: float, timeout: float) -> list[str]:
+        """Subscribe requests unanswered for ``timeout`` or longer at ``now``."""
+        return sorted(c for c, sent in self.unanswered.items() if sent + timeout <= now)
 
     def next_deadline(self) -> float | None:
         return min(self.lingering.values(), default=None)

@@ -91,6 +91,11 @@ class RelayCollector(Collector):
             "gaps": ("relay_upstream_gaps", "Sequence gaps detected"),
             "resyncs": ("relay_upstream_resyncs", "Books resynchronized from a snapshot"),
             "snapshot_fetches": ("relay_upstream_snapshot_fetches", "REST snapshot requests"),
+            "backfill_fetches": (
+                "relay_upstream_backfill_fetches",
+                "Items (blocks) fetched over HTTP to fill a gap or follow a reorg",
+            ),
+            "refusals": ("relay_upstream_refusals", "Requests the upstream refused"),
         }
         families = {
             key: CounterMetricFamily(name, doc, labels=["source"])

@@ -26,8 +26,23 @@ from relay.adapters.base import Adapter
 from relay.config import SourceConfig
 from relay.core.backoff import Backoff
 from relay.core.hub import Hub
-from relay.core.model import Ack, Update, UpstreamEvent, UpstreamFormatError
-from relay.core.source import FetchSnapshot, Repair, Resubscribe, SourcePipeline, SourceStep
+from relay.core.model import (
+    Ack,
+    Head,
+    Heartbeat,
+    Reply,
+    Update,
+    UpstreamEvent,
+    UpstreamFormatError,
+)
+from relay.core.source import (
+    FetchItem,
+    FetchSnapshot,
+    Repair,
+    Resubscribe,
+    SourcePipeline,
+    SourceStep,
+)
 from relay.core.upstream_plan import UpstreamPlan
 from relay.server.transports import (
     HttpTransport,
@@ -63,6 +78,9 @@ class UpstreamStats:
         self.resyncs = 0
         self.snapshot_fetches = 0
         self.snapshot_failures = 0
+        self.backfill_fetches = 0
+        self.backfill_failures = 0
+        self.refusals = 0
 
 
 class UpstreamSupervisor:
@@ -96,6 +114,7 @@ class UpstreamSupervisor:
         self.next_retry: float | None = None
         self.pipeline = SourcePipeline(adapter)
         self._plan_changed = trio.lowlevel.ParkingLot()
+        self._requests_sent = trio.lowlevel.ParkingLot()
         self._last_frame = 0.0
         self._http: HttpTransport | None = None
 
@@ -149,6 +168,7 @@ class UpstreamSupervisor:
                     nursery.start_soon(self._read, conn, nursery)
                     nursery.start_soon(self._watch)
                     nursery.start_soon(self._sync, conn)
+                    nursery.start_soon(self._probe, conn)
                     if settings.ping_interval > 0:
                         nursery.start_soon(self._ping, conn)
         except (Exception, BaseExceptionGroup) as exc:
@@ -172,6 +192,7 @@ class UpstreamSupervisor:
     def _connected(self, conn: UpstreamConnection) -> None:
         now = trio.current_time()
         self.stats.connects += 1
+        self.adapter.reset()
         self.backoff.connected(now)
         self.state = UpstreamState.CONNECTED
         self._last_frame = now
@@ -201,20 +222,33 @@ class UpstreamSupervisor:
 
     @property
     def _dead_after(self) -> float:
-        return 1.5 * self.settings.heartbeat_interval
+        return 1.5 * self.adapter.heartbeat_interval
 
     async def _watch(self) -> None:
-        """Dead after 1.5 heartbeat intervals without any message.
+        """Dead after 1.5 heartbeat intervals without a sign of life, or when a subscribe
+        request stays unanswered for ``answer_timeout``.
 
-        The reader only records when the last frame came; this task wakes at the deadline that
-        implies. When it passes, the reader gets a few ticks to take frames that may already be
-        waiting: a loop busy with thousands of handshakes can leave a healthy upstream unread
-        for longer than the interval, and that is not the upstream's death.
+        The reader only records when the last sign of life came; this task wakes at the deadline
+        that implies (or earlier, when requests are sent). When it passes, the reader gets a
+        few ticks to take frames that may already be waiting: a loop busy with thousands of
+        handshakes can leave a healthy upstream unread for longer than the interval, and that
+        is not the upstream's death.
         """
         dead_after = self._dead_after
+        timeout = self.settings.answer_timeout
         while True:
-            await trio.sleep_until(self._last_frame + dead_after)
-            if trio.current_time() < self._last_frame + dead_after:
+            silent_at = self._last_frame + dead_after
+            answer_by = self.plan.answer_deadline(timeout)
+            with trio.move_on_at(silent_at if answer_by is None else min(silent_at, answer_by)):
+                await self._requests_sent.park()
+            now = trio.current_time()
+            overdue = self.plan.overdue(now, timeout)
+            if overdue:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                raise UpstreamDead(
+                    f"no answer to subscribe within {timeout:g}s: {', '.join(overdue)}"
+                )
+            if now < self._last_frame + dead_after:
                 continue
             for _ in range(3):
                 await trio.lowlevel.checkpoint()
@@ -223,6 +257,14 @@ class UpstreamSupervisor:
         # If the relay is being cancelled too, that wins: no failure report during shutdown.
         await trio.lowlevel.checkpoint_if_cancelled()
         raise UpstreamDead(f"no message for {dead_after:g}s")
+
+    async def _probe(self, conn: UpstreamConnection) -> None:
+        """For upstreams that are silent when idle: a request at once (its answer may tell what
+        was missed while disconnected) and then every heartbeat interval."""
+        interval = self.adapter.heartbeat_interval
+        while (frame := self.adapter.probe_frame()) is not None:
+            await conn.send(frame)
+            await trio.sleep(interval)
 
     async def _ping(self, conn: UpstreamConnection) -> None:
         interval = self.settings.ping_interval
@@ -243,6 +285,7 @@ class UpstreamSupervisor:
                     self.pipeline.track(channel)
                 for frame in adapter.subscribe_frames(plan.subscribe):
                     await conn.send(frame)
+                self._requests_sent.unpark_all()
             if plan.unsubscribe:
                 for channel in plan.unsubscribe:
                     self.pipeline.untrack(channel)
@@ -262,7 +305,7 @@ class UpstreamSupervisor:
         stats = self.stats
         while True:
             frame = await conn.receive()
-            self._last_frame = trio.current_time()
+            received = trio.current_time()
             stats.messages += 1
             # Only the adapter's verdict on the frame is a malformed frame; a ValueError from
             # anywhere after it is a bug, and ends the attempt with its traceback.
@@ -278,17 +321,40 @@ class UpstreamSupervisor:
                     extra={"source": self.source},
                 )
                 continue
-            self._on_events(events, conn, nursery)
+            if any(_shows_life(event) for event in events):
+                self._last_frame = received
+            for reply in self._on_events(events, conn, nursery):
+                await conn.send(reply)
 
     def _on_events(
         self, events: list[UpstreamEvent], conn: UpstreamConnection, nursery: trio.Nursery
-    ) -> None:
+    ) -> list[str]:
+        """Act on one frame's events; answers the frames the adapter needs sent in reply."""
         now_ms = self._now_ms()
+        replies = []
         for event in events:
             if isinstance(event, Update):
                 self._apply(self.pipeline.on_update(event), now_ms, conn, nursery)
-            elif isinstance(event, Ack) and not event.ok:
-                log.warning("upstream %s refused a request: %s", self.source, event.detail)
+            elif isinstance(event, Head):
+                self._apply(self.pipeline.on_head(event.channel, event.seq), now_ms, conn, nursery)
+            elif isinstance(event, Ack):
+                self.plan.answered(event.channels)
+                if not event.ok:
+                    self._refused(event)
+            elif isinstance(event, Reply):
+                replies.append(event.frame)
+        return replies
+
+    def _refused(self, ack: Ack) -> None:
+        self.stats.refusals += 1
+        log.warning(
+            "upstream %s refused a request: %s",
+            self.source,
+            ack.detail,
+            extra={"source": self.source},
+        )
+        for channel in ack.channels:
+            self.hub.upstream_refused(channel, f"{self.source} refused it: {ack.detail}")
 
     def _apply(
         self,
@@ -341,36 +407,45 @@ class UpstreamSupervisor:
                 await conn.send(frame)
             self._apply(self.pipeline.on_repaired(repair, None), self._now_ms(), conn, nursery)
             return
-        await self._fetch_snapshot(repair, conn, nursery)
+        await self._fetch(repair, conn, nursery)
 
-    async def _fetch_snapshot(
-        self, repair: FetchSnapshot, conn: UpstreamConnection, nursery: trio.Nursery
+    async def _fetch(
+        self, repair: FetchSnapshot | FetchItem, conn: UpstreamConnection, nursery: trio.Nursery
     ) -> None:
         """Fetch until the pipeline no longer wants it; each failure waits a little longer."""
-        request = self.adapter.snapshot_request(repair)
-        if request is None or self._http is None:
+        how = self.adapter.http_repair(repair)
+        if how is None or self._http is None:
             log.error(
-                "upstream %s: %s has a gap and no snapshot to repair it from",
+                "upstream %s: %s has a gap and nothing to repair it from",
                 self.source,
                 repair.channel,
             )
             raise UpstreamDead(f"unrepairable gap on {repair.channel}")
+        snapshot = isinstance(repair, FetchSnapshot)
+        what = "snapshot" if snapshot else "backfill"
         retry = Backoff(initial=0.2, factor=2.0, cap=5.0, reset_after=0.0)
         http = self._http
         while self.pipeline.wants(repair):
-            self.stats.snapshot_fetches += 1
+            if snapshot:
+                self.stats.snapshot_fetches += 1
+            else:
+                self.stats.backfill_fetches += 1
             try:
                 with trio.fail_after(self.settings.snapshot_timeout):
-                    body = await http.fetch(request)
-                snapshot = self.adapter.parse_snapshot(repair, body)
-                step = self.pipeline.on_repaired(repair, snapshot)
+                    body = await http.fetch(how.request)
+                step = self.pipeline.on_repaired(repair, how.parse(body))
             except (TransportError, trio.TooSlowError, ValueError) as exc:
-                # ValueError covers UpstreamFormatError and a snapshot the book rejects.
-                self.stats.snapshot_failures += 1
+                # ValueError covers UpstreamFormatError and an answer the pipeline rejects (a
+                # book it cannot read, a block that is not the one asked for).
+                if snapshot:
+                    self.stats.snapshot_failures += 1
+                else:
+                    self.stats.backfill_failures += 1
                 delay = retry.next_delay(self._rng)
                 log.warning(
-                    "upstream %s: snapshot of %s failed (%s); retry in %.2fs",
+                    "upstream %s: %s of %s failed (%s); retry in %.2fs",
                     self.source,
+                    what,
                     repair.channel,
                     exc,
                     delay,
@@ -391,6 +466,14 @@ _EXPECTED_FAILURES = (
     trio.TooSlowError,
 )
 """The network's fault, not a bug: logged as a reason and retried, without a traceback."""
+
+
+def _shows_life(event: UpstreamEvent) -> bool:
+    """Only what the adapter understood as the upstream working keeps the watchdog quiet:
+    garbage, or an upstream that answers every request with an error, is not alive."""
+    if isinstance(event, Ack):
+        return event.ok
+    return isinstance(event, Update | Heartbeat | Head)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
+from relay.core.chain import FetchByHash, FetchByNumber
 from relay.core.model import RepairKind, StreamKind, Update
-from relay.core.source import FetchSnapshot, Resubscribe, SourcePipeline, SourceStep
+from relay.core.source import FetchItem, FetchSnapshot, Resubscribe, SourcePipeline, SourceStep
 
 BOOK = "x:book:A"
 TRADES = "x:trades:A"
@@ -104,3 +106,78 @@ def test_resubscribe_sources_resync_from_their_own_snapshot() -> None:
     assert pipeline.on_repaired(Resubscribe(BOOK), None) == SourceStep()
     resynced = pipeline.on_update(book(10, snapshot=True))
     assert resynced.resynced == [BOOK] and resynced.publish[0].seq == 10
+
+
+# --- chains -----------------------------------------------------------------------------------
+
+BLOCKS = "x:blocks"
+
+
+class ChainCatalogue:
+    def kind(self, channel: str) -> StreamKind | None:
+        return StreamKind.STATE
+
+    def repair(self, channel: str) -> RepairKind:
+        return RepairKind.BACKFILL
+
+
+def block(number: int, fork: str = "a") -> Update:
+    def hash_of(n: int) -> str:
+        return f"{fork if n > 3 else 'a'}{n}"
+
+    data = {"number": number, "hash": hash_of(number), "parent_hash": hash_of(number - 1)}
+    return Update(BLOCKS, data, number, False)
+
+
+def chain_pipeline() -> SourcePipeline:
+    pipeline = SourcePipeline(ChainCatalogue())
+    pipeline.track(BLOCKS)
+    first = pipeline.on_update(block(1))
+    assert first.publish == [attrs.evolve(block(1), snapshot=True)]  # start from here
+    return pipeline
+
+
+def test_a_chain_gap_is_backfilled_item_by_item() -> None:
+    pipeline = chain_pipeline()
+    gap = pipeline.on_update(block(4))
+    assert gap == SourceStep(repairs=[FetchItem(BLOCKS, FetchByNumber(2))])
+    step = pipeline.on_repaired(FetchItem(BLOCKS, FetchByNumber(2)), block(2))
+    assert step == SourceStep(publish=[block(2)], repairs=[FetchItem(BLOCKS, FetchByNumber(3))])
+    assert pipeline.on_repaired(FetchItem(BLOCKS, FetchByNumber(3)), block(3)).publish == [
+        block(3),
+        block(4),
+    ]
+
+
+def test_a_reorg_is_published_flagged() -> None:
+    pipeline = chain_pipeline()
+    for n in (2, 3, 4, 5):
+        pipeline.on_update(block(n))
+    walk = pipeline.on_update(block(5, fork="b"))
+    assert walk.repairs == [FetchItem(BLOCKS, FetchByHash("b4"))]
+    step = pipeline.on_repaired(walk.repairs[0], block(4, fork="b"))
+    assert step.publish == [
+        attrs.evolve(block(4, fork="b"), reorg=True),
+        attrs.evolve(block(5, fork="b"), reorg=True),
+    ]
+
+
+def test_a_chain_answer_that_does_not_fit_keeps_the_repair() -> None:
+    pipeline = chain_pipeline()
+    repair = pipeline.on_update(block(3)).repairs[0]
+    with pytest.raises(ValueError):
+        pipeline.on_repaired(repair, block(5))
+    assert pipeline.wants(repair)
+
+
+def test_a_chain_outlives_its_connection_but_not_its_channel() -> None:
+    pipeline = chain_pipeline()
+    pipeline.on_update(block(4))  # a backfill in flight when the connection goes
+    pipeline.connection_lost()
+    assert not pipeline.wants(FetchItem(BLOCKS, FetchByNumber(2)))
+    pipeline.track(BLOCKS)  # the next connection subscribes again
+    assert pipeline.on_update(block(3)).repairs == [FetchItem(BLOCKS, FetchByNumber(2))]
+    assert pipeline.on_head(BLOCKS, 9).publish == []  # buffered behind the fetch
+    pipeline.untrack(BLOCKS)
+    pipeline.track(BLOCKS)  # a channel unsubscribed and subscribed again starts over
+    assert pipeline.on_update(block(7)).publish[0].snapshot

@@ -484,10 +484,10 @@ async def test_adapter_rebuilds_the_book_against_the_live_market(sim: Sim) -> No
 
         await consume(None)
         await sim.post("/control/pause")
-        request = adapter.snapshot_request(FetchSnapshot(channel))
-        assert request is not None
-        body = (await http.get(request.url)).content
-        snapshot = adapter.parse_snapshot(FetchSnapshot(channel), body)
+        how = adapter.http_repair(FetchSnapshot(channel))
+        assert how is not None
+        snapshot = how.parse((await http.get(how.request.url)).content)
+        assert snapshot is not None
         await consume(snapshot.seq)
     assert seq == snapshot.seq
     assert {p: s for p, s in snapshot.data["bids"]} == bids

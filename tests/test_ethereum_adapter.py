@@ -1,0 +1,287 @@
+"""The Ethereum adapter without a node: channels, JSON-RPC correlation, normalization, repairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.adapters.base import HttpRequest
+from relay.adapters.ethereum import EthereumAdapter
+from relay.core.chain import FetchByHash, FetchByNumber
+from relay.core.model import (
+    Ack,
+    Head,
+    Heartbeat,
+    RepairKind,
+    Reply,
+    StreamKind,
+    Update,
+    UpstreamFormatError,
+)
+from relay.core.source import FetchItem, FetchSnapshot
+
+ADDRESS = "0x" + "ab" * 20
+LOGS = f"eth:logs:{ADDRESS}"
+H1 = "0x" + "11" * 32
+H2 = "0x" + "22" * 32
+TOPIC = "0x" + "33" * 32
+RPC = "http://127.0.0.1:8545"
+
+HEAD = {
+    "number": "0x1b4",
+    "hash": H2,
+    "parentHash": H1,
+    "timestamp": "0x6553f100",
+    "gasUsed": "0x5208",
+    "gasLimit": "0x1c9c380",
+    "baseFeePerGas": "0x7",
+    "miner": "0x" + "00" * 20,
+}
+LOG = {
+    "address": "0xABABABABABABABABABABABABABABABABABABABAB",
+    "topics": [TOPIC],
+    "data": "0x68656c6c6f",
+    "blockNumber": "0x1b4",
+    "blockHash": H2,
+    "transactionHash": H1,
+    "logIndex": "0x0",
+    "removed": False,
+}
+
+
+@pytest.fixture
+def adapter() -> EthereumAdapter:
+    return EthereumAdapter("eth", RPC)
+
+
+def frame(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
+def request_of(text: str) -> dict[str, Any]:
+    message: dict[str, Any] = orjson.loads(text)
+    assert message["jsonrpc"] == "2.0"
+    return message
+
+
+def subscribed(adapter: EthereumAdapter, channel: str, subscription: str) -> None:
+    (request,) = adapter.subscribe_frames([channel])
+    answer = {"jsonrpc": "2.0", "id": request_of(request)["id"], "result": subscription}
+    assert adapter.parse(frame(answer)) == [Ack(True, f"subscribed {channel}", (channel,))]
+
+
+def notification(subscription: str, result: object) -> str:
+    params = {"subscription": subscription, "result": result}
+    return frame({"jsonrpc": "2.0", "method": "eth_subscription", "params": params})
+
+
+def test_channels_kinds_and_repairs(adapter: EthereumAdapter) -> None:
+    assert adapter.channels() == {"eth:blocks", "eth:pending"}
+    assert adapter.kind("eth:blocks") is StreamKind.STATE
+    assert adapter.kind("eth:pending") is StreamKind.EVENT
+    assert adapter.kind(LOGS) is StreamKind.EVENT  # an open family: any contract address
+    for bad in ("eth:logs:0xAB", f"eth:logs:{ADDRESS.upper()}", "eth:logs:", "eth:heads"):
+        assert adapter.kind(bad) is None, bad
+    assert adapter.kind("other:blocks") is None
+    assert adapter.repair("eth:blocks") is RepairKind.BACKFILL
+    assert adapter.repair(LOGS) is RepairKind.NONE
+    with pytest.raises(ValueError):
+        EthereumAdapter("a:b", RPC)
+
+
+def test_subscribe_frames_one_request_per_channel(adapter: EthereumAdapter) -> None:
+    frames = [request_of(f) for f in adapter.subscribe_frames(["eth:blocks", "eth:pending", LOGS])]
+    assert [f["method"] for f in frames] == ["eth_subscribe"] * 3
+    assert [f["params"] for f in frames] == [
+        ["newHeads"],
+        ["newPendingTransactions"],
+        ["logs", {"address": ADDRESS}],
+    ]
+    assert len({f["id"] for f in frames}) == 3
+    with pytest.raises(KeyError):
+        adapter.subscribe_frames(["eth:nope"])
+
+
+def test_notifications_are_routed_by_subscription_id(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    subscribed(adapter, LOGS, "0x2")
+    subscribed(adapter, "eth:pending", "0x3")
+    (block,) = adapter.parse(notification("0x1", HEAD))
+    assert block == Update(
+        "eth:blocks",
+        {
+            "number": 436,
+            "hash": H2,
+            "parent_hash": H1,
+            "timestamp": 0x6553F100,
+            "gas_used": "21000",
+            "gas_limit": "30000000",
+            "base_fee_per_gas": "7",
+        },
+        436,
+        False,
+    )
+    (log,) = adapter.parse(notification("0x2", LOG))
+    assert log == Update(
+        LOGS,
+        {
+            "address": ADDRESS,
+            "topics": [TOPIC],
+            "data": "0x68656c6c6f",
+            "block_number": 436,
+            "block_hash": H2,
+            "tx_hash": H1,
+            "log_index": 0,
+            "removed": False,
+        },
+        None,
+        False,
+    )
+    assert adapter.parse(notification("0x3", H1)) == [
+        Update("eth:pending", {"tx_hash": H1}, None, False)
+    ]
+    # Nodes that send the whole transaction: its hash is what the channel carries.
+    assert adapter.parse(notification("0x3", {"hash": H2, "nonce": "0x0"}))[0].data == {
+        "tx_hash": H2
+    }
+
+
+def test_a_pre_london_block_has_null_base_fee(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    old = {k: v for k, v in HEAD.items() if k != "baseFeePerGas"}
+    (update,) = adapter.parse(notification("0x1", old))
+    assert isinstance(update, Update) and update.data["base_fee_per_gas"] is None
+
+
+def test_unsubscribe_uses_the_subscription_id(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, "eth:blocks", "0x9")
+    (request,) = adapter.unsubscribe_frames(["eth:blocks"])
+    message = request_of(request)
+    assert message["method"] == "eth_unsubscribe" and message["params"] == ["0x9"]
+    answer = frame({"jsonrpc": "2.0", "id": message["id"], "result": True})
+    assert adapter.parse(answer) == [Ack(True, "unsubscribed eth:blocks", ("eth:blocks",))]
+    # A notification already on the wire for it proves life and publishes nothing.
+    assert adapter.parse(notification("0x9", HEAD)) == [Heartbeat()]
+
+
+def test_unsubscribing_before_the_answer_unsubscribes_when_it_comes(
+    adapter: EthereumAdapter,
+) -> None:
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    assert adapter.unsubscribe_frames(["eth:blocks"]) == []  # its id is not known yet
+    answer = frame({"jsonrpc": "2.0", "id": request_of(request)["id"], "result": "0x4"})
+    ack, reply = adapter.parse(answer)
+    assert ack == Ack(True, "subscribed eth:blocks", ("eth:blocks",))
+    assert isinstance(reply, Reply)
+    unsubscribe = request_of(reply.frame)
+    assert unsubscribe["method"] == "eth_unsubscribe" and unsubscribe["params"] == ["0x4"]
+    assert adapter.parse(notification("0x4", HEAD)) == [Heartbeat()]
+
+
+def test_a_refused_subscribe_names_its_channel(adapter: EthereumAdapter) -> None:
+    (request,) = adapter.subscribe_frames(["eth:pending"])
+    error = {"code": -32601, "message": "not supported"}
+    answer = frame({"jsonrpc": "2.0", "id": request_of(request)["id"], "error": error})
+    (ack,) = adapter.parse(answer)
+    assert isinstance(ack, Ack) and not ack.ok and ack.channels == ("eth:pending",)
+    assert "not supported" in ack.detail
+
+
+def test_the_probe_answer_is_the_chain_height(adapter: EthereumAdapter) -> None:
+    probe = request_of(adapter.probe_frame())
+    assert probe["method"] == "eth_blockNumber"
+    answer = frame({"jsonrpc": "2.0", "id": probe["id"], "result": "0x10"})
+    assert adapter.parse(answer) == [Head("eth:blocks", 16)]
+    probe = request_of(adapter.probe_frame())
+    refused = frame({"jsonrpc": "2.0", "id": probe["id"], "error": {"code": -1}})
+    (ack,) = adapter.parse(refused)
+    assert isinstance(ack, Ack) and not ack.ok and ack.channels == ()
+
+
+def test_reset_forgets_the_connections_ids(adapter: EthereumAdapter) -> None:
+    """Ganache numbers subscriptions 0x1, 0x2, ... again on every connection."""
+    subscribed(adapter, "eth:blocks", "0x1")
+    (pending,) = adapter.subscribe_frames(["eth:pending"])
+    adapter.reset()
+    assert adapter.parse(notification("0x1", HEAD)) == [Heartbeat()]
+    late = frame({"jsonrpc": "2.0", "id": request_of(pending)["id"], "result": "0x2"})
+    with pytest.raises(UpstreamFormatError, match="no request of ours"):
+        adapter.parse(late)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        '{"jsonrpc": "2.0"}',
+        '{"jsonrpc": "2.0", "id": 999, "result": "0x1"}',
+        '{"jsonrpc": "2.0", "method": "eth_subscription", "params": {"subscription": "0x1"}}',
+    ],
+)
+def test_malformed_frames_are_format_errors(adapter: EthereumAdapter, text: str) -> None:
+    with pytest.raises(UpstreamFormatError):
+        adapter.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("number", 436),
+        ("number", "0x"),
+        ("number", "0x01"),
+        ("hash", "0x12"),
+        ("parentHash", None),
+        ("timestamp", "-0x1"),
+        ("gasUsed", "twelve"),
+    ],
+)
+def test_malformed_blocks_are_format_errors(
+    adapter: EthereumAdapter, field: str, value: object
+) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    with pytest.raises(UpstreamFormatError):
+        adapter.parse(notification("0x1", {**HEAD, field: value}))
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(LOG)), st.none() | st.integers(-(2**63), 2**63 - 1) | st.text()
+    )
+)
+def test_any_malformed_log_is_a_format_error_never_a_crash(changes: dict[str, Any]) -> None:
+    adapter = EthereumAdapter("eth", RPC)
+    subscribed(adapter, LOGS, "0x2")
+    try:
+        (update,) = adapter.parse(notification("0x2", {**LOG, **changes}))
+    except UpstreamFormatError:
+        return
+    assert isinstance(update, Update) and update.data["address"] == ADDRESS
+
+
+def test_blocks_are_fetched_over_http_json_rpc(adapter: EthereumAdapter) -> None:
+    by_number = adapter.http_repair(FetchItem("eth:blocks", FetchByNumber(436)))
+    assert by_number is not None
+    assert by_number.request == HttpRequest(
+        "POST",
+        RPC,
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["0x1b4", False]},
+    )
+    by_hash = adapter.http_repair(FetchItem("eth:blocks", FetchByHash(H2)))
+    assert by_hash is not None and by_hash.request.json["method"] == "eth_getBlockByHash"
+    assert by_hash.request.json["params"] == [H2, False]
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": HEAD})
+    fetched = by_number.parse(body)
+    assert fetched is not None and fetched.seq == 436 and fetched.data["hash"] == H2
+    assert by_number.parse(b'{"jsonrpc": "2.0", "id": 1, "result": null}') is None
+    with pytest.raises(UpstreamFormatError):
+        by_number.parse(b'{"jsonrpc": "2.0", "id": 1, "error": {"code": -32000}}')
+    # Nothing else is repaired over HTTP, and nothing without an rpc_url.
+    assert adapter.http_repair(FetchSnapshot("eth:blocks")) is None
+    assert adapter.http_repair(FetchItem(LOGS, FetchByNumber(1))) is None
+    no_rpc = EthereumAdapter("eth", None)
+    assert no_rpc.http_repair(FetchItem("eth:blocks", FetchByNumber(1))) is None
