@@ -159,6 +159,29 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert config.outbox.policy == "drop"
 
 
+def test_ethereum_example_loads() -> None:
+    config = load_config(ROOT / "examples" / "ethereum.toml")
+    eth = config.sources["eth"]
+    assert eth.kind == "ethereum" and eth.rpc_url == "http://127.0.0.1:8545"
+    assert config.tiers["apps"].allows("eth:logs:0x" + "ab" * 20)
+
+
+def test_kind_specific_keys_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sources": {"eth": {"kind": "ethereum", "url": "ws://n", "symbols": ["A"]}}})
+    assert str(info.value).splitlines() == [
+        "sources.eth.rpc_url: is required for kind 'ethereum'",
+        "sources.eth.symbols: is not used by kind 'ethereum'",
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sources": {"sim": {"kind": "sim", "url": "ws://h", "rpc_url": "ftp://x"}}})
+    assert str(info.value).splitlines() == [
+        "sources.sim.rpc_url: is not used by kind 'sim'",
+        "sources.sim.rpc_url: must be a URL starting with http:// or https://, with a host, "
+        "got 'ftp://x'",
+    ]
+
+
 def test_example_file_loads() -> None:
     config = load_config(ROOT / "examples" / "relay.toml")
     assert set(config.tiers) == {"free", "pro"}

@@ -161,11 +161,11 @@ async def test_an_idle_healthy_node_is_probed_and_kept(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     supervisor, transport, _ = await start(nursery, healthy, "eth:blocks")
-    await trio.sleep(100)  # no block for 100 s: only the probes' answers
+    await trio.sleep(99)  # no block for 99 s: only the probes' answers
     assert supervisor.stats.disconnects == 0 and len(transport.attempts) == 1
     methods = [r["method"] for r in transport.nodes[0].requests]
-    assert methods[:2] == ["eth_blockNumber", "eth_subscribe"]  # a probe at once
-    assert methods.count("eth_blockNumber") == 51  # then every heartbeat interval (2 s)
+    assert sorted(methods[:2]) == ["eth_blockNumber", "eth_subscribe"]  # a probe at once
+    assert methods.count("eth_blockNumber") == 50  # then every heartbeat interval (2 s)
 
 
 async def test_a_node_that_only_answers_errors_is_dead(

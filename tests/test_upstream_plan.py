@@ -51,6 +51,8 @@ class PlanMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.upstream: set[str] = set()
         self.wanted: set[str] = set()
+        self.sent_at: dict[str, float] = {}
+        """Subscribe requests the model upstream has not answered, with when they were sent."""
 
     @rule(channel=CHANNELS)
     def want(self, channel: str) -> None:
@@ -77,6 +79,17 @@ class PlanMachine(RuleBasedStateMachine):
         self.upstream |= set(step.subscribe)
         self.upstream -= set(step.unsubscribe)
         assert self.wanted <= self.upstream
+        self.sent_at.update(dict.fromkeys(step.subscribe, self.now))
+        for channel in step.unsubscribe:
+            self.sent_at.pop(channel, None)
+
+    @precondition(lambda self: self.sent_at)
+    @rule(data=st.data())
+    def answer(self, data: st.DataObject) -> None:
+        channels = data.draw(st.lists(st.sampled_from(sorted(self.sent_at)), unique=True))
+        self.plan.answered(tuple(channels))
+        for channel in channels:
+            del self.sent_at[channel]
 
     @rule()
     def reconnect(self) -> None:
@@ -85,6 +98,7 @@ class PlanMachine(RuleBasedStateMachine):
         step = self.plan.plan(self.now)
         assert set(step.subscribe) == self.wanted
         self.upstream = set(step.subscribe)
+        self.sent_at = dict.fromkeys(step.subscribe, self.now)
 
     @invariant()
     def lingering_is_subscribed_and_unwanted(self) -> None:
@@ -97,6 +111,16 @@ class PlanMachine(RuleBasedStateMachine):
         deadline = self.plan.next_deadline()
         extra = self.plan.active - self.wanted
         assert (deadline is None) == (not extra)
+
+    @invariant()
+    def unanswered_requests_are_overdue_exactly_after_the_timeout(self) -> None:
+        timeout = 3.0
+        assert self.plan.unanswered == self.sent_at
+        expected = min(self.sent_at.values(), default=None)
+        deadline = self.plan.answer_deadline(timeout)
+        assert deadline == (None if expected is None else expected + timeout)
+        overdue = {c for c, sent in self.sent_at.items() if sent + timeout <= self.now}
+        assert set(self.plan.overdue(self.now, timeout)) == overdue
 
 
 TestPlan = PlanMachine.TestCase
