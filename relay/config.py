@@ -17,7 +17,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -29,6 +29,8 @@ from cattrs.v import format_exception, transform_error
 
 from relay.adapters import SOURCE_KINDS as _KINDS
 from relay.core.channels import matches_any
+from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
+from relay.issues import ConfigError, Issue, raise_issues
 
 __all__ = [
     "POLICIES",
@@ -61,36 +63,10 @@ POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
 _SOURCE_NAME = re.compile(r"[a-z0-9_-]+")
 #: TOML bare keys; anything else is quoted when it appears in a dotted path.
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_UNKNOWN_KEY = "unknown key"
 
 
 # --------------------------------------------------------------------------------------------
 # Errors
-
-
-@attrs.frozen
-class Issue:
-    """One problem in a configuration, kept structured so nested paths can be prefixed."""
-
-    path: str
-    """Dotted path of the offending key (``sources.sim.backoff_cap``); empty for the whole file."""
-    message: str
-
-    def __str__(self) -> str:
-        if self.message == _UNKNOWN_KEY:
-            return f"{_UNKNOWN_KEY} '{self.path}'"
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message lists every problem found, one per line.
-
-    A ValueError so that callers that already treat bad input as ValueError keep working.
-    """
-
-    def __init__(self, issues: Iterable[Issue]) -> None:
-        self.issues: tuple[Issue, ...] = tuple(issues)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
 def _join(base: str, rest: str) -> str:
@@ -108,11 +84,6 @@ def _key(name: str) -> str:
     if _BARE_KEY.fullmatch(name):
         return name
     return json.dumps(name, ensure_ascii=not name.isprintable())
-
-
-def _raise_issues(issues: list[Issue]) -> None:
-    if issues:
-        raise ConfigError(issues)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +175,7 @@ class ServerConfig:
             _positive(issues, name, getattr(self, name))
         for name in ("max_connections", "max_message_size", "max_head_bytes"):
             _at_least_one(issues, name, getattr(self, name))
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -259,7 +230,7 @@ class TierConfig:
         for i, pattern in enumerate(self.channels):
             if not pattern:
                 issues.append(Issue(f"channels[{i}]", "must not be empty"))
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -280,7 +251,7 @@ class ApiKey:
             issues.append(Issue("key", "must not contain whitespace"))
         if not self.tier:
             issues.append(Issue("tier", "must not be empty"))
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -367,7 +338,7 @@ class SourceConfig:
                     f"got {self.backoff_cap!r}",
                 )
             )
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -384,7 +355,7 @@ class OutboxConfig:
         _at_least_one(issues, "max_messages", self.max_messages)
         _at_least_one(issues, "max_bytes", self.max_bytes)
         _policy(issues, "policy", self.policy)
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -400,7 +371,7 @@ class BackpressureRule:
         if not self.pattern:
             issues.append(Issue("pattern", "must not be empty"))
         _policy(issues, "policy", self.policy)
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -459,7 +430,7 @@ class RelayConfig:
             for name in self.sources
             if not _SOURCE_NAME.fullmatch(name)
         )
-        _raise_issues(issues)
+        raise_issues(issues)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import attrs
 
 from relay.core.model import RepairKind, StreamKind, Update, UpstreamEvent
-from relay.core.source import FetchItem, FetchSnapshot
+from relay.core.source import BookRules, FetchItem, FetchSnapshot
 
 
 @attrs.frozen
@@ -68,12 +68,20 @@ class Adapter(Protocol):
         """How a lost message on a channel is recovered, as this upstream documents it."""
         ...
 
+    def book_rules(self, channel: str) -> BookRules:
+        """How the upstream keeps a book channel: its depth and checksum, if it has them."""
+        ...
+
     def reset(self) -> None:
         """A new connection starts: forget the old one's request and subscription ids."""
         ...
 
     def subscribe_frames(self, channels: Sequence[str]) -> list[str]:
-        """Upstream frames that subscribe to ``channels`` (may be one frame for all)."""
+        """Upstream frames that subscribe to ``channels`` (may be one frame for all).
+
+        :meth:`parse` must answer each of them with an :class:`Ack` naming its channels (for an
+        upstream that confirms nothing, the channel's first message can stand for it): a
+        subscribe unanswered for ``answer_timeout`` means the connection is dead."""
         ...
 
     def unsubscribe_frames(self, channels: Sequence[str]) -> list[str]:

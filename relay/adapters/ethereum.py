@@ -36,7 +36,7 @@ from relay.core.model import (
     UpstreamEvent,
     UpstreamFormatError,
 )
-from relay.core.source import FetchItem, FetchSnapshot
+from relay.core.source import NO_RULES, BookRules, FetchItem, FetchSnapshot
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{40}")
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -94,6 +94,10 @@ class EthereumAdapter:
         """Blocks are backfilled over HTTP; logs and pending transactions are events with no
         sequence of their own (a reorg's removed logs come from the node with ``removed``)."""
         return RepairKind.BACKFILL if channel == self._blocks else RepairKind.NONE
+
+    def book_rules(self, channel: str) -> BookRules:
+        """A node has no books."""
+        return NO_RULES
 
     def reset(self) -> None:
         self._requests.clear()

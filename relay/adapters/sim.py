@@ -29,7 +29,7 @@ from relay.core.model import (
     UpstreamEvent,
     UpstreamFormatError,
 )
-from relay.core.source import FetchItem, FetchSnapshot
+from relay.core.source import NO_RULES, BookRules, FetchItem, FetchSnapshot
 
 # relay stream name -> (sim stream name, kind)
 _STREAMS: dict[str, tuple[str, StreamKind]] = {
@@ -89,6 +89,10 @@ class SimAdapter:
         return (
             RepairKind.REST_SNAPSHOT if self.kind(channel) is StreamKind.BOOK else RepairKind.NONE
         )
+
+    def book_rules(self, channel: str) -> BookRules:
+        """The market keeps whole books and sends no checksum."""
+        return NO_RULES
 
     def reset(self) -> None:
         """Request numbers only label requests in logs; nothing is correlated by them."""

@@ -86,6 +86,14 @@ class OrderBook:
                 else:
                     side[key] = (price, size)
 
+    def truncate(self, depth: int) -> tuple[list[list[str]], list[list[str]]]:
+        """Keep the best ``depth`` levels of each side; answers the levels removed."""
+        removed: list[list[list[str]]] = []
+        for side, best_first in ((self._bids, True), (self._asks, False)):
+            beyond = sorted(side, reverse=best_first)[depth:] if len(side) > depth else []
+            removed.append([list(side.pop(key)) for key in beyond])
+        return removed[0], removed[1]
+
     def levels(self) -> tuple[list[list[str]], list[list[str]]]:
         """``(bids, asks)`` as ``[[price, size], ...]``: bids best (highest) first, asks lowest
         first. Two books are the same book exactly when their levels are equal."""

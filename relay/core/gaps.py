@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -43,13 +43,21 @@ class GapDetector:
         """The highest number accepted so far, or None before the first."""
         return self._last
 
-    def classify(self, seq: int) -> Verdict:
-        """What :meth:`observe` would say about ``seq``, without recording it."""
+    def classify(self, seq: int, first: int | None = None) -> Verdict:
+        """What :meth:`observe` would say about ``seq``, without recording it.
+
+        With ``first``, the message covers the numbers ``first`` to ``seq`` (a batch of
+        upstream updates, as Binance's depth events): it is in order when it covers the next
+        number expected, stale when it ends at or before the last one accepted. An overlap is
+        in order: a book delta carries absolute sizes, so re-applying its older part is exact.
+        """
         last = self._last
-        if last is None or seq == last + 1:
+        if last is None:
             return Verdict.IN_ORDER
         if seq <= last:
             return Verdict.STALE
+        if (seq if first is None else first) <= last + 1:
+            return Verdict.IN_ORDER
         return Verdict.GAP
 
     def observe(self, seq: int) -> Verdict:
@@ -67,6 +75,10 @@ class GapDetector:
         """Start over (or record a number :meth:`classify` already found in order): the next
         number expected is ``seq + 1``, or any number if None."""
         self._last = seq
+
+
+Checksum = Callable[[list[list[str]], list[list[str]]], int]
+"""An upstream's checksum of a book, from its levels as :meth:`OrderBook.levels` gives them."""
 
 
 class SyncState(enum.Enum):
@@ -111,14 +123,20 @@ class BookSync:
     channel: str
     symbol: str
     max_buffer: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    depth: int | None = None
+    """Levels per side the upstream keeps (Kraken: the subscribed depth). Levels pushed past it
+    are dropped as the upstream drops them, without telling, and published as removals."""
+    checksum: Checksum | None = None
+    """The upstream's checksum of a book, for updates that carry one: a mismatch means the book
+    went wrong, and it is repaired like a gap."""
     _book: OrderBook = attrs.field(init=False, factory=OrderBook)
     _detector: GapDetector = attrs.field(init=False, factory=GapDetector)
     _state: SyncState = attrs.field(init=False, default=SyncState.AWAITING_SNAPSHOT)
     _ts: int = attrs.field(init=False, default=0)
-    _buffer: deque[tuple[int, Update]] = attrs.field(init=False, repr=False)
+    _buffer: deque[Update] = attrs.field(init=False, repr=False)
 
     @_buffer.default
-    def _new_buffer(self) -> deque[tuple[int, Update]]:
+    def _new_buffer(self) -> deque[Update]:
         # When full, the oldest delta goes. The lost delta then shows up as a snapshot that is
         # older than the first buffered delta, and a newer snapshot is fetched: no special case.
         return deque(maxlen=self.max_buffer)
@@ -184,20 +202,28 @@ class BookSync:
             _levels(update.data, "bids", required=True),
             _levels(update.data, "asks", required=True),
         )
+        if self.depth is not None:
+            candidate.truncate(self.depth)
+        if self._corrupt(candidate, update):
+            return self._resync()
         ts = update.data.get("ts")
         walk = GapDetector(seq)
-        for delta_seq, delta in self._buffer:
-            verdict = walk.classify(delta_seq)
+        for delta in self._buffer:
+            assert delta.seq is not None  # checked when it was buffered
+            verdict = walk.classify(delta.seq, delta.first_seq)
             if verdict is Verdict.STALE:
                 continue
             if verdict is Verdict.GAP:
-                self._state = SyncState.RESYNCING
-                return BookStep([], True)
+                return self._resync()
             candidate.apply_delta(
                 _levels(delta.data, "bids", required=False),
                 _levels(delta.data, "asks", required=False),
             )
-            walk.reset(delta_seq)  # classified in order above
+            if self.depth is not None:
+                candidate.truncate(self.depth)
+            if self._corrupt(candidate, delta):
+                return self._resync()
+            walk.reset(delta.seq)  # classified in order above
             if delta.data.get("ts") is not None:
                 ts = delta.data["ts"]
         if not isinstance(ts, int):
@@ -222,33 +248,46 @@ class BookSync:
         bids = _levels(update.data, "bids", required=False)
         asks = _levels(update.data, "asks", required=False)
         if self._state is SyncState.LIVE:
-            verdict = self._detector.classify(seq)
+            verdict = self._detector.classify(seq, update.first_seq)
             if verdict is Verdict.IN_ORDER:
                 self._book.apply_delta(bids, asks)
+                published = update
+                if self.depth is not None:
+                    dropped_bids, dropped_asks = self._book.truncate(self.depth)
+                    if dropped_bids or dropped_asks:
+                        published = _with_removals(update, dropped_bids, dropped_asks)
+                if self._corrupt(self._book, update):
+                    return self._resync()
                 self._detector.reset(seq)  # classified in order above
                 ts = update.data.get("ts")
                 if isinstance(ts, int):
                     self._ts = ts
-                return BookStep([update], False)
+                return BookStep([published], False)
             if verdict is Verdict.STALE:
                 return BookStep([], False)
-            self._hold(seq, update, bids, asks)
-            self._state = SyncState.RESYNCING
-            return BookStep([], True)
-        self._hold(seq, update, bids, asks)
+            self._hold(update, bids, asks)
+            return self._resync()
+        self._hold(update, bids, asks)
         return BookStep([], False)
 
+    def _corrupt(self, book: OrderBook, update: Update) -> bool:
+        """Whether ``update`` carries a checksum that ``book`` (the book after it) fails."""
+        if update.checksum is None or self.checksum is None:
+            return False
+        bids, asks = book.levels()
+        return self.checksum(bids, asks) != update.checksum
+
+    def _resync(self) -> BookStep:
+        self._state = SyncState.RESYNCING
+        return BookStep([], True)
+
     def _hold(
-        self,
-        seq: int,
-        update: Update,
-        bids: Sequence[Sequence[str]],
-        asks: Sequence[Sequence[str]],
+        self, update: Update, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
     ) -> None:
         # Validated now, because a malformed delta in the buffer would fail every snapshot after.
         parse_levels(bids)
         parse_levels(asks)
-        self._buffer.append((seq, update))
+        self._buffer.append(update)
 
     def reset(self) -> None:
         """The upstream connection was lost: the book is kept but stale until a new snapshot.
@@ -257,3 +296,12 @@ class BookSync:
         """
         self._state = SyncState.AWAITING_SNAPSHOT
         self._buffer.clear()
+
+
+def _with_removals(update: Update, bids: list[list[str]], asks: list[list[str]]) -> Update:
+    """The delta as clients must apply it: with the levels the upstream's depth pushed out
+    listed as removed (size ``"0"``), so a client's book stays the relay's."""
+    data = dict(update.data)
+    data["bids"] = [*data.get("bids", ()), *([price, "0"] for price, _ in bids)]
+    data["asks"] = [*data.get("asks", ()), *([price, "0"] for price, _ in asks)]
+    return attrs.evolve(update, data=data)

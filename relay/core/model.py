@@ -56,6 +56,12 @@ class Update:
     reorg: bool = False
     """A block of a new branch after a reorganization: the client drops the block it holds at
     this number and every block above it (protocol.md, "Ethereum sources")."""
+    first_seq: int | None = None
+    """For a delta that covers a range of upstream sequence numbers (Binance's ``U``..``u``):
+    the first of them, ``seq`` being the last. None when it covers ``seq`` alone."""
+    checksum: int | None = None
+    """The upstream's checksum of its book after this message (Kraken's CRC32), verified
+    against the relay's own book."""
 
 
 @attrs.frozen

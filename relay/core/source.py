@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 
 from relay.core.chain import Block, ChainFollower, ChainStep, Fetch, Link
-from relay.core.gaps import BookStep, BookSync, GapDetector, SyncState, Verdict
+from relay.core.gaps import BookStep, BookSync, Checksum, GapDetector, SyncState, Verdict
 from relay.core.model import RepairKind, StreamKind, Update
 
 
@@ -52,6 +52,19 @@ Repair = FetchSnapshot | Resubscribe | FetchItem
 
 
 @attrs.frozen
+class BookRules:
+    """How an upstream keeps a book, beyond "absolute sizes, zero removes"."""
+
+    depth: int | None = None
+    """Levels per side it keeps; levels pushed past it vanish without a removal (Kraken)."""
+    checksum: Checksum | None = None
+    """Its checksum of a book's levels, for updates that carry one (Kraken's CRC32)."""
+
+
+NO_RULES = BookRules()
+
+
+@attrs.frozen
 class SourceStep:
     """What the shell must do after the pipeline took one input."""
 
@@ -76,6 +89,8 @@ class ChannelCatalogue(Protocol):
 
     def repair(self, channel: str) -> RepairKind: ...
 
+    def book_rules(self, channel: str) -> BookRules: ...
+
 
 class SourcePipeline:
     """Per source: the trackers of the channels subscribed upstream, and the repairs in flight."""
@@ -96,7 +111,10 @@ class SourcePipeline:
         """The channel is being subscribed upstream: its messages count from now on."""
         repair = self._catalogue.repair(channel)
         if self._catalogue.kind(channel) is StreamKind.BOOK:
-            sync = BookSync(channel, channel.rsplit(":", 1)[-1])
+            rules = self._catalogue.book_rules(channel)
+            sync = BookSync(
+                channel, channel.rsplit(":", 1)[-1], depth=rules.depth, checksum=rules.checksum
+            )
             self._books[channel] = (sync, repair)
         elif repair is RepairKind.BACKFILL:
             resting = self._resting.pop(channel, None)

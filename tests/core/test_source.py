@@ -9,7 +9,15 @@ import pytest
 
 from relay.core.chain import FetchByHash, FetchByNumber
 from relay.core.model import RepairKind, StreamKind, Update
-from relay.core.source import FetchItem, FetchSnapshot, Resubscribe, SourcePipeline, SourceStep
+from relay.core.source import (
+    NO_RULES,
+    BookRules,
+    FetchItem,
+    FetchSnapshot,
+    Resubscribe,
+    SourcePipeline,
+    SourceStep,
+)
 
 BOOK = "x:book:A"
 TRADES = "x:trades:A"
@@ -24,6 +32,9 @@ class Catalogue:
 
     def repair(self, channel: str) -> RepairKind:
         return self.book_repair if ":book:" in channel else RepairKind.NONE
+
+    def book_rules(self, channel: str) -> BookRules:
+        return NO_RULES
 
 
 def book(seq: int, snapshot: bool = False, bid: str = "1") -> Update:
@@ -119,6 +130,9 @@ class ChainCatalogue:
 
     def repair(self, channel: str) -> RepairKind:
         return RepairKind.BACKFILL
+
+    def book_rules(self, channel: str) -> BookRules:
+        return NO_RULES
 
 
 def block(number: int, fork: str = "a") -> Update:
