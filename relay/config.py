@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception, transform_error
 
 from relay.adapters import SOURCE_KINDS as _KINDS
+from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
@@ -260,8 +261,9 @@ class SourceConfig:
 
     kind: str
     """Which adapter speaks to it; one of :data:`SOURCE_KINDS`."""
-    url: str
-    """The upstream's WebSocket URL (ws:// or wss://)."""
+    url: str | None = None
+    """The upstream's WebSocket URL (ws:// or wss://); None means the kind's public endpoint,
+    for kinds that have one (the exchanges)."""
     rest_url: str | None = None
     """Base URL for REST snapshots (http:// or https://), for kinds that resynchronize over REST."""
     rpc_url: str | None = None
@@ -269,6 +271,8 @@ class SourceConfig:
     JSON-RPC (ethereum)."""
     symbols: list[str] | None = None
     """The symbols to serve, for kinds with symbols; None means the kind's default list."""
+    json: JsonSpec | None = None
+    """For kind ``json``: the upstream's wire format, described (docs/upstreams.md)."""
     heartbeat_interval: float | None = None
     """The upstream's own heartbeat interval, or how often the relay probes an upstream that is
     silent when idle; the watchdog allows 1.5 times this. None means the kind's default."""
@@ -294,18 +298,23 @@ class SourceConfig:
             known = ", ".join(sorted(SOURCE_KINDS))
             issues.append(Issue("kind", f"unknown source kind {self.kind!r} (known: {known})"))
         else:
-            for option in ("rest_url", "rpc_url", "symbols"):
+            for option in ("rest_url", "rpc_url", "symbols", "json"):
                 given = getattr(self, option) is not None
                 if given and option not in kind.options:
                     issues.append(Issue(option, f"is not used by kind {self.kind!r}"))
                 elif not given and option in kind.required:
                     issues.append(Issue(option, f"is required for kind {self.kind!r}"))
-        _url(issues, "url", self.url, ("ws", "wss"))
+        if self.url is not None:
+            _url(issues, "url", self.url, ("ws", "wss"))
+        elif kind is not None and kind.default_url is None:
+            issues.append(Issue("url", f"is required for kind {self.kind!r}"))
         for option in ("rest_url", "rpc_url"):
             value = getattr(self, option)
             if value is not None:
                 _url(issues, option, value, ("http", "https"))
         seen: set[str] = set()
+        if self.json is not None and self.json.rest is not None and self.rest_url is None:
+            issues.append(Issue("rest_url", "is required when json.rest is set"))
         for i, symbol in enumerate(self.symbols or ()):
             if not symbol or ":" in symbol:
                 # The symbol is the last part of a channel name.

@@ -7,13 +7,15 @@ here; nothing else in the relay names a kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
+from relay.adapters import binance
 from relay.adapters.base import Adapter
 from relay.adapters.ethereum import EthereumAdapter
+from relay.adapters.generic import GenericJsonAdapter
 from relay.adapters.sim import SimAdapter
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ class SourceKind:
     """Optional keys (``rest_url``, ``rpc_url``, ``symbols``) this kind reads; the others are
     refused, so a key that would be silently ignored is a configuration error."""
     required: frozenset[str] = frozenset()
+    default_url: str | None = None
+    """The upstream's public WebSocket endpoint, used when a source gives no ``url``; kinds
+    without one (a node, the market) require ``url``."""
 
 
 #: What the synthetic market trades unless the configuration says otherwise.
@@ -49,6 +54,23 @@ def _ethereum(name: str, config: SourceConfig, heartbeat_interval: float) -> Ada
     return EthereumAdapter(name, config.rpc_url, heartbeat_interval)
 
 
+def _symbols(config: SourceConfig) -> Sequence[str]:
+    assert config.symbols is not None  # required for the exchanges by the configuration
+    return config.symbols
+
+
+def _json(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    assert config.json is not None  # required for the kind by the configuration
+    return GenericJsonAdapter(
+        name, config.json, _symbols(config), heartbeat_interval, config.rest_url
+    )
+
+
+def _binance(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    rest_url = config.rest_url or binance.DEFAULT_REST_URL
+    return binance.BinanceAdapter(name, _symbols(config), rest_url, heartbeat_interval)
+
+
 SOURCE_KINDS: dict[str, SourceKind] = {
     kind.name: kind
     for kind in (
@@ -61,8 +83,32 @@ SOURCE_KINDS: dict[str, SourceKind] = {
             options=frozenset({"rpc_url"}),
             required=frozenset({"rpc_url"}),
         ),
+        SourceKind(
+            "json",
+            _json,
+            # Set it to the upstream's own heartbeat (or the json.probe interval).
+            5.0,
+            options=frozenset({"rest_url", "symbols", "json"}),
+            required=frozenset({"json", "symbols"}),
+        ),
+        SourceKind(
+            "binance",
+            _binance,
+            # Binance has no application heartbeat: a LIST_SUBSCRIPTIONS this often proves life.
+            10.0,
+            options=frozenset({"rest_url", "symbols"}),
+            required=frozenset({"symbols"}),
+            default_url=binance.DEFAULT_WS_URL,
+        ),
     )
 }
+
+
+def source_url(config: SourceConfig) -> str:
+    """The WebSocket URL a source connects to: its own, or its kind's public endpoint."""
+    url = config.url or SOURCE_KINDS[config.kind].default_url
+    assert url is not None  # the configuration refuses a source with neither
+    return url
 
 
 def make_adapter(name: str, config: SourceConfig) -> Adapter:

@@ -164,6 +164,14 @@ class SourcePipeline:
             sync, repair = entry
             resyncing = sync.state is SyncState.RESYNCING
             book = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
+            if (
+                repair is RepairKind.REST_SNAPSHOT
+                and sync.state is SyncState.AWAITING_SNAPSHOT
+                and not update.snapshot
+            ):
+                # An upstream that sends no book snapshot of its own (Binance): the first
+                # delta held starts the REST fetch ("buffer the events, then get a snapshot").
+                return self._first_snapshot(channel)
             return self._book_step(channel, repair, book, resyncing)
         chain = self._chains.get(channel)
         if chain is not None:
@@ -202,9 +210,19 @@ class SourcePipeline:
             self._in_flight.discard(repair)
             return _NOTHING
         sync, kind = entry
+        first = sync.state is SyncState.AWAITING_SNAPSHOT
         book = sync.on_snapshot(update)
         self._in_flight.discard(repair)
-        return self._book_step(repair.channel, kind, book, resyncing=True)
+        repaired = self._book_step(repair.channel, kind, book, resyncing=True)
+        # A book's first snapshot on a connection is no resynchronization to announce.
+        return attrs.evolve(repaired, resynced=[]) if first else repaired
+
+    def _first_snapshot(self, channel: str) -> SourceStep:
+        repair = FetchSnapshot(channel)
+        if repair in self._in_flight:
+            return _NOTHING
+        self._in_flight.add(repair)
+        return SourceStep(repairs=[repair])
 
     def _book_step(
         self, channel: str, kind: RepairKind, book: BookStep, resyncing: bool

@@ -19,7 +19,7 @@ import orjson
 import trio
 from prometheus_client import Histogram
 
-from relay.adapters import make_adapter
+from relay.adapters import make_adapter, source_url
 from relay.adapters.base import Adapter
 from relay.config import RelayConfig, TierConfig
 from relay.core.channels import source_of
@@ -69,7 +69,13 @@ class Relay:
         )
         self.hub = Hub(self._kind_of, lambda channel: Policy(config.policy_for(channel)))
         self.upstreams = {
-            name: UpstreamSupervisor(adapter, config.sources[name], self.hub, transport)
+            name: UpstreamSupervisor(
+                adapter,
+                config.sources[name],
+                self.hub,
+                transport,
+                url=source_url(config.sources[name]),
+            )
             for name, adapter in self.adapters.items()
         }
         for name, supervisor in self.upstreams.items():

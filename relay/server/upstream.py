@@ -94,10 +94,16 @@ class UpstreamSupervisor:
         transport: Transport | None = None,
         rng: Callable[[], float] = random.random,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        url: str | None = None,
     ) -> None:
         self.adapter = adapter
         self.source = adapter.source
         self.settings = settings
+        resolved = url if url is not None else settings.url
+        if resolved is None:
+            raise ValueError(f"source {adapter.source!r} has no URL")
+        self.url = resolved
+        """Where the upstream is: the source's ``url``, or its kind's public endpoint."""
         self.hub = hub
         self.transport: Transport = transport or WebSocketTransport()
         self._rng = rng
@@ -162,7 +168,7 @@ class UpstreamSupervisor:
         """One connection's life; answers why it ended."""
         settings = self.settings
         try:
-            async with self.transport.connect(settings.url, settings.connect_timeout) as conn:
+            async with self.transport.connect(self.url, settings.connect_timeout) as conn:
                 self._connected(conn)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, conn, nursery)
@@ -199,7 +205,7 @@ class UpstreamSupervisor:
         log.info(
             "upstream %s: connected to %s",
             self.source,
-            self.settings.url,
+            self.url,
             extra={"source": self.source, "state": "connected"},
         )
         self.hub.status(self.source, UpstreamState.CONNECTED.value)

@@ -111,6 +111,16 @@ def test_answers_for_a_channel_or_connection_that_went_are_ignored(end: str) -> 
     assert pipeline.on_repaired(FetchSnapshot(BOOK), book(4, snapshot=True)) == SourceStep()
 
 
+def test_a_book_without_a_snapshot_of_its_own_fetches_the_first_one() -> None:
+    """Binance sends no book snapshot over the WebSocket: buffer, then fetch (its docs)."""
+    pipeline = SourcePipeline(Catalogue())
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)) == SourceStep(repairs=[FetchSnapshot(BOOK)])
+    assert pipeline.on_update(book(4)) == SourceStep()  # one fetch at a time
+    first = pipeline.on_repaired(FetchSnapshot(BOOK), book(3, snapshot=True))
+    assert [u.seq for u in first.publish] == [4] and first.resynced == []  # not a resync
+
+
 def test_resubscribe_sources_resync_from_their_own_snapshot() -> None:
     pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
     assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]

@@ -1,0 +1,851 @@
+"""The generic JSON adapter without sockets: the synthetic market's spec (sim.toml) normalizes the
+market's documented messages exactly, anything malformed is an UpstreamFormatError, a bad spec is
+a ConfigError naming the key, and the spec's other options (id-correlated acks, one frame per
+topic, arrays of trades, levels as objects, exact numbers, books the relay numbers itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+
+from relay.adapters.base import Adapter, HttpRequest
+from relay.adapters.generic import (
+    MISSING,
+    GenericJsonAdapter,
+    JsonPointer,
+    Match,
+    StreamSpec,
+)
+from relay.config import parse_config
+from relay.core.chain import FetchByNumber
+from relay.core.model import Ack, Heartbeat, RepairKind, StreamKind, Update, UpstreamFormatError
+from relay.core.source import BookRules, FetchItem, FetchSnapshot
+from relay.issues import ConfigError
+from tests.exchanges.generic.specs import issue_lines, load_spec, sim_document, sim_pair, sim_table
+
+SYMBOLS = ["BTC-USD", "ETH-USD"]
+TICKER_FIELDS = ("bid", "bid_size", "ask", "ask_size", "last")
+REST = "http://127.0.0.1:8766"
+
+# The message shapes of docs/simulator.md, with values of our own.
+TRADE = {
+    "topic": "trade.BTC-USD",
+    "seq": 41,
+    "kind": "update",
+    "body": {"px": "43000.50", "qty": "0.0123", "taker": "S", "id": 981, "time": 1763712000123456},
+}
+TICKER = {
+    "topic": "ticker.ETH-USD",
+    "seq": 12,
+    "kind": "snapshot",
+    "body": {
+        "bid": {"px": "2300.00", "qty": "1.5000"},
+        "ask": {"px": "2300.05", "qty": "0.8000"},
+        "last": "2300.05",
+        "time": 1763712000999999,
+    },
+}
+DEPTH_SNAPSHOT = {
+    "topic": "depth.BTC-USD",
+    "seq": 7,
+    "kind": "snapshot",
+    "body": {
+        "bids": [["43000.00", "1.5000"], ["42999.50", "0.1000"]],
+        "asks": [["43000.50", "0.8000"]],
+        "time": 1763712000000001,
+    },
+}
+DEPTH_UPDATE = {
+    "topic": "depth.BTC-USD",
+    "seq": 8,
+    "kind": "update",
+    "body": {
+        "bids": [["42999.50", "0"]],
+        "asks": [["43001.00", "2.2500"]],
+        "time": 1763712001000000,
+    },
+}
+
+
+@pytest.fixture
+def adapter() -> GenericJsonAdapter:
+    return GenericJsonAdapter("sim", load_spec(sim_table()), SYMBOLS, 0.5, REST)
+
+
+def parse(adapter: GenericJsonAdapter, message: object) -> list[Any]:
+    return list(adapter.parse(orjson.dumps(message)))
+
+
+def with_value(message: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy with the value at a JSON pointer replaced (or removed, for MISSING)."""
+    copy: dict[str, Any] = orjson.loads(orjson.dumps(message))
+    *parents, last = JsonPointer(path).tokens
+    target: Any = copy
+    for token in parents:
+        target = target[int(token)] if isinstance(target, list) else target[token]
+    if value is MISSING:
+        del target[int(last) if isinstance(target, list) else last]
+    elif isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return copy
+
+
+# Catalogue and requests -----------------------------------------------------------------------
+
+
+def test_satisfies_the_adapter_protocol(adapter: GenericJsonAdapter) -> None:
+    as_protocol: Adapter = adapter
+    assert as_protocol.source == "sim"
+    assert as_protocol.heartbeat_interval == 0.5
+    assert as_protocol.probe_frame() is None
+
+
+def test_channels_kinds_and_repairs(adapter: GenericJsonAdapter) -> None:
+    assert adapter.channels() == {
+        f"sim:{stream}:{symbol}" for stream in ("trades", "ticker", "book") for symbol in SYMBOLS
+    }
+    assert adapter.kind("sim:trades:BTC-USD") is StreamKind.EVENT
+    assert adapter.kind("sim:ticker:ETH-USD") is StreamKind.STATE
+    assert adapter.kind("sim:book:ETH-USD") is StreamKind.BOOK
+    assert adapter.kind("sim:book:DOGE-USD") is None
+    assert adapter.kind("other:book:BTC-USD") is None
+    assert adapter.repair("sim:book:BTC-USD") is RepairKind.REST_SNAPSHOT
+    assert adapter.repair("sim:trades:BTC-USD") is RepairKind.NONE
+    assert adapter.repair("sim:ticker:BTC-USD") is RepairKind.NONE
+    assert adapter.book_rules("sim:book:BTC-USD") == BookRules()
+    assert adapter.topic("sim:book:ETH-USD") == "depth.ETH-USD"
+    with pytest.raises(KeyError):
+        adapter.topic("sim:book:DOGE-USD")
+
+
+def test_requests_are_the_sim_adapters_byte_for_byte() -> None:
+    sim, generic = sim_pair(SYMBOLS)
+    channels = ["sim:trades:BTC-USD", "sim:book:ETH-USD", "sim:ticker:BTC-USD"]
+    for _ in range(2):
+        assert generic.subscribe_frames(channels) == sim.subscribe_frames(channels)
+        assert generic.unsubscribe_frames(channels[:1]) == sim.unsubscribe_frames(channels[:1])
+    assert generic.subscribe_frames([]) == []
+    assert orjson.loads(generic.subscribe_frames(channels[:1])[0]) == {
+        "op": "subscribe",
+        "args": ["trade.BTC-USD"],
+        "req": 5,
+    }
+    with pytest.raises(KeyError):
+        generic.subscribe_frames(["sim:trades:DOGE-USD"])
+
+
+# Acks and heartbeats ---------------------------------------------------------------------------
+
+
+def test_acks_name_the_channels_they_answer(adapter: GenericJsonAdapter) -> None:
+    adapter.subscribe_frames(["sim:trades:BTC-USD", "sim:book:ETH-USD"])
+    [ack] = parse(
+        adapter,
+        {"op": "subscribe", "req": 1, "ok": True, "args": ["trade.BTC-USD", "depth.ETH-USD"]},
+    )
+    assert ack == Ack(
+        True, "ok: ['trade.BTC-USD', 'depth.ETH-USD']", ("sim:trades:BTC-USD", "sim:book:ETH-USD")
+    )
+    refused = {
+        "op": "subscribe",
+        "req": 2,
+        "ok": False,
+        "args": ["trade.BTC-USD", "trade.DOGE-USD"],
+        "error": "unknown_topic",
+        "unknown": ["trade.DOGE-USD"],
+    }
+    assert parse(adapter, refused) == [
+        Ack(False, "refused: 'unknown_topic'", ("sim:trades:BTC-USD",))
+    ]
+    unsubscribed = {"op": "unsubscribe", "req": 3, "ok": True, "args": ["ticker.ETH-USD"]}
+    assert parse(adapter, unsubscribed)[0].channels == ("sim:ticker:ETH-USD",)
+
+
+def test_an_ack_without_topics_is_correlated_by_its_request_id(
+    adapter: GenericJsonAdapter,
+) -> None:
+    adapter.subscribe_frames(["sim:trades:BTC-USD"])
+    adapter.subscribe_frames(["sim:ticker:ETH-USD", "sim:book:ETH-USD"])
+    # The market echoes "req"; without "args" the request id names the channels.
+    [ack] = parse(adapter, {"op": "subscribe", "req": 2, "ok": False, "error": "bad_args"})
+    assert ack == Ack(False, "refused: 'bad_args'", ("sim:ticker:ETH-USD", "sim:book:ETH-USD"))
+    [error] = parse(adapter, {"op": "error", "error": "unknown_op", "req": 1})
+    assert error == Ack(False, "refused: 'unknown_op'", ("sim:trades:BTC-USD",))
+    # Answered once: a second answer to the same request names nothing.
+    assert parse(adapter, {"op": "error", "error": "unknown_op", "req": 1})[0].channels == ()
+    assert parse(adapter, {"op": "error", "error": "bad_json"}) == [
+        Ack(False, "refused: 'bad_json'", ())
+    ]
+    adapter.subscribe_frames(["sim:trades:ETH-USD"])
+    adapter.reset()  # a new connection: the old requests will never be answered
+    assert parse(adapter, {"op": "subscribe", "req": 3, "ok": True})[0].channels == ()
+
+
+def test_heartbeats_and_pongs(adapter: GenericJsonAdapter) -> None:
+    assert parse(adapter, {"op": "heartbeat", "time": 1763712000123456}) == [Heartbeat()]
+    assert parse(adapter, {"op": "pong", "req": 9}) == [Heartbeat()]
+
+
+# Data --------------------------------------------------------------------------------------------
+
+
+def test_trade_is_normalized_exactly(adapter: GenericJsonAdapter) -> None:
+    assert parse(adapter, TRADE) == [
+        Update(
+            "sim:trades:BTC-USD",
+            {
+                "symbol": "BTC-USD",
+                "price": "43000.50",
+                "size": "0.0123",
+                "side": "sell",
+                "trade_id": "981",
+                "ts": 1763712000123,
+            },
+            41,
+            snapshot=False,
+        )
+    ]
+    [buy] = parse(adapter, with_value(TRADE, "/body/taker", "B"))
+    assert buy.data["side"] == "buy"
+
+
+def test_ticker_is_normalized_exactly_and_is_whole_state(adapter: GenericJsonAdapter) -> None:
+    assert parse(adapter, TICKER) == [
+        Update(
+            "sim:ticker:ETH-USD",
+            {
+                "symbol": "ETH-USD",
+                "bid": "2300.00",
+                "bid_size": "1.5000",
+                "ask": "2300.05",
+                "ask_size": "0.8000",
+                "last": "2300.05",
+                "ts": 1763712000999,
+            },
+            12,
+            snapshot=True,
+        )
+    ]
+
+
+def test_book_snapshot_and_delta_are_normalized_exactly(adapter: GenericJsonAdapter) -> None:
+    assert parse(adapter, DEPTH_SNAPSHOT) == [
+        Update(
+            "sim:book:BTC-USD",
+            {
+                "symbol": "BTC-USD",
+                "bids": [["43000.00", "1.5000"], ["42999.50", "0.1000"]],
+                "asks": [["43000.50", "0.8000"]],
+                "ts": 1763712000000,
+            },
+            7,
+            snapshot=True,
+        )
+    ]
+    assert parse(adapter, DEPTH_UPDATE) == [
+        Update(
+            "sim:book:BTC-USD",
+            {
+                "symbol": "BTC-USD",
+                "bids": [["42999.50", "0"]],
+                "asks": [["43001.00", "2.2500"]],
+                "ts": 1763712001000,
+            },
+            8,
+            snapshot=False,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("message", "path", "value"),
+    [
+        (TRADE, "/topic", "trade.DOGE-USD"),
+        (TRADE, "/topic", 5),
+        (TRADE, "/topic", MISSING),
+        (TRADE, "/kind", "snapshot"),
+        (TRADE, "/seq", -1),
+        (TRADE, "/seq", True),
+        (TRADE, "/seq", "41"),
+        (TRADE, "/seq", MISSING),
+        (TRADE, "/body", [1]),
+        (TRADE, "/body/px", 43000.5),
+        (TRADE, "/body/px", "4.3e4"),
+        (TRADE, "/body/px", "-1"),
+        (TRADE, "/body/qty", MISSING),
+        (TRADE, "/body/taker", "X"),
+        (TRADE, "/body/taker", None),
+        (TRADE, "/body/id", True),
+        (TRADE, "/body/id", -3),
+        (TRADE, "/body/id", ""),
+        (TRADE, "/body/time", "soon"),
+        (TRADE, "/body/time", -5),
+        (TRADE, "/body/time", MISSING),
+        (TICKER, "/kind", "update"),
+        (TICKER, "/body/bid", "2300.00"),
+        (TICKER, "/body/last", MISSING),
+        (DEPTH_UPDATE, "/kind", "partial"),
+        (DEPTH_UPDATE, "/body/bids", {"42999.50": "0"}),
+        (DEPTH_UPDATE, "/body/bids/0", ["42999.50"]),
+        (DEPTH_UPDATE, "/body/bids/0", "42999.50"),
+        (DEPTH_UPDATE, "/body/asks/0/1", None),
+        (DEPTH_UPDATE, "/body/asks", MISSING),
+        (DEPTH_SNAPSHOT, "/body/bids/1/0", "NaN"),
+    ],
+)
+def test_malformed_data_is_an_upstream_format_error(
+    adapter: GenericJsonAdapter, message: dict[str, Any], path: str, value: Any
+) -> None:
+    with pytest.raises(UpstreamFormatError):
+        parse(adapter, with_value(message, path, value))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"", b"not json", b"[1, 2]", b'"text"', b"{}", b'{"op": "bogus"}', b'{"topic": "trade.BTC'],
+)
+def test_frames_that_are_nothing_known_are_upstream_format_errors(
+    adapter: GenericJsonAdapter, frame: bytes
+) -> None:
+    with pytest.raises(UpstreamFormatError):
+        adapter.parse(frame)
+
+
+# REST snapshots ----------------------------------------------------------------------------------
+
+
+def test_http_repair_fetches_the_books_rest_snapshot(adapter: GenericJsonAdapter) -> None:
+    repair = FetchSnapshot("sim:book:BTC-USD")
+    how = adapter.http_repair(repair)
+    assert how is not None
+    assert how.request == HttpRequest("GET", f"{REST}/api/snapshot?topic=depth.BTC-USD")
+    body = orjson.dumps({**DEPTH_SNAPSHOT, "seq": 19})
+    assert how.parse(body) == Update(
+        "sim:book:BTC-USD",
+        {
+            "symbol": "BTC-USD",
+            "bids": [["43000.00", "1.5000"], ["42999.50", "0.1000"]],
+            "asks": [["43000.50", "0.8000"]],
+            "ts": 1763712000000,
+        },
+        19,
+        snapshot=True,
+    )
+    assert adapter.http_repair(FetchSnapshot("sim:trades:BTC-USD")) is None
+    assert adapter.http_repair(FetchItem("sim:book:BTC-USD", FetchByNumber(1))) is None
+    no_rest = GenericJsonAdapter(
+        "sim", attrs.evolve(load_spec(sim_table()), rest=None), SYMBOLS, 1.0, None
+    )
+    assert no_rest.http_repair(repair) is None
+    assert no_rest.repair("sim:book:BTC-USD") is RepairKind.RESUBSCRIBE
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("/topic", "depth.ETH-USD"),
+        ("/topic", MISSING),
+        ("/kind", "update"),
+        ("/seq", MISSING),
+        ("/body", None),
+        ("/body/asks", "none"),
+        ("/body/time", MISSING),
+    ],
+)
+def test_a_bad_rest_snapshot_is_an_upstream_format_error(
+    adapter: GenericJsonAdapter, path: str, value: Any
+) -> None:
+    how = adapter.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert how is not None
+    with pytest.raises(UpstreamFormatError):
+        how.parse(orjson.dumps(with_value(DEPTH_SNAPSHOT, path, value)))
+    with pytest.raises(UpstreamFormatError):
+        how.parse(b"<html>busy</html>")
+
+
+# JSON pointers -----------------------------------------------------------------------------------
+
+
+def test_json_pointers_resolve_as_rfc_6901_says() -> None:
+    # The example document and pointers of RFC 6901, section 5.
+    document = {
+        "foo": ["bar", "baz"],
+        "": 0,
+        "a/b": 1,
+        "c%d": 2,
+        "e^f": 3,
+        "g|h": 4,
+        "i\\j": 5,
+        'k"l': 6,
+        " ": 7,
+        "m~n": 8,
+    }
+    expected = {
+        "": document,
+        "/foo": ["bar", "baz"],
+        "/foo/0": "bar",
+        "/": 0,
+        "/a~1b": 1,
+        "/c%d": 2,
+        "/e^f": 3,
+        "/g|h": 4,
+        "/i\\j": 5,
+        '/k"l': 6,
+        "/ ": 7,
+        "/m~0n": 8,
+    }
+    for text, value in expected.items():
+        assert JsonPointer(text).resolve(document) == value, text
+    # "~01" is "~1" (unescaped ~1 first), not "/".
+    assert JsonPointer("/~01").resolve({"~1": "tilde-one", "/": "slash"}) == "tilde-one"
+    for nothing in ("/foo/2", "/foo/-", "/foo/01", "/foo/+1", "/foo/0/x", "/nope", "/a~1b/c"):
+        assert JsonPointer(nothing).resolve(document) is MISSING, nothing
+    for bad in ("foo", "/a~2", "/a~", "~0"):
+        with pytest.raises(ValueError):
+            JsonPointer(bad)
+
+
+# The spec ----------------------------------------------------------------------------------------
+
+
+def set_in(table: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """The table with one key set (or removed, for MISSING); ``a.b.0.c`` indexes lists."""
+    *parents, last = dotted.split(".")
+    target: Any = table
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is MISSING:
+        del target[last]
+    else:
+        target[int(last) if isinstance(target, list) else last] = value
+    return table
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "line"),
+    [
+        (
+            "streams.trades.fields.price",
+            MISSING,
+            "streams.trades.fields.price: required for event streams",
+        ),
+        (
+            "streams.trades.fields.prize",
+            "/px",
+            "streams.trades.fields.prize: not a field of event streams "
+            "(price, size, side, trade_id, ts)",
+        ),
+        (
+            "topic",
+            "topic",
+            "topic: must be a JSON pointer (RFC 6901): must be empty or start with '/', "
+            "got 'topic'",
+        ),
+        (
+            "streams.ticker.fields.last",
+            "/last~2",
+            "streams.ticker.fields.last: must be a JSON pointer (RFC 6901): '~' must be "
+            "followed by '0' or '1', got '/last~2'",
+        ),
+        (
+            "subscribe",
+            '{"op":"subscribe","args":{topics},"req":{req}}',
+            "subscribe: unknown placeholder {req} (known: {topics}, {topic}, {id})",
+        ),
+        (
+            "unsubscribe",
+            '{"op":"unsubscribe","req":{id}}',
+            "unsubscribe: must name the topics: {topics} (a JSON list) or {topic} (one per frame)",
+        ),
+        (
+            "streams.book.snapshot",
+            MISSING,
+            "streams.book.snapshot: required for book streams: what marks a snapshot",
+        ),
+        (
+            "streams.trades.kind",
+            "events",
+            "streams.trades.kind: expected one of 'event', 'state', 'book', got 'events'",
+        ),
+        (
+            "streams.book",
+            {
+                "kind": "state",
+                "topic": "top.{symbol}",
+                "fields": dict.fromkeys(TICKER_FIELDS, "/x"),
+            },
+            "streams.book.kind: must be 'book' for book",
+        ),
+        (
+            "time_unit",
+            "sec",
+            "time_unit: expected one of 's', 'ms', 'us', 'ns', 'iso', got 'sec'",
+        ),
+        ("topics", "/topic", "unknown key 'topics'"),
+        ("streams.trades.fields.price", 5, "streams.trades.fields.price: expected a string, got 5"),
+        ("max_topics", "5", "max_topics: expected an integer, got '5'"),
+        ("max_topics", -1, "max_topics: must be 0 (no limit) or more, got -1"),
+        (
+            "streams.trades.sides.S",
+            "short",
+            "streams.trades.sides.S: must be buy or sell, got 'short'",
+        ),
+        (
+            "streams.ticker.sides",
+            {"b": "buy", "s": "sell"},
+            "streams.ticker.sides: only event streams have sides",
+        ),
+        ("streams.trades.depth", 10, "streams.trades.depth: only book streams have it"),
+        ("streams.book.batch", True, "streams.book.batch: only event streams have it"),
+        ("rest.seq", MISSING, "rest.seq: required key missing"),
+        ("rest.time", MISSING, "rest.time: required: streams.book has no fields.ts"),
+        ("rest.url", "ftp://host/x", "rest.url: must start with {rest_url} or http:// or https://"),
+        (
+            "streams.ticker.topic",
+            "trade.{symbol}",
+            "streams.ticker.topic: routes like streams.trades: 'trade.{symbol}'",
+        ),
+        (
+            "streams.trades.topic",
+            "trade.all",
+            "streams.trades.topic: must contain {symbol} (or {base} and {quote})",
+        ),
+        ("acks.0.when", [], "acks[0].when: must have at least one condition"),
+        (
+            "acks.1.ok",
+            {"pointer": "/ok", "values": ["true"]},
+            "acks[1].refusal: contradicts ok: a refusal has no ok flag to read",
+        ),
+        (
+            "heartbeat.0.pointer",
+            "op",
+            "heartbeat[0].pointer: must be a JSON pointer (RFC 6901): must be empty or start "
+            "with '/', got 'op'",
+        ),
+        ("streams", {}, "streams: must define at least one stream"),
+        (
+            "time",
+            MISSING,
+            "streams.trades: has no event time: set fields.ts, time, or the table's time",
+        ),
+    ],
+)
+def test_a_bad_spec_is_a_config_error_naming_the_key(key: str, value: Any, line: str) -> None:
+    assert line in issue_lines(set_in(sim_table(), key, value))
+
+
+def test_a_subscribe_template_must_be_json_once_filled_in() -> None:
+    lines = issue_lines(set_in(sim_table(), "subscribe", '{"op":"subscribe","args":[{topics}]'))
+    assert len(lines) == 1 and lines[0].startswith("subscribe: is not JSON once filled in (")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    table = sim_table()
+    del table["streams"]["trades"]["fields"]["price"]
+    table["heartbeat"][0]["pointer"] = "op"
+    table["bogus"] = 1
+    assert issue_lines(table) == [
+        "streams.trades.fields.price: required for event streams",
+        "heartbeat[0].pointer: must be a JSON pointer (RFC 6901): must be empty or start with "
+        "'/', got 'op'",
+        "unknown key 'bogus'",
+    ]
+
+
+def test_a_spec_built_in_python_is_checked_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        StreamSpec(kind="book", topic="depth.{symbol}", fields={"bids": "/b"})
+    assert str(caught.value).splitlines() == [
+        "fields.asks: required for book streams",
+        "snapshot: required for book streams: what marks a snapshot",
+    ]
+    with pytest.raises(ConfigError, match="pointer: must be a JSON pointer"):
+        Match("kind")
+
+
+def test_the_adapter_refuses_what_the_spec_alone_cannot_check() -> None:
+    spec = load_spec(sim_table())
+    with pytest.raises(ValueError, match="rest_url"):
+        GenericJsonAdapter("sim", spec, SYMBOLS, 1.0, None)
+    with pytest.raises(ValueError, match="':'"):
+        GenericJsonAdapter("s:m", spec, SYMBOLS, 1.0, REST)
+    with pytest.raises(ValueError, match="not BASE-QUOTE"):
+        GenericJsonAdapter("sim", spec, ["BTCUSD"], 1.0, REST)
+    lower = attrs.evolve(spec, symbol_case="lower")
+    with pytest.raises(ValueError, match=r"share the upstream topic 'trade\.btc-usd'"):
+        GenericJsonAdapter("sim", lower, ["BTC-USD", "btc-usd"], 1.0, REST)
+
+
+def test_sim_toml_is_a_whole_configuration() -> None:
+    """Once the configuration knows kind "json" (the lead registers it), sim.toml parses as it
+    is, and its problems are reported under ``sources.sim.json``."""
+    config = parse_config(sim_document())
+    assert config.sources["sim"].json == load_spec(sim_table())
+    document = sim_document()
+    del document["sources"]["sim"]["json"]["streams"]["book"]["snapshot"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document)
+    assert (
+        "sources.sim.json.streams.book.snapshot: required for book streams: what marks a snapshot"
+        in str(caught.value).splitlines()
+    )
+
+
+# Other shapes of upstream ------------------------------------------------------------------------
+
+# An upstream of another shape: one subscribe per topic acknowledged by request id only, lower-case
+# symbols with an underscore, trades in arrays with ISO times and a boolean side, a ticker with a
+# JSON number, books with levels as objects and no sequence numbers, informational messages, and a
+# ping the relay sends to prove the upstream alive.
+OTHER: dict[str, Any] = {
+    "symbol": "{base}_{quote}",
+    "symbol_case": "lower",
+    "symbol_overrides": {"XBT-USD": "btc_usd"},
+    "subscribe": '{"type":"sub","channel":{topic},"rid":{id}}',
+    "unsubscribe": '{"type":"unsub","channels":{topics},"rid":{id}}',
+    "max_topics": 2,
+    "probe": '{"type":"ping","rid":{id}}',
+    "topic": "/ch",
+    "payload": "/data",
+    "time": "/ts",
+    "time_unit": "ms",
+    "exact_numbers": True,
+    "heartbeat": [{"pointer": "/type", "values": ["hb", "pong"]}],
+    "ignore": [{"pointer": "/type", "values": ["info"]}],
+    "acks": [
+        {
+            "when": [{"pointer": "/type", "values": ["ack", "error"]}, {"pointer": "/rid"}],
+            "ok": {"pointer": "/type", "values": ["ack"]},
+            "id": "/rid",
+            "detail": "/message",
+        }
+    ],
+    "streams": {
+        "trades": {
+            "kind": "event",
+            "topic": "trades:{symbol}",
+            "fields": {
+                "price": "/p",
+                "size": "/q",
+                "side": "/m",
+                "trade_id": "/tid",
+                "ts": "/t",
+            },
+            "time_unit": "iso",
+            "batch": True,
+            # "m": the buyer was the maker, so the taker sold.
+            "sides": {"true": "sell", "false": "buy"},
+        },
+        "ticker": {
+            "kind": "state",
+            "topic": "quote:{symbol}",
+            "fields": {
+                "bid": "/b/0",
+                "bid_size": "/b/1",
+                "ask": "/a/0",
+                "ask_size": "/a/1",
+                "last": "/l",
+            },
+        },
+        "book": {
+            "kind": "book",
+            "topic": "depth:{base}{quote}",
+            "route": "depth:{symbol}",
+            "snapshot": {"pointer": "/action", "values": ["full"]},
+            "expect": [{"pointer": "/action", "values": ["full", "diff"]}],
+            "fields": {"bids": "/buy", "asks": "/sell"},
+            "level_price": "/px",
+            "level_size": "/qty",
+            "time": "/data/at",
+            "time_unit": "s",
+            "depth": 25,
+        },
+    },
+}
+
+
+@pytest.fixture
+def other() -> GenericJsonAdapter:
+    return GenericJsonAdapter("x", load_spec(OTHER), ["BTC-USDT", "XBT-USD"], 5.0, None)
+
+
+def test_other_shape_topics_requests_and_probe(other: GenericJsonAdapter) -> None:
+    assert other.topic("x:trades:BTC-USDT") == "trades:btc_usdt"
+    assert other.topic("x:trades:XBT-USD") == "trades:btc_usd"  # the override
+    assert other.topic("x:book:BTC-USDT") == "depth:btcusdt"
+    assert other.repair("x:book:BTC-USDT") is RepairKind.RESUBSCRIBE
+    assert other.book_rules("x:book:BTC-USDT") == BookRules(depth=25)
+    assert other.http_repair(FetchSnapshot("x:book:BTC-USDT")) is None
+    channels = ["x:trades:BTC-USDT", "x:ticker:BTC-USDT", "x:book:XBT-USD"]
+    assert other.subscribe_frames(channels) == [
+        '{"type":"sub","channel":"trades:btc_usdt","rid":1}',
+        '{"type":"sub","channel":"quote:btc_usdt","rid":2}',
+        '{"type":"sub","channel":"depth:xbtusd","rid":3}',
+    ]
+    assert other.unsubscribe_frames(channels) == [
+        '{"type":"unsub","channels":["trades:btc_usdt","quote:btc_usdt"],"rid":4}',
+        '{"type":"unsub","channels":["depth:xbtusd"],"rid":5}',
+    ]
+    assert other.probe_frame() == '{"type":"ping","rid":6}'
+    assert other.parse(b'{"type":"ack","rid":3}') == [
+        Ack(True, "ok: " + repr({"type": "ack", "rid": 3}), ("x:book:XBT-USD",))
+    ]
+    [refused] = other.parse(b'{"type":"error","rid":4,"message":"not subscribed"}')
+    assert refused == Ack(
+        False, "refused: 'not subscribed'", ("x:trades:BTC-USDT", "x:ticker:BTC-USDT")
+    )
+    assert other.parse(b'{"type":"pong","rid":6}') == [Heartbeat()]
+    assert other.parse(b'{"type":"hb"}') == [Heartbeat()]
+    assert other.parse(b'{"type":"info","message":"maintenance at noon"}') == []
+    with pytest.raises(UpstreamFormatError):
+        other.parse(b'{"type":"error","message":"no rid: neither an ack nor data"}')
+
+
+def test_other_shape_trades_come_in_arrays(other: GenericJsonAdapter) -> None:
+    frame = {
+        "ch": "trades:btc_usdt",
+        "data": [
+            {"p": "100.5", "q": "0.25", "m": True, "tid": "t-1", "t": "2024-01-02T03:04:05.678Z"},
+            {"p": 100.75, "q": 2, "m": False, "tid": 7, "t": "2024-01-02T03:04:05.6789"},
+        ],
+    }
+    assert parse(other, frame) == [
+        Update(
+            "x:trades:BTC-USDT",
+            {
+                "symbol": "BTC-USDT",
+                "price": "100.5",
+                "size": "0.25",
+                "side": "sell",
+                "trade_id": "t-1",
+                "ts": 1704164645678,
+            },
+            None,
+            snapshot=False,
+        ),
+        Update(
+            "x:trades:BTC-USDT",
+            {
+                "symbol": "BTC-USDT",
+                "price": "100.75",
+                "size": "2",
+                "side": "buy",
+                "trade_id": "7",
+                "ts": 1704164645678,
+            },
+            None,
+            snapshot=False,
+        ),
+    ]
+    assert parse(other, {"ch": "trades:btc_usdt", "data": []}) == []
+    with pytest.raises(UpstreamFormatError):  # one trade, where the stream has lists of them
+        parse(other, {"ch": "trades:btc_usdt", "data": frame["data"][0]})
+    for bad in ("yesterday", 1704164645678):
+        with pytest.raises(UpstreamFormatError):
+            parse(other, with_value(frame, "/data/0/t", bad))
+
+
+def test_other_shape_keeps_the_exact_text_of_json_numbers(other: GenericJsonAdapter) -> None:
+    # orjson would read 100.10 as the float 100.1; exact_numbers keeps what was sent.
+    frame = (
+        b'{"ch":"quote:btc_usd","ts":"1700000000123",'
+        b'"data":{"b":["100.10",2],"a":[100.20,"3.0"],"l":100.15}}'
+    )
+    assert other.parse(frame) == [
+        Update(
+            "x:ticker:XBT-USD",
+            {
+                "symbol": "XBT-USD",
+                "bid": "100.10",
+                "bid_size": "2",
+                "ask": "100.20",
+                "ask_size": "3.0",
+                "last": "100.15",
+                "ts": 1700000000123,
+            },
+            None,
+            snapshot=True,
+        )
+    ]
+    for bad in (b'{"ch":"quote:btc_usd","ts":1,"data":{"b":[NaN,2],"a":[1,1],"l":1}}', b"{,}"):
+        with pytest.raises(UpstreamFormatError):
+            other.parse(bad)
+
+
+def test_other_shape_books_are_numbered_by_the_relay(other: GenericJsonAdapter) -> None:
+    full = {
+        "ch": "depth:btc_usdt",
+        "action": "full",
+        "data": {
+            "buy": [{"px": "99.5", "qty": "1"}],
+            "sell": [{"px": "100.5", "qty": "2"}],
+            "at": 1700000000.25,
+        },
+    }
+    diff = with_value(full, "/action", "diff")
+    diff["data"] = {"buy": [{"px": "99.5", "qty": "0.000"}], "sell": [], "at": "1700000001"}
+    assert parse(other, full) == [
+        Update(
+            "x:book:BTC-USDT",
+            {
+                "symbol": "BTC-USDT",
+                "bids": [["99.5", "1"]],
+                "asks": [["100.5", "2"]],
+                "ts": 1700000000250,
+            },
+            1,
+            snapshot=True,
+        )
+    ]
+    assert parse(other, diff) == [
+        Update(
+            "x:book:BTC-USDT",
+            {"symbol": "BTC-USDT", "bids": [["99.5", "0.000"]], "asks": [], "ts": 1700000001000},
+            2,
+            snapshot=False,
+        )
+    ]
+    other.reset()  # a new connection numbers from 1 again
+    assert parse(other, full)[0].seq == 1
+    with pytest.raises(UpstreamFormatError):
+        parse(other, with_value(full, "/action", "partial"))
+    with pytest.raises(UpstreamFormatError):
+        parse(other, with_value(full, "/data/buy/0", ["99.5", "1"]))
+
+
+def test_a_delta_covering_a_range_carries_its_first_seq() -> None:
+    table = sim_table()
+    table["streams"]["book"]["first_seq"] = "/first"
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    [update] = parse(adapter, {**DEPTH_UPDATE, "seq": 12, "first": 9})
+    assert (update.first_seq, update.seq) == (9, 12)
+    with pytest.raises(UpstreamFormatError):
+        parse(adapter, DEPTH_UPDATE)  # no "first"
+
+
+def test_an_upstream_that_confirms_nothing_is_confirmed_by_its_first_message() -> None:
+    table = sim_table()
+    table["acks"] = []
+    table["data_acks"] = True
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    adapter.subscribe_frames(["sim:trades:BTC-USD", "sim:book:BTC-USD"])
+    [ack, trade] = parse(adapter, TRADE)
+    assert ack == Ack(True, "first message on trade.BTC-USD", ("sim:trades:BTC-USD",))
+    assert isinstance(trade, Update)
+    assert [type(e) for e in parse(adapter, TRADE)] == [Update]  # once
+    adapter.unsubscribe_frames(["sim:book:BTC-USD"])  # given up before its first message
+    assert [type(e) for e in parse(adapter, DEPTH_SNAPSHOT)] == [Update]
+    adapter.subscribe_frames(["sim:book:BTC-USD"])
+    adapter.reset()  # a new connection subscribes afresh
+    assert [type(e) for e in parse(adapter, DEPTH_SNAPSHOT)] == [Update]
+    # Malformed data confirms nothing.
+    adapter.subscribe_frames(["sim:trades:ETH-USD"])
+    with pytest.raises(UpstreamFormatError):
+        parse(adapter, with_value(TRADE, "/topic", "trade.ETH-USD") | {"seq": -1})
+    [ack, _] = parse(adapter, with_value(TRADE, "/topic", "trade.ETH-USD"))
+    assert ack.channels == ("sim:trades:ETH-USD",)
