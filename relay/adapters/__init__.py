@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from relay.adapters import binance
+from relay.adapters import binance, kraken
 from relay.adapters.base import Adapter
 from relay.adapters.ethereum import EthereumAdapter
 from relay.adapters.generic import GenericJsonAdapter
@@ -66,6 +66,10 @@ def _json(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter
     )
 
 
+def _kraken(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    return kraken.KrakenAdapter(name, _symbols(config), heartbeat_interval)
+
+
 def _binance(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
     rest_url = config.rest_url or binance.DEFAULT_REST_URL
     return binance.BinanceAdapter(name, _symbols(config), rest_url, heartbeat_interval)
@@ -90,6 +94,16 @@ SOURCE_KINDS: dict[str, SourceKind] = {
             5.0,
             options=frozenset({"rest_url", "symbols", "json"}),
             required=frozenset({"json", "symbols"}),
+        ),
+        SourceKind(
+            "kraken",
+            _kraken,
+            # Kraken sends a heartbeat every second while anything is subscribed, and the relay
+            # pings it this often (it sends nothing while nothing is subscribed).
+            2.0,
+            options=frozenset({"symbols"}),
+            required=frozenset({"symbols"}),
+            default_url=kraken.DEFAULT_URL,
         ),
         SourceKind(
             "binance",
