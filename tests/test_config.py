@@ -159,6 +159,16 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert config.outbox.policy == "drop"
 
 
+@pytest.mark.parametrize("name", ["binance", "kraken", "coinbase"])
+def test_exchange_examples_load(name: str) -> None:
+    path = ROOT / "examples" / f"{name}.toml"
+    if name not in SOURCE_KINDS:
+        pytest.fail(f"{path.name} is for a kind the relay does not have")
+    config = load_config(path)
+    assert config.sources[name].kind == name
+    assert config.sources[name].url is None  # the exchange's public endpoint
+
+
 def test_ethereum_example_loads() -> None:
     config = load_config(ROOT / "examples" / "ethereum.toml")
     eth = config.sources["eth"]

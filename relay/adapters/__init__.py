@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from relay.adapters import binance, kraken
+from relay.adapters import binance, coinbase, kraken
 from relay.adapters.base import Adapter
 from relay.adapters.ethereum import EthereumAdapter
 from relay.adapters.generic import GenericJsonAdapter
@@ -66,6 +66,10 @@ def _json(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter
     )
 
 
+def _coinbase(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
+    return coinbase.CoinbaseAdapter(name, _symbols(config), heartbeat_interval)
+
+
 def _kraken(name: str, config: SourceConfig, heartbeat_interval: float) -> Adapter:
     return kraken.KrakenAdapter(name, _symbols(config), heartbeat_interval)
 
@@ -94,6 +98,15 @@ SOURCE_KINDS: dict[str, SourceKind] = {
             5.0,
             options=frozenset({"rest_url", "symbols", "json"}),
             required=frozenset({"json", "symbols"}),
+        ),
+        SourceKind(
+            "coinbase",
+            _coinbase,
+            # The heartbeats channel (subscribed with the first request) ticks every second.
+            2.0,
+            options=frozenset({"symbols"}),
+            required=frozenset({"symbols"}),
+            default_url=coinbase.DEFAULT_URL,
         ),
         SourceKind(
             "kraken",

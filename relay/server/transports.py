@@ -115,19 +115,30 @@ class WebSocketTransport:
 
     @asynccontextmanager
     async def connect(self, url: str, connect_timeout: float) -> AsyncIterator[UpstreamConnection]:
+        opened = False
+        try:
+            async with self._open(url, connect_timeout) as upstream:
+                opened = True
+                yield upstream
+        except BaseExceptionGroup as group:
+            # Whether from the connect call or from trio-websocket's reader task (which raises a
+            # refused handshake, an HTTP 503 to the upgrade say), it arrives through the
+            # connection's nursery as a group.
+            failed, rest = group.split(_CONNECT_FAILURES)
+            if opened or failed is None or rest is not None:
+                raise
+            raise ConnectFailed(_first_leaf(failed)) from None
+
+    @asynccontextmanager
+    async def _open(self, url: str, connect_timeout: float) -> AsyncIterator[UpstreamConnection]:
         async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(connect_timeout):
-                    ws = await connect_websocket_url(
-                        nursery,
-                        url,
-                        message_queue_size=self.message_queue_size,
-                        max_message_size=self.max_message_size,
-                    )
-            except HandshakeError as exc:
-                raise ConnectFailed(f"handshake failed: {exc!r}") from None
-            except OSError as exc:
-                raise ConnectFailed(str(exc) or type(exc).__name__) from None
+            with trio.fail_after(connect_timeout):
+                ws = await connect_websocket_url(
+                    nursery,
+                    url,
+                    message_queue_size=self.message_queue_size,
+                    max_message_size=self.max_message_size,
+                )
             clean = False
             try:
                 yield _WebSocketUpstream(ws)
@@ -139,6 +150,18 @@ class WebSocketTransport:
                     scope.deadline = trio.current_time() + (self.close_timeout if clean else 0)
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
+
+
+_CONNECT_FAILURES = (HandshakeError, OSError, ConnectionClosed)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> str:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, OSError):
+        return str(leaf) or type(leaf).__name__
+    return f"handshake failed: {leaf!r}"
 
 
 class HttpTransport:
