@@ -11,7 +11,7 @@ and are repaired from a REST snapshot (``[json.rest]``) or by subscribing again.
 
 The specification is checked when it is built, so a mistake in it is a configuration error with
 the key's path (``streams.trades.fields.price: ...``), not a stream of malformed messages later.
-``tests/exchanges/generic/sim.toml`` describes the relay's own synthetic market this way; fed the
+``examples/json-sim.toml`` describes the relay's own synthetic market this way; fed the
 same frames, this adapter and :class:`relay.adapters.sim.SimAdapter` produce the same updates.
 
 Pointers: ``json.topic``, ``seq``, ``payload``, ``time`` (and a stream's overrides of them, its

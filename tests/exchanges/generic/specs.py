@@ -1,6 +1,6 @@
 """The generic adapter's specifications as the tests use them: the synthetic market's
-(``sim.toml``, the configuration shown in the docs) and loading a ``[json]`` table the way the
-configuration does, so a bad table fails with the same issue lines."""
+(``examples/json-sim.toml``, the configuration shown in the docs) and loading a ``[json]``
+table the way the configuration does, so a bad table fails with the same issue lines."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from relay.adapters.generic import GenericJsonAdapter, JsonSpec
 from relay.adapters.sim import SimAdapter
 from relay.issues import ConfigError
 
-SIM_TOML = Path(__file__).with_name("sim.toml")
+SIM_TOML = Path(__file__).parents[3] / "examples" / "json-sim.toml"
 
 
 def sim_document() -> dict[str, Any]:
@@ -53,7 +53,8 @@ def issue_lines(table: Mapping[str, Any]) -> list[str]:
 def sim_pair(
     symbols: Sequence[str], rest_url: str | None = "http://127.0.0.1:8766", source: str = "sim"
 ) -> tuple[SimAdapter, GenericJsonAdapter]:
-    """The built-in adapter and the generic one configured from ``sim.toml``, side by side."""
+    """The built-in adapter and the generic one configured from ``examples/json-sim.toml``,
+    side by side."""
     return (
         SimAdapter(source, symbols, 1.0, rest_url),
         GenericJsonAdapter(source, load_spec(sim_table()), symbols, 1.0, rest_url),

@@ -1,7 +1,8 @@
-"""The generic JSON adapter without sockets: the synthetic market's spec (sim.toml) normalizes the
-market's documented messages exactly, anything malformed is an UpstreamFormatError, a bad spec is
-a ConfigError naming the key, and the spec's other options (id-correlated acks, one frame per
-topic, arrays of trades, levels as objects, exact numbers, books the relay numbers itself)."""
+"""The generic JSON adapter without sockets: the synthetic market's spec
+(examples/json-sim.toml) normalizes the market's documented messages exactly, anything malformed
+is an UpstreamFormatError, a bad spec is a ConfigError naming the key, and the spec's other
+options (id-correlated acks, one frame per topic, arrays of trades, levels as objects, exact
+numbers, books the relay numbers itself)."""
 
 from __future__ import annotations
 
@@ -582,8 +583,8 @@ def test_the_adapter_refuses_what_the_spec_alone_cannot_check() -> None:
 
 
 def test_sim_toml_is_a_whole_configuration() -> None:
-    """Once the configuration knows kind "json" (the lead registers it), sim.toml parses as it
-    is, and its problems are reported under ``sources.sim.json``."""
+    """examples/json-sim.toml parses as it is, and its problems are reported under
+    ``sources.sim.json``."""
     config = parse_config(sim_document())
     assert config.sources["sim"].json == load_spec(sim_table())
     document = sim_document()

@@ -1,6 +1,7 @@
-"""Configured with sim.toml, the generic adapter normalizes the synthetic market exactly as the
-built-in SimAdapter does: frames recorded from a running market, any frame the market's model
-emits (and malformed variants of them), and the book repaired through the source pipeline."""
+"""Configured with examples/json-sim.toml, the generic adapter normalizes the synthetic market
+exactly as the built-in SimAdapter does: frames recorded from a running market, any frame the
+market's model emits (and malformed variants of them), and the book repaired through the source
+pipeline."""
 
 from __future__ import annotations
 

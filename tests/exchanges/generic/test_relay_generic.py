@@ -1,6 +1,6 @@
 """Two real relays in front of one seeded synthetic market, over loopback: one reads it with the
-built-in SimAdapter, the other with the generic adapter configured by sim.toml. Their clients
-get the same messages, through a book gap repaired from the market's REST snapshot.
+built-in SimAdapter, the other with the generic adapter configured by examples/json-sim.toml.
+Their clients get the same messages, through a book gap repaired from the market's REST snapshot.
 
 The market is driven by hand (one tick at a time, on a fixed clock) so that both relays see the
 same frames and fetch the same snapshot: the test compares, it does not race.
