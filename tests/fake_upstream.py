@@ -24,6 +24,7 @@ class FakeConnection:
         """Relay channel names, as the upstream understood the requests."""
         self.subscribe_batches: list[set[str]] = []
         self.requests = 0
+        self.request_times: list[float] = []
         self._send, self._receive = trio.open_memory_channel[str | bytes](math.inf)
         self.closed = False
         self.pong = True
@@ -44,6 +45,7 @@ class FakeConnection:
         message = orjson.loads(text)
         channels = {self._channel(t) for t in message["args"]}
         self.requests += 1
+        self.request_times.append(trio.current_time())
         if message["op"] == "subscribe":
             assert not channels & self.subscribed, "subscribed twice"
             self.subscribed |= channels

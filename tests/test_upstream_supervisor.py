@@ -47,14 +47,19 @@ class Rig:
 
 
 def make_rig(
-    rng: Callable[[], float] = lambda: 0.5, adapter: SimAdapter | None = None, **settings: float
+    rng: Callable[[], float] = lambda: 0.5,
+    adapter: SimAdapter | None = None,
+    request_interval: float = 0.0,
+    **settings: float,
 ) -> Rig:
     interval = float(settings.get("heartbeat_interval", 1.0))
     adapter = adapter or SimAdapter("sim", ["BTC-USD", "ETH-USD"], heartbeat_interval=interval)
     hub = Hub(adapter.kind)
     config = SourceConfig(kind="sim", url="ws://upstream.invalid/ws", **settings)  # type: ignore[arg-type]
     transport = FakeTransport(adapter)
-    supervisor = UpstreamSupervisor(adapter, config, hub, transport=transport, rng=rng)
+    supervisor = UpstreamSupervisor(
+        adapter, config, hub, transport=transport, rng=rng, request_interval=request_interval
+    )
     hub.add_source("sim", supervisor)
     return Rig(hub, supervisor, transport)
 
@@ -297,3 +302,55 @@ async def test_a_book_gap_can_be_repaired_by_resubscribing(
     assert rig.supervisor.stats.resyncs == 1
     state = rig.supervisor.channel_state("sim:book:BTC-USD")
     assert state is not None and state["bids"] == [["101", "1"]]
+
+
+async def test_requests_are_paced_for_upstreams_that_limit_them(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Binance disconnects a connection that sends over 5 requests a second: with an interval,
+    changes that come meanwhile go out together in the next request."""
+    rig = make_rig(request_interval=0.25)
+    await nursery.start(rig.supervisor.run)
+    await trio.testing.wait_all_tasks_blocked()
+    conn = rig.transport.current
+    assert conn is not None
+    a, b = Subscriber(), Subscriber()
+    rig.want(a, "sim:trades:BTC-USD")
+    await trio.sleep(0.01)
+    rig.want(b, "sim:trades:ETH-USD")
+    await trio.sleep(0.01)
+    rig.want(b, "sim:ticker:ETH-USD")
+    rig.unwant(a, "sim:trades:BTC-USD")
+    await trio.sleep(10)
+    assert conn.subscribe_batches == [
+        {"sim:trades:BTC-USD"},
+        {"sim:trades:ETH-USD", "sim:ticker:ETH-USD"},
+    ]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(conn.request_times)]
+    assert gaps and min(gaps) >= 0.25
+
+
+async def test_a_resubscribe_whose_snapshot_is_lost_is_sent_again(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig, conn = await book_rig(nursery, ResubscribingAdapter("sim", ["BTC-USD"]))
+
+    async def keep_alive() -> None:
+        while True:
+            conn.heartbeat()
+            await trio.sleep(0.5)
+
+    nursery.start_soon(keep_alive)
+    conn.push(book_frame(1, snapshot=True))
+    conn.push(book_frame(3, snapshot=False))  # 2 is lost: subscribe again
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(conn.subscribe_batches) == 2
+    await trio.sleep(9.99)  # the snapshot never comes (answer_timeout is 10 s)
+    assert len(conn.subscribe_batches) == 2
+    await trio.sleep(0.02)
+    assert len(conn.subscribe_batches) == 3  # asked again
+    conn.push(book_frame(9, snapshot=True, bid="101"))
+    await trio.sleep(60)
+    assert len(conn.subscribe_batches) == 3  # live again: no more
+    assert rig.supervisor.stats.resubscribes == 2 and rig.supervisor.stats.resyncs == 1
+    assert rig.supervisor.stats.disconnects == 0

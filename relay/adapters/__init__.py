@@ -36,6 +36,9 @@ class SourceKind:
     """Optional keys (``rest_url``, ``rpc_url``, ``symbols``) this kind reads; the others are
     refused, so a key that would be silently ignored is a configuration error."""
     required: frozenset[str] = frozenset()
+    request_interval: float = 0.0
+    """Seconds to leave after each request sent to the upstream, for upstreams that limit
+    requests per connection (Binance: 5 a second, pings and pongs included)."""
     default_url: str | None = None
     """The upstream's public WebSocket endpoint, used when a source gives no ``url``; kinds
     without one (a node, the market) require ``url``."""
@@ -126,6 +129,7 @@ SOURCE_KINDS: dict[str, SourceKind] = {
             options=frozenset({"rest_url", "symbols"}),
             required=frozenset({"symbols"}),
             default_url=binance.DEFAULT_WS_URL,
+            request_interval=0.25,
         ),
     )
 }
@@ -136,6 +140,11 @@ def source_url(config: SourceConfig) -> str:
     url = config.url or SOURCE_KINDS[config.kind].default_url
     assert url is not None  # the configuration refuses a source with neither
     return url
+
+
+def request_interval(config: SourceConfig) -> float:
+    """How long the supervisor waits after each subscribe or unsubscribe request it sends."""
+    return SOURCE_KINDS[config.kind].request_interval
 
 
 def make_adapter(name: str, config: SourceConfig) -> Adapter:

@@ -34,7 +34,8 @@ class FetchSnapshot:
 @attrs.frozen
 class Resubscribe:
     """Unsubscribe the channel upstream and subscribe it again; the upstream's own snapshot then
-    resynchronizes it. Answered with ``on_repaired(repair, None)`` once the frames are sent."""
+    resynchronizes it. It stays wanted until the book is live again, so a shell that sees no
+    snapshot come (it was lost too) subscribes again rather than leave the book stale."""
 
     channel: str
 
@@ -164,6 +165,8 @@ class SourcePipeline:
             sync, repair = entry
             resyncing = sync.state is SyncState.RESYNCING
             book = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
+            if sync.live:
+                self._in_flight.discard(Resubscribe(channel))
             if (
                 repair is RepairKind.REST_SNAPSHOT
                 and sync.state is SyncState.AWAITING_SNAPSHOT
@@ -192,7 +195,7 @@ class SourcePipeline:
             return _NOTHING
         return self._chain_step(channel, chain.on_height(seq))
 
-    def on_repaired(self, repair: Repair, update: Update | None) -> SourceStep:
+    def on_repaired(self, repair: FetchSnapshot | FetchItem, update: Update | None) -> SourceStep:
         """The answer to a repair the shell ran. Raises ValueError for an answer that does not
         fit (a snapshot the book rejects, a block that is not the one asked for, no snapshot at
         all): the repair stays in flight and the shell tries again."""
@@ -206,7 +209,7 @@ class SourcePipeline:
         if isinstance(repair, FetchSnapshot) and update is None:
             raise ValueError(f"no snapshot of {repair.channel}")
         entry = self._books.get(repair.channel)
-        if isinstance(repair, Resubscribe) or entry is None or update is None:
+        if entry is None or update is None:
             self._in_flight.discard(repair)
             return _NOTHING
         sync, kind = entry

@@ -96,6 +96,10 @@ class RelayCollector(Collector):
                 "Items (blocks) fetched over HTTP to fill a gap or follow a reorg",
             ),
             "refusals": ("relay_upstream_refusals", "Requests the upstream refused"),
+            "resubscribes": (
+                "relay_upstream_resubscribes",
+                "Channels subscribed again to repair them from the upstream's own snapshot",
+            ),
         }
         families = {
             key: CounterMetricFamily(name, doc, labels=["source"])

@@ -19,7 +19,7 @@ import orjson
 import trio
 from prometheus_client import Histogram
 
-from relay.adapters import make_adapter, source_url
+from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
 from relay.config import RelayConfig, TierConfig
 from relay.core.channels import source_of
@@ -75,6 +75,7 @@ class Relay:
                 self.hub,
                 transport,
                 url=source_url(config.sources[name]),
+                request_interval=request_interval(config.sources[name]),
             )
             for name, adapter in self.adapters.items()
         }

@@ -80,6 +80,7 @@ class UpstreamStats:
         self.snapshot_failures = 0
         self.backfill_fetches = 0
         self.backfill_failures = 0
+        self.resubscribes = 0
         self.refusals = 0
 
 
@@ -95,6 +96,7 @@ class UpstreamSupervisor:
         rng: Callable[[], float] = random.random,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         url: str | None = None,
+        request_interval: float = 0.0,
     ) -> None:
         self.adapter = adapter
         self.source = adapter.source
@@ -104,6 +106,10 @@ class UpstreamSupervisor:
             raise ValueError(f"source {adapter.source!r} has no URL")
         self.url = resolved
         """Where the upstream is: the source's ``url``, or its kind's public endpoint."""
+        self.request_interval = request_interval
+        """Left after each subscribe or unsubscribe frame: some upstreams (Binance) disconnect a
+        connection that sends more than a few requests a second. Changes that come meanwhile
+        are batched into the next requests by the plan."""
         self.hub = hub
         self.transport: Transport = transport or WebSocketTransport()
         self._rng = rng
@@ -286,11 +292,13 @@ class UpstreamSupervisor:
         adapter = self.adapter
         while True:
             plan = self.plan.plan(trio.current_time())
+            sent = 0
             if plan.subscribe:
                 for channel in plan.subscribe:
                     self.pipeline.track(channel)
                 for frame in adapter.subscribe_frames(plan.subscribe):
                     await conn.send(frame)
+                    sent += 1
                 self._requests_sent.unpark_all()
             if plan.unsubscribe:
                 for channel in plan.unsubscribe:
@@ -298,6 +306,9 @@ class UpstreamSupervisor:
                     self.hub.forget_state(channel)
                 for frame in adapter.unsubscribe_frames(plan.unsubscribe):
                     await conn.send(frame)
+                    sent += 1
+            if self.request_interval > 0 and sent:
+                await trio.sleep(self.request_interval * sent)
             if plan:
                 continue
             deadline = self.plan.next_deadline()
@@ -406,12 +417,16 @@ class UpstreamSupervisor:
         self, repair: Repair, conn: UpstreamConnection, nursery: trio.Nursery
     ) -> None:
         if isinstance(repair, Resubscribe):
+            # Until the upstream's fresh snapshot makes the book live: if that snapshot is lost
+            # too, the book must not stay stale until the next reconnect.
             channels = [repair.channel]
-            for frame in self.adapter.unsubscribe_frames(channels):
-                await conn.send(frame)
-            for frame in self.adapter.subscribe_frames(channels):
-                await conn.send(frame)
-            self._apply(self.pipeline.on_repaired(repair, None), self._now_ms(), conn, nursery)
+            while self.pipeline.wants(repair):
+                for frame in self.adapter.unsubscribe_frames(channels):
+                    await conn.send(frame)
+                for frame in self.adapter.subscribe_frames(channels):
+                    await conn.send(frame)
+                self.stats.resubscribes += 1
+                await trio.sleep(self.settings.answer_timeout)
             return
         await self._fetch(repair, conn, nursery)
 

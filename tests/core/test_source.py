@@ -124,9 +124,11 @@ def test_a_book_without_a_snapshot_of_its_own_fetches_the_first_one() -> None:
 def test_resubscribe_sources_resync_from_their_own_snapshot() -> None:
     pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
     assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
-    assert pipeline.on_repaired(Resubscribe(BOOK), None) == SourceStep()
+    assert pipeline.on_update(book(4)) == SourceStep()  # the repair is under way
+    assert pipeline.wants(Resubscribe(BOOK))  # until the book is live again
     resynced = pipeline.on_update(book(10, snapshot=True))
     assert resynced.resynced == [BOOK] and resynced.publish[0].seq == 10
+    assert not pipeline.wants(Resubscribe(BOOK))
 
 
 # --- chains -----------------------------------------------------------------------------------

@@ -157,7 +157,6 @@ class Harness:
             self.send(
                 self.adapter.unsubscribe_frames(channel) + self.adapter.subscribe_frames(channel)
             )
-            self.apply(self.pipeline.on_repaired(repair, None))
 
     def serve_all(self) -> None:
         """Answer every request, and those the answers lead to; a repair that keeps asking for
