@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception, transform_error
 
 from relay.adapters import SOURCE_KINDS as _KINDS
+from relay.adapters import make_adapter
 from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
@@ -439,6 +440,14 @@ class RelayConfig:
             for name in self.sources
             if not _SOURCE_NAME.fullmatch(name)
         )
+        if not issues:
+            for name, source in self.sources.items():
+                # What only the adapter knows (an exchange's symbol rules, a generic spec
+                # against its symbols) is refused here, not by a traceback when serving.
+                try:
+                    make_adapter(name, source)
+                except ValueError as exc:
+                    issues.append(Issue(f"sources.{_key(name)}", str(exc)))
         raise_issues(issues)
 
 

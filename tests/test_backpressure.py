@@ -105,6 +105,27 @@ async def test_coalesce_on_a_book_sends_one_fresh_snapshot(
     assert deltas == list(range(1, len(deltas) + 1))  # the deltas before it, contiguous
 
 
+async def test_coalesce_on_a_chain_of_states_sends_one_fresh_snapshot(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Blocks: every message is the channel's latest state, but each extends the last, so a
+    slow client must get a snapshot (start over from it), not a block that skips others."""
+    relay = relay_with("coalesce")
+    client = await blocked_client(relay, nursery, TICKER)
+    for n in range(1, 21):
+        relay.hub.publish(Update(TICKER, {"number": n}, n, False), ts=n)
+    got = data(await read_all(client))
+    assert got[-1] == {
+        "channel": TICKER,
+        "seq": 20,
+        "ts": 20,
+        "snapshot": True,
+        "data": {"number": 20},
+    }
+    plain = [m["seq"] for m in got if not m.get("snapshot")]
+    assert plain == list(range(1, len(plain) + 1))
+
+
 async def test_disconnect_closes_a_slow_consumer_with_4008(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

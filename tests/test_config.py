@@ -176,6 +176,16 @@ def test_ethereum_example_loads() -> None:
     assert config.tiers["apps"].allows("eth:logs:0x" + "ab" * 20)
 
 
+@pytest.mark.parametrize(
+    ("kind", "symbol"), [("binance", "btcusdt"), ("coinbase", "btc-usd"), ("kraken", "BTCUSD")]
+)
+def test_a_symbol_an_exchange_adapter_refuses_is_a_config_error(kind: str, symbol: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sources": {"x": {"kind": kind, "symbols": [symbol]}}})
+    (line,) = str(info.value).splitlines()
+    assert line.startswith("sources.x: ") and symbol in line
+
+
 def test_kind_specific_keys_are_checked() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"sources": {"eth": {"kind": "ethereum", "url": "ws://n", "symbols": ["A"]}}})
@@ -562,9 +572,13 @@ def sources(draw: st.DrawFn) -> SourceConfig:
     if "rest_url" in SOURCE_KINDS[kind].options:
         options["rest_url"] = draw(rest_urls)
     if "symbols" in SOURCE_KINDS[kind].options:
-        symbols = st.lists(text.filter(lambda s: ":" not in s), unique=True, max_size=4)
         required = "symbols" in SOURCE_KINDS[kind].required
-        options["symbols"] = draw(symbols.filter(bool) if required else st.none() | symbols)
+        if required:  # the exchanges: their own symbol rules, all of which take BASE-QUOTE
+            pairs = st.from_regex(r"[A-Z][A-Z0-9]{1,4}-[A-Z][A-Z0-9]{1,4}", fullmatch=True)
+            options["symbols"] = draw(st.lists(pairs, unique=True, min_size=1, max_size=4))
+        else:
+            symbols = st.lists(text.filter(lambda s: ":" not in s), unique=True, max_size=4)
+            options["symbols"] = draw(st.none() | symbols)
     if "rpc_url" in SOURCE_KINDS[kind].options:
         rpc = rest_urls.filter(lambda url: url is not None)
         options["rpc_url"] = draw(rpc if "rpc_url" in SOURCE_KINDS[kind].required else rest_urls)

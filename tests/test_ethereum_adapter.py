@@ -163,7 +163,8 @@ def test_unsubscribe_uses_the_subscription_id(adapter: EthereumAdapter) -> None:
     message = request_of(request)
     assert message["method"] == "eth_unsubscribe" and message["params"] == ["0x9"]
     answer = frame({"jsonrpc": "2.0", "id": message["id"], "result": True})
-    assert adapter.parse(answer) == [Ack(True, "unsubscribed eth:blocks", ("eth:blocks",))]
+    # An unsubscribe's answer names no channel: it must not touch a new subscribe of it.
+    assert adapter.parse(answer) == [Ack(True, "unsubscribed eth:blocks", ())]
     # A notification already on the wire for it proves life and publishes nothing.
     assert adapter.parse(notification("0x9", HEAD)) == [Heartbeat()]
 
@@ -285,3 +286,27 @@ def test_blocks_are_fetched_over_http_json_rpc(adapter: EthereumAdapter) -> None
     assert adapter.http_repair(FetchItem(LOGS, FetchByNumber(1))) is None
     no_rpc = EthereumAdapter("eth", None)
     assert no_rpc.http_repair(FetchItem("eth:blocks", FetchByNumber(1))) is None
+
+
+def test_a_channel_subscribed_again_before_the_first_answer_gets_one_subscription(
+    adapter: EthereumAdapter,
+) -> None:
+    """Subscribe, give up, subscribe again, then both answers: the first is unsubscribed at
+    once, only the second feeds the channel (else every log would be published twice)."""
+    (first,) = adapter.subscribe_frames([LOGS])
+    assert adapter.unsubscribe_frames([LOGS]) == []
+    (second,) = adapter.subscribe_frames([LOGS])
+    answer_1 = frame({"jsonrpc": "2.0", "id": request_of(first)["id"], "result": "0xa"})
+    _ack, reply = adapter.parse(answer_1)
+    assert isinstance(reply, Reply) and request_of(reply.frame)["params"] == ["0xa"]
+    answer_2 = frame({"jsonrpc": "2.0", "id": request_of(second)["id"], "result": "0xb"})
+    assert adapter.parse(answer_2) == [Ack(True, f"subscribed {LOGS}", (LOGS,))]
+    assert adapter.parse(notification("0xa", LOG)) == [Heartbeat()]
+    assert len(adapter.parse(notification("0xb", LOG))) == 1
+    (unsubscribe,) = adapter.unsubscribe_frames([LOGS])
+    assert request_of(unsubscribe)["params"] == ["0xb"]
+
+
+def test_a_subscription_id_that_is_not_a_string_is_malformed(adapter: EthereumAdapter) -> None:
+    with pytest.raises(UpstreamFormatError):
+        adapter.parse(notification([1], {}))  # type: ignore[arg-type]

@@ -172,9 +172,16 @@ class CoinbaseAdapter:
         self._requests.clear()
         self._heartbeats = False
 
-    def probe_frame(self) -> None:
-        """The ``heartbeats`` channel says every second that the connection is alive."""
-        return None
+    def probe_frame(self) -> str | None:
+        """At connect, the ``heartbeats`` subscription, and nothing after it: its ticks every
+        second are the sign of life, also while no client wants anything (Coinbase closes a
+        connection that subscribes to nothing within seconds)."""
+        if self._heartbeats:
+            return None
+        self._heartbeats = True
+        products = sorted({symbol for _, symbol in self._to_pair.values()})
+        self._requests.append(_Request(f"subscribe {_HEARTBEATS}", ()))
+        return self._frame("subscribe", _HEARTBEATS, products)
 
     def http_repair(self, repair: FetchSnapshot | FetchItem) -> HttpRepair | None:
         """Books are repaired by re-subscribing, never over HTTP."""
@@ -470,11 +477,11 @@ def _ns(value: object, what: str) -> int:
         if not zulu and (int(off_h) > 23 or int(off_m) > 59):
             raise ValueError("offset out of range")
         offset = timedelta(0) if zulu else timedelta(hours=int(off_h), minutes=int(off_m))
-    except ValueError:
+        if sign == "-":
+            offset = -offset
+        whole = at - offset - _EPOCH
+    except (ValueError, OverflowError):
         raise UpstreamFormatError(f"{what} is not a valid time: {describe(value)}") from None
-    if sign == "-":
-        offset = -offset
-    whole = at - offset - _EPOCH
     seconds = whole.days * 86_400 + whole.seconds
     return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
 

@@ -65,8 +65,9 @@ class EthereumAdapter:
         """Subscription id -> channel, for the subscriptions this connection holds."""
         self._subscription_of: dict[str, str] = {}
         """Channel -> subscription id: the inverse, to unsubscribe."""
-        self._abandoned: set[str] = set()
-        """Channels given up while their subscribe was unanswered: unsubscribed when it is."""
+        self._abandoned: set[int] = set()
+        """Subscribe requests given up before their answer: unsubscribed when it comes. By
+        request, not channel: the channel may be subscribed again meanwhile, by a new request."""
 
     @property
     def source(self) -> str:
@@ -127,7 +128,6 @@ class EthereumAdapter:
         frames = []
         for channel in channels:
             params = self._params(channel)
-            self._abandoned.discard(channel)
             frames.append(self._request("eth_subscribe", params, ("subscribe", channel)))
         return frames
 
@@ -137,7 +137,11 @@ class EthereumAdapter:
             subscription = self._subscription_of.pop(channel, None)
             if subscription is None:
                 # Not confirmed yet: its id is unknown until the answer comes.
-                self._abandoned.add(channel)
+                self._abandoned.update(
+                    request_id
+                    for request_id, purpose in self._requests.items()
+                    if purpose == ("subscribe", channel)
+                )
                 continue
             del self._subscriptions[subscription]
             frames.append(self._unsubscribe(channel, subscription))
@@ -164,7 +168,11 @@ class EthereumAdapter:
         if purpose is None:
             raise UpstreamFormatError(f"answer to no request of ours (id {request_id})")
         what, channel = purpose
-        channels = () if channel is None else (channel,)
+        # Only a subscribe's answer is about a channel's subscription: an unsubscribe's (even a
+        # refused one) must not touch a new subscribe of the same channel.
+        channels = (channel,) if what == "subscribe" and channel is not None else ()
+        abandoned = request_id in self._abandoned
+        self._abandoned.discard(request_id)
         error = message.get("error")
         if error is not None:
             return [Ack(False, f"{what} {channel or ''} refused: {describe(error)}", channels)]
@@ -178,8 +186,7 @@ class EthereumAdapter:
             return [Ack(True, f"unsubscribed {channel}", channels)]
         if not isinstance(result, str) or not result:
             raise UpstreamFormatError(f"subscription id must be a string, got {describe(result)}")
-        if channel in self._abandoned:
-            self._abandoned.discard(channel)
+        if abandoned:
             return [
                 Ack(True, f"subscribed {channel}", channels),
                 Reply(self._unsubscribe(channel, result)),
@@ -192,7 +199,10 @@ class EthereumAdapter:
         params = message.get("params")
         if not isinstance(params, dict) or "result" not in params:
             raise UpstreamFormatError("eth_subscription without params.result")
-        channel = self._subscriptions.get(params.get("subscription"))  # type: ignore[arg-type]
+        subscription = params.get("subscription")
+        if not isinstance(subscription, str):
+            raise UpstreamFormatError(f"subscription id must be a string: {describe(subscription)}")
+        channel = self._subscriptions.get(subscription)
         if channel is None:
             # A notification already on the wire when its subscription was dropped.
             return [Heartbeat()]

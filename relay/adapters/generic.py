@@ -484,6 +484,18 @@ class JsonSpec:
                     issues.append(
                         Issue("rest.time", f"required: streams.{_key(name)} has no fields.ts")
                     )
+        if not self.data_acks and not any(
+            a.topics is not None or a.id is not None for a in self.acks
+        ):
+            # The relay waits for every subscribe to be answered (answer_timeout): answers that
+            # name nothing would end every connection.
+            issues.append(
+                Issue(
+                    "acks",
+                    "a rule must name what it answers (topics or id), "
+                    "or set data_acks = true for an upstream that confirms nothing",
+                )
+            )
         raise_issues(issues)
 
 
@@ -650,8 +662,10 @@ class GenericJsonAdapter:
                     index[key] = route
                 self._by_channel[channel] = route
         self._ids = itertools.count(1)
-        self._requests: dict[str, tuple[str, ...]] = {}
-        """Request id (as text) -> the channels it asked for, until its ack comes."""
+        self._requests: dict[str, tuple[bool, tuple[str, ...]]] = {}
+        """Request id (as text) -> whether it subscribes, and the channels it asked for, until
+        its ack comes. Only a subscribe's answer names channels: an unsubscribe's must not touch
+        a new subscribe of the same channel."""
         self._counters: dict[str, int] = {}
         """Book channel -> the relay's own numbering, for books without an upstream seq."""
         self._unconfirmed: set[str] = set()
@@ -761,16 +775,16 @@ class GenericJsonAdapter:
     # Requests --------------------------------------------------------------------------------
 
     def subscribe_frames(self, channels: Sequence[str]) -> list[str]:
-        frames = self._frames(self._spec.subscribe, channels)
+        frames = self._frames(self._spec.subscribe, channels, subscribe=True)
         if self._spec.data_acks:
             self._unconfirmed.update(channels)
         return frames
 
     def unsubscribe_frames(self, channels: Sequence[str]) -> list[str]:
         self._unconfirmed.difference_update(channels)
-        return self._frames(self._spec.unsubscribe, channels)
+        return self._frames(self._spec.unsubscribe, channels, subscribe=False)
 
-    def _frames(self, template: str, channels: Sequence[str]) -> list[str]:
+    def _frames(self, template: str, channels: Sequence[str], subscribe: bool) -> list[str]:
         if not channels:
             return []
         pairs = [(channel, self.topic(channel)) for channel in channels]
@@ -779,7 +793,7 @@ class GenericJsonAdapter:
         for batch in _chunks(pairs, size):
             request_id = next(self._ids)
             if self._by_id:
-                self._requests[str(request_id)] = tuple(channel for channel, _ in batch)
+                self._requests[str(request_id)] = (subscribe, tuple(c for c, _ in batch))
             topics = [topic for _, topic in batch]
             values = {
                 "topics": orjson.dumps(topics).decode(),
@@ -799,7 +813,7 @@ class GenericJsonAdapter:
     def parse(self, frame: str | bytes) -> list[UpstreamEvent]:
         message = self._load(frame)
         if any(c.holds(message) for c in self._heartbeat):
-            return [Heartbeat()]
+            return [*self._confirm_all(), Heartbeat()]
         for rule in self._acks:
             if _all(rule.when, message):
                 return [self._ack(rule, message)]
@@ -812,19 +826,30 @@ class GenericJsonAdapter:
         if route is None:
             raise UpstreamFormatError(f"unknown topic {describe(key)}")
         updates = self._updates(route, message)
-        if route.channel in self._unconfirmed:
-            self._unconfirmed.discard(route.channel)
-            return [Ack(True, f"first message on {route.topic}", (route.channel,)), *updates]
-        return updates
+        return [*self._confirm_all(), *updates]
+
+    def _confirm_all(self) -> list[UpstreamEvent]:
+        """With ``data_acks``: the upstream confirms nothing, so the first sign of life after a
+        subscribe (a heartbeat, or data on any channel) stands for its acknowledgement; a quiet
+        channel must not be taken for an unanswered request."""
+        if not self._unconfirmed:
+            return []
+        channels = tuple(sorted(self._unconfirmed))
+        self._unconfirmed.clear()
+        return [Ack(True, "the upstream is sending after the subscribe", channels)]
 
     def _ack(self, rule: _AckRule, message: dict[str, Any]) -> Ack:
         ok = not rule.refusal and (rule.ok is None or rule.ok.holds(message))
         channels: tuple[str, ...] = ()
+        answers_unsubscribe = False
         if rule.id is not None:
             request_id = rule.id.resolve(message)
             if request_id is not MISSING:
-                channels = self._requests.pop(as_text(request_id), ())
-        if rule.topics is not None:
+                subscribe, channels = self._requests.pop(as_text(request_id), (True, ()))
+                answers_unsubscribe = not subscribe
+        if answers_unsubscribe:
+            channels = ()
+        elif rule.topics is not None:
             named = rule.topics.resolve(message)
             if isinstance(named, str):
                 named = [named]

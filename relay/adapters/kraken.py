@@ -447,9 +447,14 @@ def _decimal(obj: dict[str, Any], key: str) -> str:
     return _number(obj.get(key), key)
 
 
+_MAX_DIGITS = 40
+"""The most digits before or after the point a price or a quantity may have."""
+
+
 def _number(value: object, what: str) -> str:
     if isinstance(value, Decimal):
-        if value.is_finite() and not value.is_signed():
+        # Bounded: "1e100000000" is 11 bytes on the wire and 100 MB written out in full.
+        if value.is_finite() and not value.is_signed() and abs(value.adjusted()) <= _MAX_DIGITS:
             return format(value, "f")
     elif _is_int(value):
         if value >= 0:
@@ -488,5 +493,7 @@ def _timestamp(obj: dict[str, Any], key: str) -> int:
     if match[9] is not None:
         offset = int(match[10]) * 3600 + int(match[11]) * 60
         seconds -= offset if match[9] == "+" else -offset
+    if seconds < 0:
+        raise UpstreamFormatError(f"{key!r} is before 1970: {describe(value)}")
     millis = int((match[7] or "0")[:3].ljust(3, "0"))
     return seconds * 1000 + millis

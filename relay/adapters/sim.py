@@ -145,7 +145,9 @@ class SimAdapter:
             ok = message.get("ok")
             if not isinstance(ok, bool):
                 raise UpstreamFormatError(f"{op} ack without a boolean 'ok'")
-            channels = self._ack_channels(message.get("args"))
+            # Only a subscribe's answer is about a channel's subscription: an unsubscribe's
+            # must not touch a new subscribe of the same channel.
+            channels = self._ack_channels(message.get("args")) if op == "subscribe" else ()
             if ok:
                 return [Ack(True, f"{op} {describe(message.get('args'))}", channels)]
             return [Ack(False, f"{op} refused: {describe(message.get('error'))}", channels)]

@@ -30,6 +30,7 @@ from relay.core.protocol import (
 from relay.core.registry import SubscriptionRegistry
 
 _QUEUED = Offer.QUEUED
+_STATE = StreamKind.STATE
 _OVERFLOW = Offer.OVERFLOW
 
 
@@ -226,7 +227,10 @@ class Hub:
                 update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
             )
         )
-        name, policy, delta = update.channel, state.policy, state.delta
+        name, policy = update.channel, state.policy
+        # A state channel whose messages are not each a snapshot (blocks: each extends the
+        # last) must coalesce into a fresh snapshot too, never into its latest message alone.
+        delta = state.delta or (not update.snapshot and state.kind is _STATE)
         results = self.offer_results
         self.publish_ts = ts
         for sub in subscribers:
@@ -258,9 +262,11 @@ class Hub:
 
     def snapshot(self, name: str) -> tuple[int, int, dict[str, Any]] | None:
         """(seq, ts, data) of a channel's latest state, for the HTTP snapshot endpoint."""
-        if not self.known(name):
+        state = self._channels.get(name)
+        if state is None:
+            # No client ever subscribed, so there is no state; and asking must not create any
+            # (an open family such as eth:logs:<address> has no end of names).
             return None
-        state = self.channel(name)
         data = self._state_data(state)
         return None if data is None else (state.seq, state.ts, data)
 

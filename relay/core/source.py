@@ -167,14 +167,11 @@ class SourcePipeline:
             book = sync.on_snapshot(update) if update.snapshot else sync.on_delta(update)
             if sync.live:
                 self._in_flight.discard(Resubscribe(channel))
-            if (
-                repair is RepairKind.REST_SNAPSHOT
-                and sync.state is SyncState.AWAITING_SNAPSHOT
-                and not update.snapshot
-            ):
-                # An upstream that sends no book snapshot of its own (Binance): the first
-                # delta held starts the REST fetch ("buffer the events, then get a snapshot").
-                return self._first_snapshot(channel)
+            if sync.state is SyncState.AWAITING_SNAPSHOT and not update.snapshot:
+                # A delta before any snapshot on this connection: an upstream that sends none
+                # of its own (Binance: "buffer the events, then get a snapshot"), or one whose
+                # snapshot on subscribe was lost. Either way the book must not wait forever.
+                return self._first_snapshot(channel, repair)
             return self._book_step(channel, repair, book, resyncing)
         chain = self._chains.get(channel)
         if chain is not None:
@@ -220,8 +217,10 @@ class SourcePipeline:
         # A book's first snapshot on a connection is no resynchronization to announce.
         return attrs.evolve(repaired, resynced=[]) if first else repaired
 
-    def _first_snapshot(self, channel: str) -> SourceStep:
-        repair = FetchSnapshot(channel)
+    def _first_snapshot(self, channel: str, kind: RepairKind) -> SourceStep:
+        if kind not in (RepairKind.REST_SNAPSHOT, RepairKind.RESUBSCRIBE):
+            return _NOTHING
+        repair = self._repair_for(channel, kind)
         if repair in self._in_flight:
             return _NOTHING
         self._in_flight.add(repair)

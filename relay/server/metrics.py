@@ -91,6 +91,14 @@ class RelayCollector(Collector):
             "gaps": ("relay_upstream_gaps", "Sequence gaps detected"),
             "resyncs": ("relay_upstream_resyncs", "Books resynchronized from a snapshot"),
             "snapshot_fetches": ("relay_upstream_snapshot_fetches", "REST snapshot requests"),
+            "snapshot_failures": (
+                "relay_upstream_snapshot_failures",
+                "REST snapshot requests that failed (retried)",
+            ),
+            "backfill_failures": (
+                "relay_upstream_backfill_failures",
+                "Item (block) fetches that failed (retried)",
+            ),
             "backfill_fetches": (
                 "relay_upstream_backfill_fetches",
                 "Items (blocks) fetched over HTTP to fill a gap or follow a reorg",

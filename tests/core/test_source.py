@@ -121,6 +121,17 @@ def test_a_book_without_a_snapshot_of_its_own_fetches_the_first_one() -> None:
     assert [u.seq for u in first.publish] == [4] and first.resynced == []  # not a resync
 
 
+def test_a_book_whose_snapshot_on_subscribe_is_lost_subscribes_again() -> None:
+    """Coinbase and Kraken send the book's snapshot first: a delta before any means it was
+    lost, and the book would wait forever (only buffering) without a repair."""
+    pipeline = SourcePipeline(Catalogue(RepairKind.RESUBSCRIBE))
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)) == SourceStep(repairs=[Resubscribe(BOOK)])
+    assert pipeline.on_update(book(4)) == SourceStep()  # under way
+    assert pipeline.on_update(book(9, snapshot=True)).publish
+    assert not pipeline.wants(Resubscribe(BOOK))
+
+
 def test_resubscribe_sources_resync_from_their_own_snapshot() -> None:
     pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
     assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]

@@ -102,7 +102,16 @@ def test_channels_kinds_and_repairs(adapter: CoinbaseAdapter) -> None:
     assert adapter.repair(TRADES) is RepairKind.NONE
     assert adapter.repair(TICKER) is RepairKind.NONE
     assert adapter.book_rules(BOOK) == NO_RULES
+    # At connect the heartbeats subscription, once per connection: its ticks are the sign of
+    # life even while nothing else is subscribed.
+    probe = adapter.probe_frame()
+    assert probe is not None and orjson.loads(probe)["channel"] == "heartbeats"
     assert adapter.probe_frame() is None
+    assert "heartbeats" not in {
+        orjson.loads(f)["channel"] for f in adapter.subscribe_frames([BOOK])
+    }
+    adapter.reset()
+    assert adapter.probe_frame() is not None
     assert adapter.http_repair(FetchSnapshot(BOOK)) is None
 
 

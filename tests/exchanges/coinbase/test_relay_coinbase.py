@@ -162,3 +162,11 @@ async def test_a_lost_message_is_repaired_by_resubscribing(nursery: trio.Nursery
     for product in PRODUCTS:
         mine = [op for op, products in level2 if product in products]
         assert mine == ["subscribe", "unsubscribe", "subscribe"], (product, level2)
+
+
+async def test_an_idle_source_stays_connected_on_heartbeats(nursery: trio.Nursery) -> None:
+    """No client wants anything: the heartbeats subscription made at connect keeps it alive."""
+    async with running(nursery) as (_exchange, relay, _port):
+        supervisor = relay.upstreams[SOURCE]
+        await trio.sleep(2 * 1.5 * supervisor.adapter.heartbeat_interval)  # two watchdog spans
+        assert supervisor.stats.connects == 1 and supervisor.stats.disconnects == 0

@@ -163,8 +163,9 @@ def test_acks_name_the_channels_they_answer(adapter: GenericJsonAdapter) -> None
     assert parse(adapter, refused) == [
         Ack(False, "refused: 'unknown_topic'", ("sim:trades:BTC-USD",))
     ]
+    # An unsubscribe's answer names no channel: it must not count for a new subscribe of it.
     unsubscribed = {"op": "unsubscribe", "req": 3, "ok": True, "args": ["ticker.ETH-USD"]}
-    assert parse(adapter, unsubscribed)[0].channels == ("sim:ticker:ETH-USD",)
+    assert parse(adapter, unsubscribed)[0].channels == ()
 
 
 def test_an_ack_without_topics_is_correlated_by_its_request_id(
@@ -518,9 +519,9 @@ def set_in(table: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         ),
         ("acks.0.when", [], "acks[0].when: must have at least one condition"),
         (
-            "acks.1.ok",
+            "acks.2.ok",
             {"pointer": "/ok", "values": ["true"]},
-            "acks[1].refusal: contradicts ok: a refusal has no ok flag to read",
+            "acks[2].refusal: contradicts ok: a refusal has no ok flag to read",
         ),
         (
             "heartbeat.0.pointer",
@@ -696,10 +697,9 @@ def test_other_shape_topics_requests_and_probe(other: GenericJsonAdapter) -> Non
     assert other.parse(b'{"type":"ack","rid":3}') == [
         Ack(True, "ok: " + repr({"type": "ack", "rid": 3}), ("x:book:XBT-USD",))
     ]
+    # Request 4 was an unsubscribe: its answer, even a refusal, names no channel.
     [refused] = other.parse(b'{"type":"error","rid":4,"message":"not subscribed"}')
-    assert refused == Ack(
-        False, "refused: 'not subscribed'", ("x:trades:BTC-USDT", "x:ticker:BTC-USDT")
-    )
+    assert refused == Ack(False, "refused: 'not subscribed'", ())
     assert other.parse(b'{"type":"pong","rid":6}') == [Heartbeat()]
     assert other.parse(b'{"type":"hb"}') == [Heartbeat()]
     assert other.parse(b'{"type":"info","message":"maintenance at noon"}') == []
@@ -836,7 +836,10 @@ def test_an_upstream_that_confirms_nothing_is_confirmed_by_its_first_message() -
     adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
     adapter.subscribe_frames(["sim:trades:BTC-USD", "sim:book:BTC-USD"])
     [ack, trade] = parse(adapter, TRADE)
-    assert ack == Ack(True, "first message on trade.BTC-USD", ("sim:trades:BTC-USD",))
+    # The first sign of life confirms every subscribe before it: a quiet channel (the book
+    # here) must not be taken for an unanswered request.
+    confirmed = ("sim:book:BTC-USD", "sim:trades:BTC-USD")
+    assert ack == Ack(True, "the upstream is sending after the subscribe", confirmed)
     assert isinstance(trade, Update)
     assert [type(e) for e in parse(adapter, TRADE)] == [Update]  # once
     adapter.unsubscribe_frames(["sim:book:BTC-USD"])  # given up before its first message
@@ -850,3 +853,27 @@ def test_an_upstream_that_confirms_nothing_is_confirmed_by_its_first_message() -
         parse(adapter, with_value(TRADE, "/topic", "trade.ETH-USD") | {"seq": -1})
     [ack, _] = parse(adapter, with_value(TRADE, "/topic", "trade.ETH-USD"))
     assert ack.channels == ("sim:trades:ETH-USD",)
+
+
+def test_an_upstream_that_confirms_nothing_is_confirmed_by_a_heartbeat() -> None:
+    table = sim_table()
+    table["acks"] = []
+    table["data_acks"] = True
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    adapter.subscribe_frames(["sim:trades:ETH-USD"])
+    ack, heartbeat = adapter.parse(b'{"op": "heartbeat", "time": 1}')
+    assert isinstance(ack, Ack) and ack.channels == ("sim:trades:ETH-USD",)
+    assert heartbeat == Heartbeat()
+
+
+def test_acks_that_name_nothing_are_refused_unless_the_upstream_confirms_nothing() -> None:
+    table = sim_table()
+    for rule in table["acks"]:
+        rule.pop("topics", None)
+        rule.pop("id", None)
+    assert issue_lines(table) == [
+        "acks: a rule must name what it answers (topics or id), "
+        "or set data_acks = true for an upstream that confirms nothing"
+    ]
+    table["data_acks"] = True
+    load_spec(table)

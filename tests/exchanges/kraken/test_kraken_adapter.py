@@ -585,3 +585,20 @@ def test_any_json_is_events_or_upstream_format_error(value: Any) -> None:
     except UpstreamFormatError:
         return
     assert all(isinstance(e, Update | Heartbeat | Ack) for e in events)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # 11 bytes on the wire would be 100 MB written out.
+        '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1e100000000,'
+        '"bid_qty":1,"ask":2,"ask_qty":1,"last":1,"timestamp":"2023-10-06T17:35:55.440295Z"}]}',
+        # A time before 1970 would publish a negative ts.
+        '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1,"bid_qty":1,'
+        '"ask":2,"ask_qty":1,"last":1,"timestamp":"0001-01-01T00:00:00Z"}]}',
+    ],
+)
+def test_absurd_numbers_and_times_are_malformed(frame: str) -> None:
+    adapter = KrakenAdapter("kraken", ["BTC-USD"])
+    with pytest.raises(UpstreamFormatError):
+        adapter.parse(frame)
