@@ -3,49 +3,202 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
+import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from relay import logs
 
+if TYPE_CHECKING:
+    from relay.config import RelayConfig
+
+log = logging.getLogger("relay")
+
 DEMO_PORT = 8765
 DEMO_SIM_PORT = 8766
+EXAMPLE_CONFIG = "examples/relay.toml"
+EXAMPLE_KEY_MARK = "EXAMPLE-KEY"
+"""Part of each API key in examples/relay.toml, so that a relay still using one can say so."""
+
+DESCRIPTION = "A WebSocket fan-out relay for real-time market data."
+
+EPILOG = f"""\
+first run:
+  relay demo                 the synthetic market and a relay in front of it, on
+                             ws://127.0.0.1:{DEMO_PORT}/ws, open to anonymous clients
+  relay tail ws://127.0.0.1:{DEMO_PORT}/ws sim:trades:BTC-USD
+                             in another terminal: print each message of a channel
+
+with a configuration file:
+  relay simulate             the synthetic market alone, on 127.0.0.1:{DEMO_SIM_PORT}
+  relay serve --config {EXAMPLE_CONFIG}
+                             a relay in front of it, with API keys (see the file)
+
+--log-level and --log-format may also follow the command (relay serve --log-format json).
+'relay COMMAND --help' describes each command; docs/configuration.md every configuration key.
+"""
+
+NO_CONFIG = f"""\
+relay serve: which configuration? Give one with --config, for example the commented example
+in the repository, a relay in front of the synthetic market:
+
+  relay simulate                               (in another terminal: the market it connects to)
+  relay serve --config {EXAMPLE_CONFIG}
+
+or, with no file at all, the market and a relay in one process:
+
+  relay demo
+
+Every key is described in docs/configuration.md.
+"""
+
+_LISTEN_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (they hold command lines), wider option columns."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The log options, on the main parser (with defaults) and again on each command (without,
+    so that ``relay serve --log-format json`` works as well as ``relay --log-format json
+    serve``, and a command's value wins only when it is given)."""
+    parser.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        default="info" if defaults else argparse.SUPPRESS,
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text" if defaults else argparse.SUPPRESS,
+        metavar="FORMAT",
+        help="text: one readable line per event; json: one JSON object per line, every field "
+        "of the event included (default: text). Logs go to stderr.",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    parser = argparse.ArgumentParser(
+        prog="relay", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter
     )
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    commands = parser.add_subparsers(dest="command", required=True)
+    _add_log_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    log_options = argparse.ArgumentParser(add_help=False)
+    _add_log_options(log_options, defaults=False)
 
-    serve = commands.add_parser("serve", help="run the relay from a TOML configuration")
-    serve.add_argument("--config", required=True, help="path to relay.toml")
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=_Formatter,
+            # tail prints messages, it does not log
+            parents=[] if name == "tail" else [log_options],
+        )
 
-    demo = commands.add_parser(
-        "demo", help="run the synthetic market and a relay in front of it, in one process"
+    serve = command(
+        "serve",
+        "run the relay from a TOML configuration",
+        "Run the relay from a TOML configuration file (every key: docs/configuration.md).\n\n"
+        "  relay serve --config examples/relay.toml\n"
+        "  relay serve --config examples/relay.toml --port 9000\n\n"
+        "SIGINT or SIGTERM stops it: clients get close code 1001 and the process exits 0.",
     )
-    demo.add_argument("--port", type=int, default=DEMO_PORT, help="relay port")
-    demo.add_argument("--sim-port", type=int, default=DEMO_SIM_PORT, help="market port")
-    demo.add_argument("--rate", type=float, default=5.0, help="trades per second per symbol")
-    demo.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--config", metavar="FILE", help=f"the configuration file, e.g. {EXAMPLE_CONFIG}"
+    )
+    serve.add_argument(
+        "--host", type=_host, help="listen on this address instead of the file's [server] host"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="listen on this port instead of the file's [server] port (0: any free port)",
+    )
 
-    sim = commands.add_parser("simulate", help="run the synthetic market alone")
-    sim.add_argument("--port", type=int, default=DEMO_SIM_PORT)
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--rate", type=float, default=5.0, help="trades per second per symbol")
-    sim.add_argument("--symbols", default="BTC-USD,ETH-USD,SOL-USD")
-    sim.add_argument("--seed", type=int, default=1)
+    demo = command(
+        "demo",
+        "run the synthetic market and a relay in front of it, in one process",
+        "Run the synthetic market and a relay in front of it, in one process, over real "
+        "loopback sockets;\nanonymous clients may subscribe to every sim:* channel. "
+        "Ctrl-C stops it.",
+    )
+    demo.add_argument(
+        "--port", type=_port, default=DEMO_PORT, help="relay port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--sim-port", type=_port, default=DEMO_SIM_PORT, help="market port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--rate", type=_positive, default=5.0, help="trades per second per symbol (default: 5)"
+    )
+    demo.add_argument("--host", type=_host, default="127.0.0.1", help="(default: %(default)s)")
 
-    tail = commands.add_parser("tail", help="subscribe to channels and print each message")
-    tail.add_argument("url", help="ws://HOST:PORT/ws")
-    tail.add_argument("channels", nargs="+")
-    tail.add_argument("--key", help="API key (sent as Authorization: Bearer)")
-    tail.add_argument("--count", type=int, help="exit after this many data messages")
+    sim = command(
+        "simulate",
+        "run the synthetic market alone",
+        f"Run the synthetic market alone (docs/simulator.md), as the upstream of {EXAMPLE_CONFIG}.",
+    )
+    sim.add_argument("--port", type=_port, default=DEMO_SIM_PORT, help="(default: %(default)s)")
+    sim.add_argument("--host", type=_host, default="127.0.0.1", help="(default: %(default)s)")
+    sim.add_argument(
+        "--rate", type=_positive, default=5.0, help="trades per second per symbol (default: 5)"
+    )
+    sim.add_argument("--symbols", default="BTC-USD,ETH-USD,SOL-USD", help="(default: %(default)s)")
+    sim.add_argument("--seed", type=int, default=1, help="(default: %(default)s)")
+
+    tail = command(
+        "tail",
+        "subscribe to channels and print each message",
+        "Subscribe to channels and print each message: data on stdout, one message a line, "
+        "other events on stderr.\n\n"
+        f"  relay tail ws://127.0.0.1:{DEMO_PORT}/ws sim:trades:BTC-USD sim:book:ETH-USD\n"
+        f"  relay tail --key KEY ws://127.0.0.1:{DEMO_PORT}/ws sim:book:BTC-USD | jq .",
+    )
+    tail.add_argument("url", help=f"ws://HOST:PORT/ws, e.g. ws://127.0.0.1:{DEMO_PORT}/ws")
+    tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. sim:trades:BTC-USD")
+    tail.add_argument("--key", help="API key (sent as Authorization: Bearer KEY)")
+    tail.add_argument("--count", type=int, metavar="N", help="exit after N data messages")
     return parser
 
 
@@ -59,43 +212,137 @@ async def until_signalled(run: Callable[..., Awaitable[object]], *args: object) 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             nursery.start_soon(run, *args)
             async for signum in signals:
-                print(f"\nrelay: {signal.Signals(signum).name}, stopping", file=sys.stderr)
+                name = signal.Signals(signum).name
+                log.info("%s: stopping", name, extra={"signal": name})
                 nursery.cancel_scope.cancel()
                 break
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _listen_failure(exc: BaseException) -> OSError | None:
+    """The error, when ``exc`` is only a failure to open a listening socket (a port in use, an
+    address not here, a host name that does not resolve), which deserves one line, not a
+    traceback."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if not isinstance(leaf, OSError):
+            return None
+        if not (isinstance(leaf, socket.gaierror) or leaf.errno in _LISTEN_ERRORS):
+            return None
+    first = leaves[0]
+    assert isinstance(first, OSError)
+    return first
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(args: argparse.Namespace) -> RelayConfig | None:
+    """The configuration with the command line's overrides, or None after saying why not."""
+    import attrs
+
+    from relay.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except FileNotFoundError:
+        print(
+            f"relay: no configuration file {args.config!r} (from {os.getcwd()}).\n"
+            f"The example is {EXAMPLE_CONFIG} in the repository; `relay demo` needs no file.",
+            file=sys.stderr,
+        )
+        return None
+    except (ConfigError, OSError) as exc:
+        print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
+        return None
+    server = config.server
+    if args.host is not None:
+        server = attrs.evolve(server, host=args.host)
+    if args.port is not None:
+        server = attrs.evolve(server, port=args.port)
+    if server is not config.server:
+        config = attrs.evolve(config, server=server)
+    example_keys = [i for i, k in enumerate(config.keys) if EXAMPLE_KEY_MARK in k.key]
+    if example_keys and not _is_loopback(config.server.host):
+        log.warning(
+            "listening on %s, beyond this machine, with the public example API key(s) %s "
+            "still in %s: replace them",
+            config.server.host,
+            ", ".join(f"keys[{i}]" for i in example_keys),
+            args.config,
+        )
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     if args.command == "tail":
         from relay.tail import run
 
         return run(args.url, args.channels, args.key, args.count)
+    if args.command == "serve" and args.config is None:
+        print(NO_CONFIG, file=sys.stderr, end="")
+        return 2
     logs.configure(args.log_level, args.log_format)
+    where = ""
+    ports = "--port"
     try:
-        if args.command == "serve":
-            from relay.config import ConfigError, load_config
-            from relay.server.relay import Relay
+        try:
+            if args.command == "serve":
+                from relay.server.relay import Relay
 
-            try:
-                config = load_config(args.config)
-            except (ConfigError, OSError) as exc:
-                print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
-                return 2
-            trio.run(until_signalled, Relay(config).serve)
-        elif args.command == "demo":
-            from relay.demo import run_demo
+                config = _load(args)
+                if config is None:
+                    return 2
+                where = f"{config.server.host}:{config.server.port}"
+                trio.run(until_signalled, Relay(config).serve)
+            elif args.command == "demo":
+                from relay.demo import run_demo
 
-            trio.run(until_signalled, run_demo, args.host, args.port, args.sim_port, args.rate)
-        elif args.command == "simulate":
-            from relay.sim.server import run_simulator
+                where = f"{args.host}:{args.port} (relay) or {args.host}:{args.sim_port} (market)"
+                ports = "--port or --sim-port"
+                trio.run(until_signalled, run_demo, args.host, args.port, args.sim_port, args.rate)
+            elif args.command == "simulate":
+                from relay.sim.server import run_simulator
 
-            symbols = [s for s in args.symbols.split(",") if s]
-            trio.run(
-                until_signalled, run_simulator, args.host, args.port, symbols, args.rate, args.seed
-            )
+                where = f"{args.host}:{args.port}"
+                symbols = [s for s in args.symbols.split(",") if s]
+                trio.run(
+                    until_signalled,
+                    run_simulator,
+                    args.host,
+                    args.port,
+                    symbols,
+                    args.rate,
+                    args.seed,
+                )
+        except (OSError, BaseExceptionGroup) as exc:
+            failure = _listen_failure(exc)
+            if failure is None:
+                raise
+            hint = ""
+            if failure.errno == errno.EADDRINUSE:
+                hint = f"; is another relay running? Choose another port with {ports}"
+            log.error("cannot listen on %s: %s%s", where, failure.strerror or failure, hint)
+            return 1
     except KeyboardInterrupt:
         pass  # a second Ctrl-C while stopping
-    print("relay: stopped", file=sys.stderr)
+    log.info("stopped")
     return 0
 
 

@@ -3,7 +3,9 @@ exactly as they would run apart in production."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import trio
 
@@ -34,10 +36,20 @@ async def run_demo(host: str, port: int, sim_port: int, rate: float) -> None:
         channels = "\n".join(f"  {c}" for c in relay.channels())
         print(
             f"relay demo: relay on {url}  (synthetic market on {host}:{sim_port})\n\n"
-            f"Watch a stream:\n  relay tail {url} sim:trades:BTC-USD sim:ticker:BTC-USD\n\n"
+            f"Watch a stream, from another terminal{_activate_hint()}:\n"
+            f"  relay tail {url} sim:trades:BTC-USD sim:ticker:BTC-USD\n\n"
             f"Or from Python:\n{SNIPPET.format(url=url)}\n"
             f"HTTP: http://{host}:{port}/healthz  /readyz  /metrics  /v1/snapshot/<channel>\n\n"
             f"Channels:\n{channels}\n\nCtrl-C stops.",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _activate_hint() -> str:
+    """Where the ``relay`` command is, when this runs from a virtual environment: a new
+    terminal needs it activated first."""
+    if sys.prefix == sys.base_prefix:
+        return ""
+    activate = Path(sys.prefix) / ("Scripts" if os.name == "nt" else "bin") / "activate"
+    return f" (with the virtual environment active there: . {activate})"

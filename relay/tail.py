@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    open_websocket_url,
+)
+
+EXAMPLE_URL = "ws://127.0.0.1:8765/ws"
 
 
 async def tail(
@@ -23,8 +33,14 @@ async def tail(
     """Print every message until ``count`` data messages arrived or the server closes.
 
     Data goes to ``out`` exactly as received; events other than data go to ``err`` so that
-    ``relay tail ... | jq`` sees only the stream. Answers a process exit status.
+    ``relay tail ... | jq`` sees only the stream. Answers a process exit status: 0 after
+    ``count`` messages, 1 when the server closes the connection or refuses every channel, 2
+    when the connection cannot be opened (the reason on ``err``, with a hint).
     """
+    problem = url_problem(url)
+    if problem:
+        print(f"relay tail: {problem}", file=err)
+        return 2
     headers = [(b"authorization", f"Bearer {key}".encode())] if key else None
     try:
         async with open_websocket_url(url, extra_headers=headers) as ws:
@@ -32,22 +48,130 @@ async def tail(
                 orjson.dumps({"action": "subscribe", "channels": list(channels), "id": 1}).decode()
             )
             seen = 0
+            answers = _Answers(len(set(channels)))
             while count is None or seen < count:
                 message = await ws.get_message()
                 text = message if isinstance(message, str) else message.decode()
                 if text.startswith('{"channel"'):
                     print(text, file=out, flush=True)
                     seen += 1
-                else:
-                    print(text, file=err, flush=True)
+                    continue
+                print(text, file=err, flush=True)
+                if answers.nothing_subscribed(text):
+                    print("relay tail: no channel subscribed (see the errors above)", file=err)
+                    return 1
             return 0
+    except ConnectionRejected as exc:
+        print(f"relay tail: {refusal(url, exc.status_code, exc.body, key)}", file=err)
+        return 2
     except HandshakeError as exc:
-        print(f"relay tail: could not connect to {url}: {exc!r}", file=err)
+        cause = exc.__cause__ or exc.__context__
+        detail = str(cause) if cause is not None else repr(exc)
+        print(
+            f"relay tail: could not connect to {url}: {detail}\n"
+            f"Is the relay running there? (`relay demo` starts one on {EXAMPLE_URL})",
+            file=err,
+        )
         return 2
     except ConnectionClosed as exc:
-        print(f"relay tail: connection closed: {exc.reason}", file=err)
+        print(f"relay tail: connection closed: {describe_close(exc.reason)}", file=err)
         return 1
 
 
+class _Answers:
+    """The server's answers to the subscribe command: every channel gets one, ``subscribed`` or
+    an ``error`` naming it; an ``error`` naming none refuses the whole command."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.subscribed = 0
+        self.refused = 0
+
+    def nothing_subscribed(self, text: str) -> bool:
+        """Take one event; True once every answer is in and none was ``subscribed``."""
+        try:
+            event = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(event, dict) or event.get("id") != 1:
+            return False
+        data = event.get("data")
+        if event.get("event") == "subscribed":
+            self.subscribed += 1
+        elif event.get("event") == "error":
+            if not (isinstance(data, dict) and "channel" in data):
+                return True
+            self.refused += 1
+        return self.subscribed == 0 and self.refused >= self.expected
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not one ``tail`` can open, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"not a URL: {url!r} ({exc}); expected one like {EXAMPLE_URL}"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return f"expected a ws:// or wss:// URL like {EXAMPLE_URL}, got {url!r}"
+    return None
+
+
+def refusal(url: str, status: int, body: bytes | None, key: str | None) -> str:
+    """What to tell a person whose handshake the server answered with an HTTP error.
+
+    The relay's refusals carry a JSON body ``{"error": code, "message": text}``; anything else
+    is shown as text, shortened.
+    """
+    message = ""
+    if body:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            message = data["message"]
+        else:
+            text = body.decode("utf-8", "replace").strip()
+            message = text if len(text) <= 200 else text[:200] + "..."
+    line = f"{url} refused the connection: HTTP {status}" + (f": {message}" if message else "")
+    if status == 401:
+        if key:
+            line += "\nThe server does not accept this key: check --key against its [[keys]]."
+        else:
+            line += "\nThis relay requires an API key: pass one with --key KEY."
+    elif status == 429:
+        line += "\nToo many connections: close some, or try again later."
+    return line
+
+
+def describe_close(reason: CloseReason | None) -> str:
+    if reason is None:
+        return "without a close frame"
+    text = f"code {reason.code}"
+    if reason.name:
+        text += f" ({reason.name})"
+    if reason.reason:
+        text += f": {reason.reason}"
+    return text
+
+
 def run(url: str, channels: Sequence[str], key: str | None, count: int | None) -> int:
-    return trio.run(lambda: tail(url, channels, key=key, count=count))
+    try:
+        return trio.run(lambda: tail(url, channels, key=key, count=count))
+    except (KeyboardInterrupt, BrokenPipeError, BaseExceptionGroup) as exc:
+        if _only(exc, KeyboardInterrupt):
+            return 130  # Ctrl-C: the usual way to stop it; no traceback
+        if _only(exc, BrokenPipeError):
+            # `relay tail ... | head`: the reader is gone. Stop quietly, and keep Python from
+            # complaining again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+        raise
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(inner, kind) for inner in exc.exceptions)
+    return isinstance(exc, kind)

@@ -354,3 +354,23 @@ async def test_a_resubscribe_whose_snapshot_is_lost_is_sent_again(
     assert len(conn.subscribe_batches) == 3  # live again: no more
     assert rig.supervisor.stats.resubscribes == 2 and rig.supervisor.stats.resyncs == 1
     assert rig.supervisor.stats.disconnects == 0
+
+
+async def test_a_reconnect_is_one_log_line_with_a_rounded_delay(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = make_rig(rng=lambda: 0.123456789)
+    await nursery.start(rig.supervisor.run)
+    await trio.testing.wait_all_tasks_blocked()
+    caplog.clear()
+    conn = rig.transport.current
+    assert conn is not None
+    conn.drop()
+    await trio.testing.wait_all_tasks_blocked()
+    lines = [r for r in caplog.records if r.name == "relay.upstream"]
+    assert [r.getMessage() for r in lines] == [
+        "upstream sim: connection closed (1006, dropped); retry 1 in 0.1s"
+    ]
+    assert lines[0].__dict__["retry_in"] == 0.123 and lines[0].__dict__["state"] == "reconnecting"

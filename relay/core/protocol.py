@@ -135,6 +135,28 @@ def _request_id(raw: dict[str, Any]) -> RequestId:
     return value if type(value) in (int, str) else None
 
 
+def command_id(message: str | bytes) -> RequestId:
+    """The id of a command refused without being acted on (rate limited, a binary frame), so
+    that the refusal echoes it like every other reply: None unless the message is a JSON
+    object with a string or integer ``id``."""
+    try:
+        raw = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    return _request_id(raw) if isinstance(raw, dict) else None
+
+
+BINARY_REFUSED: Final = "commands are JSON text frames: send this as text"
+
+
+def refuse_binary(payload: bytes) -> ProtocolError:
+    """The answer to a binary frame: commands are JSON text frames (protocol.md), so a binary
+    one is a ``bad_request``, never executed, and the connection stays open. Clients that
+    send binary by mistake (``send(orjson.dumps(...))`` in many libraries) learn why, with
+    their command's id when it has one."""
+    return ProtocolError(ErrorCode.BAD_REQUEST, BINARY_REFUSED, command_id(payload))
+
+
 def _channels(request: _ChannelRequest) -> tuple[str, ...] | ProtocolError:
     if request.channel is not None:
         if request.channels is not None or request.symbols is not None:
@@ -171,7 +193,8 @@ def _channels(request: _ChannelRequest) -> tuple[str, ...] | ProtocolError:
 
 
 def parse_command(text: str | bytes) -> Command | ProtocolError:
-    """One client frame to a command, or the error event that answers it."""
+    """One command's JSON text (a text frame's, or its UTF-8 bytes) to a command, or the error
+    event that answers it. Binary frames are not commands: see :func:`refuse_binary`."""
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

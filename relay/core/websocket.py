@@ -6,7 +6,9 @@ memory channel, three events, a stream lock and the handshake's h11 state, kept 
 of the connection: about 12 KiB of an idle client's memory (measured in docs/performance.md).
 The relay already has a reader task and a writer discipline of its own, so all it needs is
 what this module adds to wsproto: the handshake answered from the bytes the front door read,
-whole messages under a size cap, and the frames to send for pings, pongs and closes.
+whole messages under a size cap (checked at each frame's header, which this module reads
+ahead of wsproto: only the lengths, never the payloads), and the frames to send for pings,
+pongs and closes.
 
 Sans-IO: bytes in, results out; the session does every read and write.
 """
@@ -34,6 +36,16 @@ from wsproto.utilities import RemoteProtocolError
 from relay.core.protocol import Refusal
 
 MESSAGE_TOO_BIG: Final = 1009
+INVALID_PAYLOAD: Final = 1007
+
+_CONTINUATION: Final = 0x0
+_BINARY: Final = 0x2
+"""Opcodes up to this one (continuation, text, binary) make up messages; control frames don't."""
+_HEADER_SIZE: Final = tuple(
+    2 + {126: 2, 127: 8}.get(second & 0x7F, 0) + (4 if second & 0x80 else 0)
+    for second in range(256)
+)
+"""A frame header's size in bytes, by its second byte (mask bit, 7-bit length)."""
 
 
 @attrs.frozen
@@ -94,18 +106,45 @@ def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, 
     return response, websocket
 
 
+def _invalid_utf8(detail: str) -> str:
+    """A fixed close reason for wsproto's 1007, whose own reason is Python's codec message
+    (offsets and bytes of the client's text, meaningless to its user)."""
+    if detail.startswith("Error decoding CLOSE reason"):
+        return "invalid UTF-8 in a close reason"
+    return "invalid UTF-8 in a text frame"
+
+
 class ServerWebSocket:
     """One client's frames in, and the control frames the relay sends back."""
 
-    __slots__ = ("_conn", "_failed", "_parts", "_size", "_too_big", "early", "max_message_size")
+    __slots__ = (
+        "_announced",
+        "_conn",
+        "_failed",
+        "_header",
+        "_parts",
+        "_skip",
+        "_too_big",
+        "early",
+        "max_message_size",
+    )
 
     def __init__(self, connection: Connection, max_message_size: int) -> None:
         self._conn = connection
         self.max_message_size = max_message_size
         self._parts: list[str | bytes] = []
-        self._size = 0
+        # The frame headers, read here before wsproto (which hands out a data frame's payload
+        # as it arrives and never says what its header announced), so that a message over the
+        # cap is refused at its header rather than after max_message_size bytes of it.
+        self._header = bytearray()
+        """The bytes of a frame header read so far (it may span reads)."""
+        self._skip = 0
+        """Payload bytes of the current frame still to come."""
+        self._announced = 0
+        """Payload bytes the frames of the current (or last) message announced."""
         self._too_big = False
-        """The rest of an oversized message is skipped; control frames are still read."""
+        """Messages are no longer read (the relay is closing with 1009); the client's close
+        frame still is."""
         self._failed = False
         """The client broke the framing: nothing it sends can be parsed any more."""
         self.early: list[Received] = []
@@ -122,12 +161,37 @@ class ServerWebSocket:
 
     def receive(self, data: bytes | bytearray) -> list[Received]:
         """Everything ``data`` completes, in order. After a :class:`Closed` only the client's
-        close frame is reported (an answer to the relay's), and nothing once it came."""
+        close frame is reported (an answer to the relay's), and nothing once it came.
+
+        A frame whose header announces more than the message may hold ends the conversation
+        with 1009 as soon as its header is read: what came before it is reported first, and
+        none of its payload is waited for.
+        """
         conn = self._conn
         if conn.state is ConnectionState.CLOSED or self._failed:
             return []
-        conn.receive_data(cast(bytes, data))  # wsproto's buffer takes any bytes-like
         out: list[Received] = []
+        cut = None if self._too_big else self._oversized(data)
+        if cut is None:
+            conn.receive_data(cast(bytes, data))  # wsproto's buffer takes any bytes-like
+            self._events(out)
+            return out
+        # wsproto reads up to the end of the oversized frame's header: a violation in what
+        # came before, or in that header, keeps its own code; a valid header yields nothing.
+        conn.receive_data(bytes(data[:cut]))
+        if self._events(out):
+            return out  # a close or a violation came first: nothing after it counts
+        self._too_big = True
+        self._parts.clear()
+        out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
+        # The rest goes to wsproto unread for now: only the client's close frame matters any
+        # more, and it can only come after the oversized frame's payload.
+        conn.receive_data(bytes(data[cut:]))
+        return out
+
+    def _events(self, out: list[Received]) -> bool:
+        """wsproto's events into ``out``; True when the last is a :class:`Closed`."""
+        conn = self._conn
         state = conn.state
         for event in conn.events():
             if isinstance(event, TextMessage | BytesMessage):
@@ -140,9 +204,6 @@ class ServerWebSocket:
                 )
                 if message is not None:
                     out.append(message)
-                elif self._too_big:
-                    out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
-                    return out
             elif isinstance(event, Ping):
                 out.append(Answer(conn.send(event.response())))
             elif isinstance(event, Pong):
@@ -153,27 +214,61 @@ class ServerWebSocket:
                 # if the relay closed first).
                 by_client = conn.state is not state
                 self._failed = not by_client
-                out.append(Closed(event.code, event.reason or "", by_client))
-                return out
-        return out
+                reason = event.reason or ""
+                if not by_client and event.code == INVALID_PAYLOAD:
+                    reason = _invalid_utf8(reason)
+                out.append(Closed(event.code, reason, by_client))
+                return True
+        return False
+
+    def _oversized(self, data: bytes | bytearray) -> int | None:
+        """Where in ``data`` the header of the first frame that takes its message over
+        ``max_message_size`` ends, or None. Follows the frame boundaries across reads: headers
+        are read, payloads skipped (wsproto parses them, and reports a malformed header
+        itself). The relay accepts no extensions, so payload bytes are message bytes."""
+        end = len(data)
+        i = min(self._skip, end)
+        self._skip -= i
+        header = self._header
+        while i < end:
+            if header or end - i < 2 or end - i < _HEADER_SIZE[data[i + 1]]:
+                # A header cut by the end of a read: kept until the next one completes it.
+                while i < end and len(header) < (_HEADER_SIZE[header[1]] if len(header) > 1 else 2):
+                    header.append(data[i])
+                    i += 1
+                if len(header) < 2 or len(header) < _HEADER_SIZE[header[1]]:
+                    return None
+                frame: bytes | bytearray = header
+                at = 0
+            else:
+                frame, at = data, i
+                i += _HEADER_SIZE[data[i + 1]]
+            opcode, length = frame[at] & 0x0F, frame[at + 1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(frame[at + 2 : at + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(frame[at + 2 : at + 10], "big")
+            header.clear()
+            if opcode <= _BINARY:  # a message's frame (continuation, text, binary)
+                # A text or binary frame starts a message; a continuation adds to it.
+                total = length + (self._announced if opcode == _CONTINUATION else 0)
+                if total > self.max_message_size:
+                    return i  # no more scanning: the connection closes with 1009
+                self._announced = total
+            step = min(length, end - i)
+            i += step
+            self._skip = length - step
+        return None
 
     def _assemble(self, data: str | bytes, finished: bool) -> str | bytes | None:
-        """A whole message, or None while fragments are still arriving or once it is too big
-        (which sets ``_too_big``)."""
-        # The cap is in bytes; an ASCII str (known in O(1)) is as long as its encoding.
-        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
-        self._size += size
-        if self._size > self.max_message_size:
-            self._parts.clear()
-            self._too_big = True
-            return None
+        """A whole message, or None while fragments are still arriving. (Its size was
+        checked at its frames' headers.)"""
         if finished and not self._parts:
-            self._size = 0
             return data
         self._parts.append(data)
         if not finished:
             return None
-        parts, self._parts, self._size = self._parts, [], 0
+        parts, self._parts = self._parts, []
         if isinstance(data, str):
             return "".join(cast(list[str], parts))
         return b"".join(cast(list[bytes], parts))

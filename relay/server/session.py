@@ -31,9 +31,11 @@ from relay.core.protocol import (
     Subscribe,
     Unsubscribe,
     Welcome,
+    command_id,
     encode_error,
     encode_event,
     parse_command,
+    refuse_binary,
 )
 from relay.core.ratelimit import TokenBucket
 from relay.core.timers import SessionTimers
@@ -78,6 +80,9 @@ class Closing:
     reason: str
     hard: bool = False
     """Close the TCP stream without a close frame: the peer is gone, or a frame was cut."""
+    flush: bool = False
+    """Write what is queued (the replies to the commands read before this close) ahead of
+    the close frame: for closes caused by what the client sent (4029, 1009, 1002, 1007)."""
 
 
 class Session:
@@ -363,15 +368,20 @@ class Session:
             elif isinstance(item, PongReceived):
                 self._timers.answered(self)
             elif isinstance(item, Closed):
-                reason = "closed by client" if item.by_client else item.reason
-                self._end(Closing(item.code, reason))
+                if item.by_client:
+                    self._end(Closing(item.code, "closed by client"))
+                else:
+                    self._end(Closing(item.code, item.reason, flush=True))
 
     async def _close(self) -> None:
         """Send the close frame when the wire allows it, wait a moment for the client's (unless
         it closed first), then close the TCP connection.
 
         Shielded: a server shutdown cancels sessions, and that is exactly when clients should
-        hear 1001 rather than see a reset.
+        hear 1001 rather than see a reset. A close for what the client sent (``flush``) first
+        writes what is queued, so the replies to the commands accepted before it are not lost;
+        not when a writer task holds a backlog (the socket is behind, and what is queued would
+        follow a gap).
         """
         if self.closing is None:
             self.closing = Closing(CloseCode.GOING_AWAY, "server shutting down")
@@ -381,9 +391,16 @@ class Session:
             if not (closing.hard or self._partial):
                 frame = self._ws.close(closing.code, closing.reason)
             if frame is not None:
+                queued = None
+                if closing.flush and not self._writing:
+                    queued, _ = self._collect()
                 with trio.move_on_after(self._settings.close_timeout):
                     try:
-                        await self._stream.send_all(frame)
+                        if queued is not None:
+                            await self._stream.send_all(queued + frame)
+                            self.bytes_out += len(queued)
+                        else:
+                            await self._stream.send_all(frame)
                         await self._await_close_frame()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
@@ -401,18 +418,20 @@ class Session:
 
     def _handle(self, message: str | bytes) -> None:
         now = trio.current_time()
-        if not self._bucket.take(now):
-            if self._bucket.abusive:
-                self._end(Closing(CloseCode.RATE_LIMITED, "rate limited"))
+        bucket = self._bucket
+        if not bucket.take(now):
+            if bucket.abusive:
+                self._end(Closing(CloseCode.RATE_LIMITED, "rate limited", flush=True))
                 return
             error = ProtocolError(
                 ErrorCode.RATE_LIMITED,
-                f"at most {self._bucket.rate:g} commands per second",
-                None,
+                f"at most {bucket.rate:g} commands per second",
+                command_id(message),
             )
             self._reply(encode_error(error))
             return
-        command = parse_command(message)
+        # Commands are JSON text frames; a binary frame is refused, not executed.
+        command = parse_command(message) if isinstance(message, str) else refuse_binary(message)
         had = self._hub.registry.count_of(self)
         match command:
             case Subscribe(channels, request_id):

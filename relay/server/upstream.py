@@ -159,13 +159,20 @@ class UpstreamSupervisor:
             self._connection_lost(reason)
             delay = self.backoff.next_delay(self._rng)
             self.next_retry = trio.current_time() + delay
+            # One line per attempt, for a person: what went wrong and when the next try is.
             log.warning(
-                "upstream %s: %s; next attempt in %.2fs (attempt %d)",
+                "upstream %s: %s; retry %d in %.1fs",
                 self.source,
                 reason,
-                delay,
                 self.backoff.attempts,
-                extra={"source": self.source, "reason": reason, "retry_in": delay},
+                delay,
+                extra={
+                    "source": self.source,
+                    "state": "reconnecting",
+                    "reason": reason,
+                    "retry_in": round(delay, 3),
+                    "attempt": self.backoff.attempts,
+                },
             )
             await trio.sleep(delay)
             self.next_retry = None
@@ -224,12 +231,6 @@ class UpstreamSupervisor:
         for channel in self.hub.registry.wanted(self.source):
             self.hub.forget_state(channel)
         self.state = UpstreamState.RECONNECTING
-        log.info(
-            "upstream %s: reconnecting (%s)",
-            self.source,
-            reason,
-            extra={"source": self.source, "state": "reconnecting", "reason": reason},
-        )
         self.hub.status(self.source, UpstreamState.RECONNECTING.value)
 
     @property
@@ -470,7 +471,11 @@ class UpstreamSupervisor:
                     repair.channel,
                     exc,
                     delay,
-                    extra={"source": self.source, "channel": repair.channel, "retry_in": delay},
+                    extra={
+                        "source": self.source,
+                        "channel": repair.channel,
+                        "retry_in": round(delay, 3),
+                    },
                 )
                 await trio.sleep(delay)
                 continue
