@@ -130,6 +130,27 @@ def _url(issues: list[Issue], name: str, value: str, schemes: tuple[str, ...]) -
         )
 
 
+def _origin(issues: list[Issue], name: str, value: str) -> None:
+    """A serialized origin as browsers send it: ``scheme://host[:port]``, nothing after."""
+    try:
+        parts = urlsplit(value)
+        ok = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and parts.path in ("", "/")
+            and not parts.query
+            and not parts.fragment
+            and parts.username is None
+        )
+        parts.port  # noqa: B018 - raises ValueError for a malformed or out-of-range port
+    except ValueError:
+        ok = False
+    if not ok:
+        issues.append(
+            Issue(name, f"must be an origin such as https://app.example.com[:port], got {value!r}")
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Schema
 
@@ -159,6 +180,17 @@ class ServerConfig:
     """Largest client message in bytes; larger ones close the connection with 1009."""
     max_head_bytes: int = 16384
     """Largest HTTP request head in bytes; bounds what a client can make the front door buffer."""
+    max_connections_per_address: int = 1000
+    """Connections open at once from one client IP address (handshakes in progress included),
+    whatever their keys; past it upgrades get 429 ``too_many_connections``. Loopback too."""
+    connection_rate_per_address: float = 100.0
+    """New WebSocket connections per second from one address, sustained (token bucket refill
+    rate); past it upgrades get 429 ``connection_rate`` with ``Retry-After``."""
+    connection_burst_per_address: int = 500
+    """How many new connections one address may open at once (token bucket size)."""
+    allowed_origins: list[str] = attrs.Factory(list)
+    """Browser origins (``https://app.example.com``) allowed to upgrade; an upgrade with an
+    ``Origin`` header not listed gets 403. Empty: no check. Requests without ``Origin`` pass."""
 
     def __attrs_post_init__(self) -> None:
         issues: list[Issue] = []
@@ -175,8 +207,17 @@ class ServerConfig:
             "close_timeout",
         ):
             _positive(issues, name, getattr(self, name))
-        for name in ("max_connections", "max_message_size", "max_head_bytes"):
+        for name in (
+            "max_connections",
+            "max_message_size",
+            "max_head_bytes",
+            "max_connections_per_address",
+            "connection_burst_per_address",
+        ):
             _at_least_one(issues, name, getattr(self, name))
+        _positive(issues, "connection_rate_per_address", self.connection_rate_per_address)
+        for i, origin in enumerate(self.allowed_origins):
+            _origin(issues, f"allowed_origins[{i}]", origin)
         raise_issues(issues)
 
 
@@ -640,7 +681,16 @@ def demo_config(*, port: int, sim_port: int, host: str = "127.0.0.1") -> RelayCo
     tier's connection limit is therefore the server's global one.
     """
     url_host = f"[{host}]" if ":" in host else host
-    server = ServerConfig(host=host, port=port)
+    # Every demo client comes from the same (loopback) address, so the per-address limits are
+    # the global ones: they must not get in the way of a thousand clients opened at once.
+    limit = ServerConfig().max_connections
+    server = ServerConfig(
+        host=host,
+        port=port,
+        max_connections_per_address=limit,
+        connection_rate_per_address=float(limit),
+        connection_burst_per_address=limit,
+    )
     return RelayConfig(
         server=server,
         auth=AuthConfig(required=True, anonymous_tier="anonymous"),

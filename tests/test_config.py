@@ -47,6 +47,10 @@ close_timeout = 1.5
 max_connections = 777
 max_message_size = 4096
 max_head_bytes = 8192
+max_connections_per_address = 12
+connection_rate_per_address = 3.5
+connection_burst_per_address = 7
+allowed_origins = ["https://app.example.com", "http://localhost:3000"]
 
 [auth]
 required = false

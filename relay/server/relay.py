@@ -22,6 +22,14 @@ from prometheus_client import Histogram
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
 from relay.config import RelayConfig, TierConfig
+from relay.core.admission import (
+    AddressLimiter,
+    AddressLimits,
+    RateRefusal,
+    RefusalLog,
+    origin_allowed,
+    origin_set,
+)
 from relay.core.channels import source_of
 from relay.core.hub import Hub, Limits
 from relay.core.model import StreamKind
@@ -87,6 +95,16 @@ class Relay:
         }
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
+        server = config.server
+        self.addresses = AddressLimiter(
+            AddressLimits(
+                server.max_connections_per_address,
+                server.connection_rate_per_address,
+                server.connection_burst_per_address,
+            )
+        )
+        self._origins = origin_set(server.allowed_origins)
+        self.refusal_log = RefusalLog(interval=1.0)
         self.accepted = 0
         self.rejected: Counter[int] = Counter()
         self.close_codes: Counter[int] = Counter()
@@ -173,38 +191,80 @@ class Relay:
         # One deadline for the whole handshake: a client that sends nothing, or a byte a
         # second, is cut off when it passes, however it spreads its bytes.
         deadline = trio.current_time() + server.handshake_timeout
+        address = _peer_address(stream)
         head = None
         with trio.move_on_at(deadline):
             try:
                 head = await read_request_head(stream, server.max_head_bytes)
             except Refusal as refused:
                 self.rejected[refused.status] += 1
+                self._log_refusal(address, refused)
                 await stream.send_all(error_response(refused))
                 return
         if head is None:
             return
         if not head.is_upgrade:
-            await stream.send_all(self._http(head))
+            await stream.send_all(self._http(head, address))
             return
-        admitted = self._admit(head)
+        admitted = self._admit(head, address)
         if isinstance(admitted, bytes):
             await stream.send_all(admitted)
             return
+        # Admitted: counted as open for its address from here until the connection ends.
         try:
-            response, websocket = accept(head.head, head.trailing, server.max_message_size)
-        except Refusal as refused:
-            await stream.send_all(self._refusal(head, refused))
-            return
-        # The parsed head (and its h11 state) must not live as long as the connection.
-        del head
-        with trio.move_on_at(deadline) as handshake:
-            await stream.send_all(response)
-        if not handshake.cancelled_caught:
-            await self._serve_session(stream, websocket, admitted)
+            try:
+                response, websocket = accept(head.head, head.trailing, server.max_message_size)
+            except Refusal as refused:
+                await stream.send_all(self._refusal(head, refused, address))
+                return
+            # The parsed head (and its h11 state) must not live as long as the connection.
+            del head
+            with trio.move_on_at(deadline) as handshake:
+                await stream.send_all(response)
+            if not handshake.cancelled_caught:
+                await self._serve_session(stream, websocket, admitted)
+        finally:
+            self.addresses.release(address)
 
-    def _refusal(self, head: RequestHead, refused: Refusal) -> bytes:
+    def _refusal(self, head: RequestHead, refused: Refusal, address: str) -> bytes:
         self.rejected[refused.status] += 1
-        return head.response(refused.status, error_body(refused.code, refused.message))
+        self._log_refusal(address, refused)
+        headers: list[tuple[str, str]] = []
+        if isinstance(refused, RateRefusal):
+            headers.append(("retry-after", str(refused.retry_after)))
+        return head.response(
+            refused.status, error_body(refused.code, refused.message), headers=headers
+        )
+
+    def _log_refusal(self, address: str, refused: Refusal) -> None:
+        """One info line per refusal, but at most one per address per second: the others are
+        counted and the count is reported by the address's next line."""
+        now = trio.current_time()
+        suppressed = self.refusal_log.record(address, now)
+        for other, count in self.refusal_log.sweep(now):
+            log.info(
+                "%d more refusals from %s not logged",
+                count,
+                other,
+                extra={"address": other, "suppressed": count},
+            )
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more from this address not logged)" if suppressed else ""
+        log.info(
+            "refused %s: %d %s: %s%s",
+            address,
+            refused.status,
+            refused.code,
+            refused.message,
+            more,
+            extra={
+                "address": address,
+                "status": refused.status,
+                "reason": refused.code,
+                "suppressed": suppressed,
+            },
+        )
 
     def _identity(self, head: RequestHead) -> tuple[str, str, str]:
         """(identity for connection counting, tier name, key label) or raises Refusal."""
@@ -224,11 +284,19 @@ class Relay:
             raise Refusal(401, "missing_credentials", "an API key is required")
         return "anonymous", tier, "anonymous"
 
-    def _admit(self, head: RequestHead) -> _Admission | bytes:
-        """The connection's identity and tier, or the response that refuses it."""
+    def _admit(self, head: RequestHead, address: str) -> _Admission | bytes:
+        """The connection's identity and tier, or the response that refuses it.
+
+        On admission the connection counts as open for its address: the caller releases it.
+        The address is checked before the credentials, so guessing keys costs connections."""
         if head.path != "/ws":
-            return self._refusal(head, Refusal(404, "not_found", "the WebSocket endpoint is /ws"))
+            return self._refusal(
+                head, Refusal(404, "not_found", "the WebSocket endpoint is /ws"), address
+            )
         try:
+            if not origin_allowed(head.headers.get("origin"), self._origins):
+                raise Refusal(403, "forbidden_origin", "this origin may not connect")
+            self.addresses.check(address, trio.current_time())
             identity, tier_name, label = self._identity(head)
             tier = self.config.tiers[tier_name]
             if len(self.sessions) >= self.config.server.max_connections:
@@ -240,7 +308,8 @@ class Relay:
                     f"at most {tier.max_connections} connections for this key",
                 )
         except Refusal as refused:
-            return self._refusal(head, refused)
+            return self._refusal(head, refused, address)
+        self.addresses.opened(address)
         return _Admission(identity, tier_name, label)
 
     async def _serve_session(
@@ -288,7 +357,7 @@ class Relay:
 
     # Plain HTTP --------------------------------------------------------------------------
 
-    def _http(self, head: RequestHead) -> bytes:
+    def _http(self, head: RequestHead, address: str) -> bytes:
         if head.method not in ("GET", "HEAD"):
             return head.response(405, error_body("method_not_allowed", "only GET is served"))
         path = head.path
@@ -315,14 +384,14 @@ class Relay:
                 200, render(self.metrics), "text/plain; version=0.0.4; charset=utf-8"
             )
         if path.startswith("/v1/snapshot/"):
-            return self._snapshot(head, path.removeprefix("/v1/snapshot/"))
+            return self._snapshot(head, path.removeprefix("/v1/snapshot/"), address)
         return head.response(404, error_body("not_found", f"no route for {path}"))
 
-    def _snapshot(self, head: RequestHead, channel: str) -> bytes:
+    def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:
         try:
             _, tier_name, _ = self._identity(head)
         except Refusal as refused:
-            return self._refusal(head, refused)
+            return self._refusal(head, refused, address)
         if not self.config.tiers[tier_name].allows(channel) and self.hub.known(channel):
             return head.response(403, error_body("forbidden", f"your tier may not read {channel}"))
         snapshot = self.hub.snapshot(channel)
@@ -348,6 +417,21 @@ def _session_settings(config: RelayConfig, tier: TierConfig) -> tuple[SessionSet
         rate_burst=tier.rate_burst,
     )
     return settings, Limits(tier.max_subscriptions, tuple(tier.channels))
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    """The client's IP address (``"unknown"`` for a stream that is not a socket, as in tests
+    over memory streams: they then share one address's limits)."""
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return "unknown"
+    try:
+        peer = socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return "unknown"
 
 
 def _raise_file_limit() -> None:
