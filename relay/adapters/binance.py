@@ -39,7 +39,13 @@ from typing import Any, Literal
 import orjson
 
 from relay.adapters.base import HttpRepair, HttpRequest
-from relay.adapters.wire import describe, load_object
+from relay.adapters.wire import (
+    describe,
+    field_decimal,
+    field_int,
+    field_levels,
+    load_object,
+)
 from relay.core.model import (
     Ack,
     RepairKind,
@@ -65,7 +71,6 @@ _STREAMS: dict[str, tuple[str, str, StreamKind]] = {
 }
 
 _SYMBOL = re.compile(r"([A-Z0-9]+)-([A-Z0-9]+)")
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 _Purpose = tuple[Literal["subscribe", "unsubscribe", "probe"], tuple[str, ...]]
 
@@ -252,40 +257,40 @@ class BinanceAdapter:
         if route is None:
             raise UpstreamFormatError(f"event {describe(event)} for unknown {describe(market)}")
         channel, symbol = route
-        time = _int(message, "E")
+        time = field_int(message, "E")
         if event == "trade":
             maker = message.get("m")
             if not isinstance(maker, bool):
                 raise UpstreamFormatError(f"'m' must be a boolean, got {describe(maker)}")
-            trade_id = _int(message, "t")
+            trade_id = field_int(message, "t")
             data: dict[str, Any] = {
                 "symbol": symbol,
-                "price": _decimal(message, "p"),
-                "size": _decimal(message, "q"),
+                "price": field_decimal(message, "p"),
+                "size": field_decimal(message, "q"),
                 # The buyer was the maker: the taker sold.
                 "side": "sell" if maker else "buy",
                 "trade_id": str(trade_id),
-                "ts": _int(message, "T"),
+                "ts": field_int(message, "T"),
             }
             return Update(channel, data, trade_id, snapshot=False)
         if event == "24hrTicker":
             data = {
                 "symbol": symbol,
-                "bid": _decimal(message, "b"),
-                "bid_size": _decimal(message, "B"),
-                "ask": _decimal(message, "a"),
-                "ask_size": _decimal(message, "A"),
-                "last": _decimal(message, "c"),
+                "bid": field_decimal(message, "b"),
+                "bid_size": field_decimal(message, "B"),
+                "ask": field_decimal(message, "a"),
+                "ask_size": field_decimal(message, "A"),
+                "last": field_decimal(message, "c"),
                 "ts": time,
             }
             return Update(channel, data, None, snapshot=True)
-        first, last = _int(message, "U"), _int(message, "u")
+        first, last = field_int(message, "U"), field_int(message, "u")
         if first > last:
             raise UpstreamFormatError(f"depthUpdate with U {first} after u {last}")
         data = {
             "symbol": symbol,
-            "bids": _levels(message, "b"),
-            "asks": _levels(message, "a"),
+            "bids": field_levels(message, "b"),
+            "asks": field_levels(message, "a"),
             "ts": time,
         }
         return Update(channel, data, last, snapshot=False, first_seq=first)
@@ -314,40 +319,8 @@ class BinanceAdapter:
             raise UpstreamFormatError(f"depth snapshot refused: {describe(message)}")
         data = {
             "symbol": channel.rsplit(":", 1)[-1],
-            "bids": _levels(message, "bids"),
-            "asks": _levels(message, "asks"),
+            "bids": field_levels(message, "bids"),
+            "asks": field_levels(message, "asks"),
             "ts": self._event_time.get(market, 0),
         }
-        return Update(channel, data, _int(message, "lastUpdateId"), snapshot=True)
-
-
-def _int(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
-    # bool is an int subclass, and True is not an id.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UpstreamFormatError(f"{key!r} must be a non-negative integer, got {describe(value)}")
-    return value
-
-
-def _decimal(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
-        raise UpstreamFormatError(f"{key!r} must be a decimal string, got {describe(value)}")
-    return value
-
-
-def _levels(obj: dict[str, Any], key: str) -> list[list[str]]:
-    value = obj.get(key)
-    if not isinstance(value, list):
-        raise UpstreamFormatError(f"{key!r} must be a list of [price, quantity]")
-    levels = []
-    for level in value:
-        if not isinstance(level, list) or len(level) != 2:
-            raise UpstreamFormatError(f"{key!r}: a level must be [price, quantity]")
-        price, size = level
-        if not (isinstance(price, str) and _DECIMAL.fullmatch(price)):
-            raise UpstreamFormatError(f"{key!r}: bad price {describe(price)}")
-        if not (isinstance(size, str) and _DECIMAL.fullmatch(size)):
-            raise UpstreamFormatError(f"{key!r}: bad quantity {describe(size)}")
-        levels.append([price, size])
-    return levels
+        return Update(channel, data, field_int(message, "lastUpdateId"), snapshot=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +18,14 @@ from urllib.parse import quote
 import orjson
 
 from relay.adapters.base import HttpRepair, HttpRequest
-from relay.adapters.wire import describe, load_object
+from relay.adapters.wire import (
+    describe,
+    field_decimal,
+    field_int,
+    field_levels,
+    field_object,
+    load_object,
+)
 from relay.core.model import (
     Ack,
     Heartbeat,
@@ -37,8 +43,6 @@ _STREAMS: dict[str, tuple[str, StreamKind]] = {
     "ticker": ("ticker", StreamKind.STATE),
     "book": ("depth", StreamKind.BOOK),
 }
-
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 class SimAdapter:
@@ -137,7 +141,7 @@ class SimAdapter:
             return [self._update(message)]
         op = message.get("op")
         if op == "heartbeat":
-            _int(message, "time")
+            field_int(message, "time")
             return [Heartbeat()]
         if op == "pong":
             return [Heartbeat()]
@@ -179,12 +183,12 @@ class SimAdapter:
         if not isinstance(topic, str) or topic not in self._to_channel:
             raise UpstreamFormatError(f"unknown topic {describe(topic)}")
         channel, symbol, kind = self._to_channel[topic]
-        seq = _int(message, "seq")
+        seq = field_int(message, "seq")
         msg_kind = message.get("kind")
         body = message.get("body")
         if not isinstance(body, dict):
             raise UpstreamFormatError(f"{topic}: body is not an object")
-        ts = _int(body, "time") // 1000
+        ts = field_int(body, "time") // 1000
         data: dict[str, Any]
         if kind is StreamKind.EVENT:
             if msg_kind != "update":
@@ -194,24 +198,24 @@ class SimAdapter:
                 raise UpstreamFormatError(f"{topic}: taker must be 'B' or 'S'")
             data = {
                 "symbol": symbol,
-                "price": _decimal(body, "px"),
-                "size": _decimal(body, "qty"),
+                "price": field_decimal(body, "px"),
+                "size": field_decimal(body, "qty"),
                 "side": "buy" if taker == "B" else "sell",
-                "trade_id": str(_int(body, "id")),
+                "trade_id": str(field_int(body, "id")),
                 "ts": ts,
             }
             return Update(channel, data, seq, snapshot=False)
         if kind is StreamKind.STATE:
             if msg_kind != "snapshot":
                 raise UpstreamFormatError(f"{topic}: ticker kind must be 'snapshot'")
-            bid, ask = _object(body, "bid"), _object(body, "ask")
+            bid, ask = field_object(body, "bid"), field_object(body, "ask")
             data = {
                 "symbol": symbol,
-                "bid": _decimal(bid, "px"),
-                "bid_size": _decimal(bid, "qty"),
-                "ask": _decimal(ask, "px"),
-                "ask_size": _decimal(ask, "qty"),
-                "last": _decimal(body, "last"),
+                "bid": field_decimal(bid, "px"),
+                "bid_size": field_decimal(bid, "qty"),
+                "ask": field_decimal(ask, "px"),
+                "ask_size": field_decimal(ask, "qty"),
+                "last": field_decimal(body, "last"),
                 "ts": ts,
             }
             return Update(channel, data, seq, snapshot=True)
@@ -219,47 +223,8 @@ class SimAdapter:
             raise UpstreamFormatError(f"{topic}: depth kind must be 'snapshot' or 'update'")
         data = {
             "symbol": symbol,
-            "bids": _levels(body, "bids"),
-            "asks": _levels(body, "asks"),
+            "bids": field_levels(body, "bids"),
+            "asks": field_levels(body, "asks"),
             "ts": ts,
         }
         return Update(channel, data, seq, snapshot=msg_kind == "snapshot")
-
-
-def _int(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
-    # bool is an int subclass, and True is not a sequence number.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UpstreamFormatError(f"{key!r} must be a non-negative integer, got {describe(value)}")
-    return value
-
-
-def _decimal(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
-        raise UpstreamFormatError(f"{key!r} must be a decimal string, got {describe(value)}")
-    return value
-
-
-def _object(obj: dict[str, Any], key: str) -> dict[str, Any]:
-    value = obj.get(key)
-    if not isinstance(value, dict):
-        raise UpstreamFormatError(f"{key!r} must be an object")
-    return value
-
-
-def _levels(body: dict[str, Any], key: str) -> list[list[str]]:
-    value = body.get(key)
-    if not isinstance(value, list):
-        raise UpstreamFormatError(f"{key!r} must be a list of [price, size]")
-    levels = []
-    for level in value:
-        if not isinstance(level, list) or len(level) != 2:
-            raise UpstreamFormatError(f"{key!r}: a level must be [price, size]")
-        price, size = level
-        if not (isinstance(price, str) and _DECIMAL.fullmatch(price)):
-            raise UpstreamFormatError(f"{key!r}: bad price {describe(price)}")
-        if not (isinstance(size, str) and _DECIMAL.fullmatch(size)):
-            raise UpstreamFormatError(f"{key!r}: bad size {describe(size)}")
-        levels.append([price, size])
-    return levels
