@@ -33,6 +33,12 @@ def install_ganache(session: nox.Session) -> None:
     session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", str(node_dir), external=True)
 
 
+@nox.session(python=False)
+def quickstart(session: nox.Session) -> None:
+    """The README's Quickstart as written: a fresh clone, a new virtual environment, the demo."""
+    session.run("python3", "tests/quickstart.py", external=True)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
