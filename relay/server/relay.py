@@ -222,7 +222,7 @@ class Relay:
             with trio.move_on_at(deadline) as handshake:
                 await stream.send_all(response)
             if not handshake.cancelled_caught:
-                await self._serve_session(stream, websocket, admitted)
+                await self._serve_session(stream, websocket, admitted, address)
         finally:
             self.addresses.release(address)
 
@@ -313,7 +313,11 @@ class Relay:
         return _Admission(identity, tier_name, label)
 
     async def _serve_session(
-        self, stream: trio.abc.Stream, websocket: ServerWebSocket, admitted: _Admission
+        self,
+        stream: trio.abc.Stream,
+        websocket: ServerWebSocket,
+        admitted: _Admission,
+        address: str,
     ) -> None:
         settings, limits = self._per_tier[admitted.tier]
         identity = admitted.identity
@@ -335,6 +339,13 @@ class Relay:
             self.sessions.add(session)
             self._per_identity[identity] += 1
             self.accepted += 1
+            log.info(
+                "client %s (%s) connected from %s",
+                session.id,
+                session.key_name,
+                address,
+                extra={"session": session.id, "key": session.key_name, "address": address},
+            )
             try:
                 await session.run(nursery)
             finally:
@@ -346,12 +357,20 @@ class Relay:
                 self.writes += session.writes
                 if session.closing is not None:
                     self.close_codes[session.closing.code] += 1
-                log.debug(
-                    "session %s (%s) closed: %s",
+                closing = session.closing
+                code = None if closing is None else closing.code
+                log.info(
+                    "client %s (%s) from %s closed: %s",
                     session.id,
                     session.key_name,
-                    session.closing,
-                    extra={"session": session.id, "key": session.key_name},
+                    address,
+                    "connection lost" if closing is None else f"{closing.code} {closing.reason}",
+                    extra={
+                        "session": session.id,
+                        "key": session.key_name,
+                        "address": address,
+                        "code": code,
+                    },
                 )
                 nursery.cancel_scope.cancel()
 

@@ -95,3 +95,21 @@ async def test_origin_allow_list_with_the_websockets_library(nursery: trio.Nurse
         status, body = await trio.to_thread.run_sync(try_origin, "https://evil.example")
         assert status == 403
         assert orjson.loads(body)["error"] == "forbidden_origin"
+
+
+async def test_connections_and_closes_are_logged_with_address_key_and_code(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    async with running_stack(nursery) as stack:
+        async with client(stack.url) as ws:
+            await ws.aclose(1000, "done")
+        with trio.fail_after(5):
+            while not any("closed" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    records = [r for r in caplog.records if r.getMessage().startswith("client ")]
+    opened, closed = records[0], records[-1]
+    assert "connected from 127.0.0.1" in opened.getMessage()
+    assert opened.__dict__["address"] == "127.0.0.1" and opened.__dict__["key"]
+    assert "from 127.0.0.1 closed: 1000" in closed.getMessage(), closed.getMessage()
+    assert closed.__dict__["code"] == 1000
