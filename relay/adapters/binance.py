@@ -45,6 +45,7 @@ from relay.adapters.wire import (
     field_int,
     field_levels,
     load_object,
+    source_name,
 )
 from relay.core.model import (
     Ack,
@@ -86,11 +87,9 @@ class BinanceAdapter:
         rest_url: str | None,
         heartbeat_interval: float = 10.0,
     ) -> None:
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
-        self._source = source
+        self.source = source_name(source)
         self._rest_url = None if rest_url is None else rest_url.rstrip("/")
-        self._heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval
         self._stream_of: dict[str, str] = {}
         """Relay channel -> Binance stream name."""
         self._kinds: dict[str, StreamKind] = {}
@@ -117,14 +116,6 @@ class BinanceAdapter:
         self._event_time: dict[str, int] = {}
         """Binance symbol -> the latest event time seen on any of its streams: the REST
         snapshot carries none, and a book's ``ts`` must be an integer."""
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     def channels(self) -> frozenset[str]:
         return frozenset(self._stream_of)

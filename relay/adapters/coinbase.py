@@ -65,7 +65,7 @@ import attrs
 import orjson
 
 from relay.adapters.base import HttpRepair
-from relay.adapters.wire import describe, load_object
+from relay.adapters.wire import describe, load_object, source_name
 from relay.core.model import (
     Ack,
     Heartbeat,
@@ -116,10 +116,8 @@ class CoinbaseAdapter:
     def __init__(
         self, source: str, symbols: Sequence[str], heartbeat_interval: float = 2.0
     ) -> None:
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
-        self._source = source
-        self._heartbeat_interval = heartbeat_interval
+        self.source = source_name(source)
+        self.heartbeat_interval = heartbeat_interval
         self._to_pair: dict[str, tuple[str, str]] = {}
         """relay channel -> (Coinbase channel, product id)"""
         self._to_channel: dict[tuple[str, str], tuple[str, StreamKind]] = {}
@@ -140,14 +138,6 @@ class CoinbaseAdapter:
         self._requests: deque[_Request] = deque()
         self._heartbeats = False
         """Whether this connection has asked for heartbeats."""
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     def channels(self) -> frozenset[str]:
         return frozenset(self._to_pair)

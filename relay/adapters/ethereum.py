@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from relay.adapters.base import HttpRepair, HttpRequest
-from relay.adapters.wire import describe, load_object
+from relay.adapters.wire import describe, load_object, source_name
 from relay.core.chain import FetchByNumber
 from relay.core.model import (
     Ack,
@@ -50,11 +50,9 @@ class EthereumAdapter:
     """Translates between relay channels and ``eth_subscribe`` subscriptions."""
 
     def __init__(self, source: str, rpc_url: str | None, heartbeat_interval: float = 5.0) -> None:
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
-        self._source = source
+        self.source = source_name(source)
         self._rpc_url = rpc_url
-        self._heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval
         self._blocks = f"{source}:blocks"
         self._pending_txs = f"{source}:pending"
         self._logs_prefix = f"{source}:logs:"
@@ -68,14 +66,6 @@ class EthereumAdapter:
         self._abandoned: set[int] = set()
         """Subscribe requests given up before their answer: unsubscribed when it comes. By
         request, not channel: the channel may be subscribed again meanwhile, by a new request."""
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     def channels(self) -> frozenset[str]:
         return frozenset({self._blocks, self._pending_txs})

@@ -38,7 +38,7 @@ import attrs
 import orjson
 
 from relay.adapters.base import HttpRepair, HttpRequest
-from relay.adapters.wire import describe, load_object
+from relay.adapters.wire import describe, load_object, source_name
 from relay.core.model import (
     Ack,
     Heartbeat,
@@ -610,13 +610,11 @@ class GenericJsonAdapter:
         """Raises ValueError where the spec does not fit the source's other keys: a symbol
         without ``-`` for a template with ``{base}``/``{quote}``, two channels on one topic,
         ``[json.rest]`` without a ``rest_url``."""
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
         if spec.rest is not None and rest_url is None:
             raise ValueError(f"source {source!r}: json.rest needs the source's rest_url")
-        self._source = source
+        self.source = source_name(source)
         self._spec = spec
-        self._heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval
         self._rest_url = None if rest_url is None else rest_url.rstrip("/")
         self._topic_pointer = JsonPointer(spec.topic)
         self._heartbeat = tuple(_Condition(m) for m in spec.heartbeat)
@@ -683,7 +681,7 @@ class GenericJsonAdapter:
         uses_parts = any({"base", "quote"} & set(_PLACEHOLDER.findall(t)) for t in templates)
         if uses_parts and not (dash and base and quote_):
             raise ValueError(
-                f"source {self._source!r}: symbol {symbol!r} is not BASE-QUOTE, which the "
+                f"source {self.source!r}: symbol {symbol!r} is not BASE-QUOTE, which the "
                 "json templates' {base} and {quote} need"
             )
         names = {"base": case(base), "quote": case(quote_), "symbol": case(symbol)}
@@ -728,14 +726,6 @@ class GenericJsonAdapter:
         )
 
     # The catalogue ---------------------------------------------------------------------------
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     def channels(self) -> frozenset[str]:
         return frozenset(self._by_channel)

@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeGuard
 import attrs
 
 from relay.adapters.base import HttpRepair
-from relay.adapters.wire import describe
+from relay.adapters.wire import describe, source_name
 from relay.core.model import (
     Ack,
     Heartbeat,
@@ -121,12 +121,10 @@ class KrakenAdapter:
         heartbeat_interval: float = 2.0,
         depth: int = 10,
     ) -> None:
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
         if depth not in DEPTHS:
             raise ValueError(f"Kraken book depth must be one of {sorted(DEPTHS)}, got {depth!r}")
-        self._source = source
-        self._heartbeat_interval = heartbeat_interval
+        self.source = source_name(source)
+        self.heartbeat_interval = heartbeat_interval
         self._depth = depth
         self._rules = BookRules(depth=depth, checksum=book_checksum)
         self._streams: dict[str, tuple[str, str]] = {}
@@ -150,14 +148,6 @@ class KrakenAdapter:
         carries no time of its own."""
 
     # The catalogue -------------------------------------------------------------------------
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     @property
     def depth(self) -> int:

@@ -25,6 +25,7 @@ from relay.adapters.wire import (
     field_levels,
     field_object,
     load_object,
+    source_name,
 )
 from relay.core.model import (
     Ack,
@@ -56,10 +57,8 @@ class SimAdapter:
         heartbeat_interval: float = 1.0,
         rest_url: str | None = None,
     ) -> None:
-        if ":" in source:
-            raise ValueError(f"source name must not contain ':': {source!r}")
-        self._source = source
-        self._heartbeat_interval = heartbeat_interval
+        self.source = source_name(source)
+        self.heartbeat_interval = heartbeat_interval
         self._rest_url = None if rest_url is None else rest_url.rstrip("/")
         self._to_topic: dict[str, str] = {}
         self._to_channel: dict[str, tuple[str, str, StreamKind]] = {}
@@ -71,14 +70,6 @@ class SimAdapter:
                 self._to_topic[channel] = topic
                 self._to_channel[topic] = (channel, symbol, kind)
         self._req = itertools.count(1)
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
 
     def channels(self) -> frozenset[str]:
         return frozenset(self._to_topic)

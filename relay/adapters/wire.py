@@ -73,3 +73,10 @@ def field_levels(obj: dict[str, Any], key: str) -> list[list[str]]:
             raise UpstreamFormatError(f"{key!r}: bad size {describe(size)}")
         levels.append([price, size])
     return levels
+
+
+def source_name(source: str) -> str:
+    """A source's name as adapters take it: it starts every channel name, so no ``:``."""
+    if ":" in source:
+        raise ValueError(f"source name must not contain ':': {source!r}")
+    return source
