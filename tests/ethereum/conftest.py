@@ -5,7 +5,6 @@ set) they fail instead, so that a missing install step cannot pass unnoticed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -14,13 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.ci import in_ci
 from tests.ethereum.ganache import GANACHE, INSTALL_COMMAND, Ganache, ganache_executable
 
 _NODES = pytest.StashKey[list[Ganache]]()
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def ganache_missing() -> str | None:
