@@ -109,9 +109,7 @@ class Relay:
         )
         self._origins = origin_set(server.allowed_origins)
         self.proxies = TrustedProxies.parse(server.trusted_proxies, server.forwarded_header)
-        self._tls: ssl.SSLContext | None = None
-        if server.tls is not None:
-            self._tls = server_context(server.tls.certificate, server.tls.private_key)
+        self._tls = None if server.tls is None else _tls_context(server.tls)
         self.refusal_log = RefusalLog(interval=1.0)
         self.accepted = 0
         self.rejected: Counter[int] = Counter()
@@ -193,13 +191,7 @@ class Relay:
             raise ConfigError(
                 [Issue("server.tls", "this relay serves without TLS; restart it to turn TLS on")]
             )
-        try:
-            context = server_context(tls.certificate, tls.private_key)
-        except ConfigError as exc:
-            raise ConfigError(
-                Issue(f"server.tls.{issue.path}", issue.message) for issue in exc.issues
-            ) from None
-        self._tls = context
+        self._tls = _tls_context(tls)
         log.info("TLS certificate reloaded from %s", tls.certificate)
 
     # The front door ----------------------------------------------------------------------
@@ -230,8 +222,9 @@ class Relay:
         """The request head, then HTTP or the WebSocket upgrade.
 
         Until the head is read the connection is known only by its TCP peer (a refused head is
-        logged with it); from the head on, by its client address (:meth:`_client_address`),
-        which the per-address limits count and every log line names."""
+        logged with it); from the head on, by its client address (the peer, or the address a
+        trusted proxy forwards: :class:`TrustedProxies`), which the per-address limits count
+        and every log line names."""
         server = self.config.server
         head = None
         with trio.move_on_at(deadline):
@@ -484,8 +477,8 @@ async def _tls_handshake(
     stream: trio.SSLStream[trio.abc.Stream], peer: str, deadline: float
 ) -> bool:
     """The TLS handshake under the connection's handshake deadline; False when it failed or
-    did not finish in time (logged at debug, without a traceback: scanners and clients that
-    do not trust the certificate are routine, and their count is bounded by the limits)."""
+    did not finish in time (logged at debug, without a traceback: scanners, plain-text
+    clients and clients that do not trust the certificate are routine)."""
     with trio.move_on_at(deadline):
         try:
             await stream.do_handshake()
@@ -503,8 +496,18 @@ async def _tls_handshake(
     return False
 
 
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The server context from the files ``tls`` names; ConfigError under ``server.tls``."""
+    try:
+        return server_context(tls.certificate, tls.private_key)
+    except ConfigError as exc:
+        raise ConfigError(
+            Issue(f"server.tls.{issue.path}", issue.message) for issue in exc.issues
+        ) from None
+
+
 def _peer_address(stream: trio.abc.Stream) -> str:
-    """The client's IP address (``"unknown"`` for a stream that is not a socket, as in tests
+    """The TCP peer's IP address (``"unknown"`` for a stream that is not a socket, as in tests
     over memory streams: they then share one address's limits)."""
     socket = getattr(stream, "socket", None)
     if socket is None:

@@ -16,6 +16,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from relay.config import parse_config
 from relay.server.relay import Relay
 from relay.sim.server import SimServer
+from tests.ci import fold_skip
 from tests.e2e.node_ws import node_ws_missing, require_node_ws
 
 HOST = "127.0.0.1"
@@ -130,6 +131,17 @@ async def client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
         yield ws
 
 
+async def seqs_until(ws: WebSocketConnection, channel: str, moment: float) -> list[int]:
+    """The seq of each message received until trio's clock reaches ``moment``; every one must
+    be on ``channel``."""
+    seqs: list[int] = []
+    while trio.current_time() < moment:
+        message = await receive(ws)
+        assert message["channel"] == channel, message
+        seqs.append(message["seq"])
+    return seqs
+
+
 async def subscribe(ws: WebSocketConnection, *channels: str, id: int = 1) -> list[dict[str, Any]]:
     """Subscribe and check the acks, in order; answers the data that arrived between them
     (a channel's snapshot follows its own ack at once)."""
@@ -154,10 +166,5 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.skipped and isinstance(report.longrepr, tuple):
-        message = node_ws_missing()
-        if message is not None and report.longrepr[2].endswith(message):
-            # One summary line for all of these skips, where pytest would give one per test.
-            code = require_node_ws.__code__
-            report.longrepr = (code.co_filename, code.co_firstlineno, message)
+    fold_skip(report, node_ws_missing(), require_node_ws)
     return report

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import pytest
 import trio
 
-from tests.ci import in_ci
+from tests.ci import skip_or_fail
 
 NODE_DIR: Final = Path(__file__).resolve().parents[1] / "node"
 CLIENT: Final = NODE_DIR / "client.mjs"
@@ -37,12 +36,7 @@ def node_ws_missing() -> str | None:
 
 def require_node_ws() -> None:
     """Skip the calling test when the Node client cannot run here; fail it in CI."""
-    message = node_ws_missing()
-    if message is None:
-        return
-    if in_ci():
-        pytest.fail(f"{message} (CI must run the Node ws tests)", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(node_ws_missing(), "Node ws tests")
 
 
 class NodeWs:

@@ -19,7 +19,7 @@ import trio
 from relay.config import TlsConfig
 from relay.tail import tail
 from tests.certs import Certificates, issue
-from tests.e2e.conftest import HOST, client, receive, running_stack, subscribe
+from tests.e2e.conftest import HOST, client, receive, running_stack, seqs_until, subscribe
 
 pytestmark = pytest.mark.e2e
 
@@ -169,10 +169,7 @@ async def test_stalled_tls_handshakes_are_cut_at_the_deadline_while_a_client_str
                 async with client(stack.url, ssl_context=certs.client_context()) as ws:
                     seqs += [m["seq"] for m in await subscribe(ws, CHANNEL)]
                     assert not any(cut_after.values())
-                    while trio.current_time() - started < HANDSHAKE_TIMEOUT + SLACK + 0.5:
-                        message = await receive(ws)
-                        assert message["channel"] == CHANNEL, message
-                        seqs.append(message["seq"])
+                    seqs += await seqs_until(ws, CHANNEL, started + HANDSHAKE_TIMEOUT + SLACK + 0.5)
                     assert sum(map(len, cut_after.values())) == STALLED
     for mode, lifetimes in cut_after.items():
         assert len(lifetimes) == len(range(list(modes).index(mode), STALLED, len(modes))), mode
