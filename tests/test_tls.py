@@ -185,6 +185,17 @@ def test_reload_cannot_turn_tls_on(tmp_path: Path) -> None:
     assert relay._tls is None
 
 
+def test_files_gone_between_loading_and_starting_are_named_under_server_tls(
+    tmp_path: Path,
+) -> None:
+    certs = issue(tmp_path)
+    config = parse_config(config_with(certs.tls))
+    certs.certificate.unlink()
+    with pytest.raises(ConfigError) as caught:
+        Relay(config)
+    assert [issue.path for issue in caught.value.issues] == ["server.tls.certificate"]
+
+
 # --------------------------------------------------------------------------------------------
 # The handshake deadline, on MockClock
 
@@ -196,13 +207,15 @@ UPGRADE = (
 
 
 async def closed_at(stream: trio.abc.ReceiveStream) -> float:
-    """When the relay closed the connection (reading and dropping whatever came first)."""
-    while True:
-        try:
-            if not await stream.receive_some():
+    """When the relay closed the connection (reading and dropping whatever came first); fails
+    if it keeps it open for a minute."""
+    with trio.fail_after(60):
+        while True:
+            try:
+                if not await stream.receive_some():
+                    break
+            except trio.BrokenResourceError:
                 break
-        except trio.BrokenResourceError:
-            break
     return trio.current_time()
 
 
