@@ -15,22 +15,33 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, property and end-to-end over loopback."""
     session.install("-e", ".[test]")
-    install_ganache(session)
+    install_node_packages(session)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
-def install_ganache(session: nox.Session) -> None:
-    """The Ethereum tests' node (tests/ethereum/node), when npm is here and it is not installed
-    already from the current lock."""
-    node_dir = Path("tests/ethereum/node")
-    ganache = node_dir / "node_modules" / ".bin" / "ganache"
-    lock = node_dir / "package-lock.json"
+#: The tests' Node packages, each with a file its install creates: ganache, the Ethereum
+#: tests' node, and ws, a WebSocket client of the end-to-end tests.
+NODE_PACKAGES = {
+    Path("tests/ethereum/node"): Path("node_modules/.bin/ganache"),
+    Path("tests/node"): Path("node_modules/ws/package.json"),
+}
+
+
+def install_node_packages(session: nox.Session) -> None:
+    """The tests' Node packages, when npm is here and each is not installed already from its
+    current lock (without npm, the tests that need them skip, saying how to install them)."""
     if not shutil.which("npm"):
         return
-    # lstat: the link's own time, made by the install (npm may date the files it links to back).
-    if ganache.exists() and ganache.lstat().st_mtime > lock.stat().st_mtime:
-        return
-    session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", str(node_dir), external=True)
+    for node_dir, installed in NODE_PACKAGES.items():
+        marker = node_dir / installed
+        lock = node_dir / "package-lock.json"
+        # lstat: a link's own time, made by the install (npm may date the files it links to
+        # back).
+        if marker.exists() and marker.lstat().st_mtime > lock.stat().st_mtime:
+            continue
+        session.run(
+            "npm", "ci", "--no-audit", "--no-fund", "--prefix", str(node_dir), external=True
+        )
 
 
 @nox.session(python=False)

@@ -199,6 +199,12 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="e.g. sim:trades:BTC-USD")
     tail.add_argument("--key", help="API key (sent as Authorization: Bearer KEY)")
     tail.add_argument("--count", type=int, metavar="N", help="exit after N data messages")
+    tail.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="PEM file of the CA certificates a wss:// relay's certificate is checked against "
+        "(default: the system's, or SSL_CERT_FILE)",
+    )
     return parser
 
 
@@ -294,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tail":
         from relay.tail import run
 
-        return run(args.url, args.channels, args.key, args.count)
+        return run(args.url, args.channels, args.key, args.count, args.cafile)
     if args.command == "serve" and args.config is None:
         print(NO_CONFIG, file=sys.stderr, end="")
         return 2

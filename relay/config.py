@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import ipaddress
 import json
 import math
 import os
@@ -33,8 +34,11 @@ from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
+from relay.tls import server_context
 
 __all__ = [
+    "FORWARDED_HEADERS",
+    "PATH_KEYS",
     "POLICIES",
     "SOURCE_KINDS",
     "ApiKey",
@@ -48,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "SourceConfig",
     "TierConfig",
+    "TlsConfig",
     "demo_config",
     "load_config",
     "parse_config",
@@ -60,6 +65,14 @@ SOURCE_KINDS: frozenset[str] = frozenset(_KINDS)
 #: What to do with a message for a client whose outbox is full.
 PolicyName = Literal["drop", "coalesce", "disconnect"]
 POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
+
+#: Which header a trusted proxy gives the client's address in.
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
+FORWARDED_HEADERS: tuple[ForwardedHeader, ...] = get_args(ForwardedHeader)
+
+#: Keys whose values are file paths: :func:`load_config` resolves relative ones against the
+#: directory of the configuration file, so the file means the same from any working directory.
+PATH_KEYS: tuple[str, ...] = ("server.tls.certificate", "server.tls.private_key")
 
 #: Source names are the first part of channel names (``SOURCE:STREAM:SYMBOL``), so no ``:``.
 _SOURCE_NAME = re.compile(r"[a-z0-9_-]+")
@@ -156,6 +169,28 @@ def _origin(issues: list[Issue], name: str, value: str) -> None:
 
 
 @attrs.frozen
+class TlsConfig:
+    """The certificate the relay's port serves ``wss://`` and ``https://`` with.
+
+    Checked when constructed: both files are read and must load as a pair, so a configuration
+    with a bad certificate never starts listening."""
+
+    certificate: str
+    """PEM file: the server's certificate, then any intermediates (the chain)."""
+    private_key: str
+    """PEM file: the certificate's private key, unencrypted."""
+
+    def __attrs_post_init__(self) -> None:
+        issues = [
+            Issue(name, "must not be empty")
+            for name in ("certificate", "private_key")
+            if not getattr(self, name)
+        ]
+        raise_issues(issues)
+        server_context(self.certificate, self.private_key)
+
+
+@attrs.frozen
 class ServerConfig:
     """The listening socket and per-connection limits and deadlines (all durations in seconds)."""
 
@@ -191,6 +226,13 @@ class ServerConfig:
     allowed_origins: list[str] = attrs.Factory(list)
     """Browser origins (``https://app.example.com``) allowed to upgrade; an upgrade with an
     ``Origin`` header not listed gets 403. Empty: no check. Requests without ``Origin`` pass."""
+    tls: TlsConfig | None = None
+    """When set, the whole port speaks TLS: ``wss://`` and ``https://``."""
+    trusted_proxies: list[str] = attrs.Factory(list)
+    """Addresses or CIDR networks of reverse proxies whose :attr:`forwarded_header` gives the
+    client's address. Empty: the header is ignored and the client is the TCP peer."""
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
+    """The header the trusted proxies set: ``x-forwarded-for`` or ``forwarded`` (RFC 7239)."""
 
     def __attrs_post_init__(self) -> None:
         issues: list[Issue] = []
@@ -218,6 +260,13 @@ class ServerConfig:
         _positive(issues, "connection_rate_per_address", self.connection_rate_per_address)
         for i, origin in enumerate(self.allowed_origins):
             _origin(issues, f"allowed_origins[{i}]", origin)
+        for i, proxy in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError as exc:
+                issues.append(
+                    Issue(f"trusted_proxies[{i}]", f"must be an IP address or network: {exc}")
+                )
         raise_issues(issues)
 
 
@@ -649,13 +698,28 @@ def parse_config(data: Mapping[str, Any]) -> RelayConfig:
 
 
 def load_config(path: str | os.PathLike[str]) -> RelayConfig:
-    """Read and validate a TOML file. OSError (a missing file) propagates unchanged."""
+    """Read and validate a TOML file. OSError (a missing file) propagates unchanged.
+
+    Relative paths in the file (:data:`PATH_KEYS`) are taken from the file's directory."""
     with open(path, "rb") as f:
         try:
             data = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([Issue("", f"{os.fspath(path)}: invalid TOML: {exc}")]) from None
+    _resolve_paths(data, os.path.dirname(os.path.abspath(path)))
     return parse_config(data)
+
+
+def _resolve_paths(data: dict[str, Any], base: str) -> None:
+    """Make the relative paths at :data:`PATH_KEYS` relative to ``base``, in place. Values of
+    the wrong type are left for the converter to report."""
+    for dotted in PATH_KEYS:
+        *tables, key = dotted.split(".")
+        table: Any = data
+        for name in tables:
+            table = table.get(name) if isinstance(table, dict) else None
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            table[key] = os.path.join(base, table[key])
 
 
 def unstructure(config: RelayConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -27,6 +28,7 @@ async def tail(
     *,
     key: str | None = None,
     count: int | None = None,
+    cafile: str | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
@@ -36,14 +38,34 @@ async def tail(
     ``relay tail ... | jq`` sees only the stream. Answers a process exit status: 0 after
     ``count`` messages, 1 when the server closes the connection or refuses every channel, 2
     when the connection cannot be opened (the reason on ``err``, with a hint).
+
+    A ``wss://`` server's certificate is verified against ``cafile`` when given, else against
+    the system's certificates (``SSL_CERT_FILE`` names another file, as for any OpenSSL
+    program).
     """
     problem = url_problem(url)
     if problem:
         print(f"relay tail: {problem}", file=err)
         return 2
+    context = None
+    if cafile is not None:
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"relay tail: cannot use --cafile {cafile}: {exc}", file=err)
+            return 2
+    if url.startswith("wss:"):
+        refused = await certificate_refused(url, context or ssl.create_default_context())
+        if refused is not None:
+            print(
+                f"relay tail: {url} has a certificate this machine does not trust: {refused}\n"
+                "Give the certificate of the CA that signed it with --cafile FILE.",
+                file=err,
+            )
+            return 2
     headers = [(b"authorization", f"Bearer {key}".encode())] if key else None
     try:
-        async with open_websocket_url(url, extra_headers=headers) as ws:
+        async with open_websocket_url(url, ssl_context=context, extra_headers=headers) as ws:
             await ws.send_message(
                 orjson.dumps({"action": "subscribe", "channels": list(channels), "id": 1}).decode()
             )
@@ -76,6 +98,29 @@ async def tail(
     except ConnectionClosed as exc:
         print(f"relay tail: connection closed: {describe_close(exc.reason)}", file=err)
         return 1
+
+
+async def certificate_refused(url: str, context: ssl.SSLContext) -> str | None:
+    """Why the server's certificate is refused, or None (also when the server cannot be
+    reached: the WebSocket connection that follows says so).
+
+    A TLS handshake of its own before the WebSocket's: trio-websocket waits out its whole
+    connect timeout, and then reports only the timeout, when the certificate is refused
+    (python-trio/trio-websocket#199)."""
+    parts = urlsplit(url)
+    try:
+        with trio.fail_after(10):
+            stream = await trio.open_ssl_over_tcp_stream(
+                parts.hostname or "", parts.port or 443, ssl_context=context
+            )
+            async with stream:
+                await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+            return exc.__cause__.verify_message or str(exc.__cause__)
+    except (OSError, trio.TooSlowError):
+        pass
+    return None
 
 
 class _Answers:
@@ -156,9 +201,15 @@ def describe_close(reason: CloseReason | None) -> str:
     return text
 
 
-def run(url: str, channels: Sequence[str], key: str | None, count: int | None) -> int:
+def run(
+    url: str,
+    channels: Sequence[str],
+    key: str | None,
+    count: int | None,
+    cafile: str | None = None,
+) -> int:
     try:
-        return trio.run(lambda: tail(url, channels, key=key, count=count))
+        return trio.run(lambda: tail(url, channels, key=key, count=count, cafile=cafile))
     except (KeyboardInterrupt, BrokenPipeError, BaseExceptionGroup) as exc:
         if _only(exc, KeyboardInterrupt):
             return 130  # Ctrl-C: the usual way to stop it; no traceback

@@ -51,6 +51,8 @@ max_connections_per_address = 12
 connection_rate_per_address = 3.5
 connection_burst_per_address = 7
 allowed_origins = ["https://app.example.com", "http://localhost:3000"]
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]
+forwarded_header = "forwarded"
 
 [auth]
 required = false

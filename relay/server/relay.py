@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import ssl
 from collections import Counter
 from collections.abc import Mapping
 from functools import partial
@@ -21,7 +22,7 @@ from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
-from relay.config import RelayConfig, TierConfig
+from relay.config import RelayConfig, TierConfig, TlsConfig
 from relay.core.admission import (
     AddressLimiter,
     AddressLimits,
@@ -31,12 +32,14 @@ from relay.core.admission import (
     origin_set,
 )
 from relay.core.channels import source_of
+from relay.core.forwarded import TrustedProxies
 from relay.core.hub import Hub, Limits
 from relay.core.model import StreamKind
 from relay.core.outbox import Policy
 from relay.core.protocol import Refusal
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket, accept
+from relay.issues import ConfigError, Issue
 from relay.server.frontdoor import (
     RequestHead,
     error_body,
@@ -48,6 +51,7 @@ from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
 from relay.server.transports import HttpTransport, Transport
 from relay.server.upstream import UpstreamState, UpstreamSupervisor
+from relay.tls import server_context
 
 log = logging.getLogger("relay")
 
@@ -104,6 +108,8 @@ class Relay:
             )
         )
         self._origins = origin_set(server.allowed_origins)
+        self.proxies = TrustedProxies.parse(server.trusted_proxies, server.forwarded_header)
+        self._tls = None if server.tls is None else _tls_context(server.tls)
         self.refusal_log = RefusalLog(interval=1.0)
         self.accepted = 0
         self.rejected: Counter[int] = Counter()
@@ -148,7 +154,8 @@ class Relay:
                 partial(trio.serve_tcp, self._handle_tcp, server.port, host=server.host)
             )
             self.port = listeners[0].socket.getsockname()[1]
-            log.info("relay listening on ws://%s:%d/ws", server.host, self.port)
+            scheme = "ws" if self._tls is None else "wss"
+            log.info("relay listening on %s://%s:%d/ws", scheme, server.host, self.port)
             task_status.started(self.port)
 
     async def run_timers(self) -> None:
@@ -173,12 +180,37 @@ class Relay:
     def ready(self) -> bool:
         return all(u.state is UpstreamState.CONNECTED for u in self.upstreams.values())
 
+    def reload_tls(self, tls: TlsConfig) -> None:
+        """Read the certificate and key files again: connections from now on are served with
+        them, open ones keep the context they were accepted with.
+
+        Raises :class:`ConfigError` (issues under ``server.tls``) for a file that does not load,
+        or for a relay serving plain ``ws://``, whose clients could not follow a switch to TLS
+        on the same port; the context in use then stays."""
+        if self._tls is None:
+            raise ConfigError(
+                [Issue("server.tls", "this relay serves without TLS; restart it to turn TLS on")]
+            )
+        self._tls = _tls_context(tls)
+        log.info("TLS certificate reloaded from %s", tls.certificate)
+
     # The front door ----------------------------------------------------------------------
 
     async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
         """Everything one connection does; its failures stay here."""
+        # One deadline for the whole handshake, TLS included: a client that sends nothing, or
+        # a byte a second, is cut off when it passes, however it spreads its bytes.
+        deadline = trio.current_time() + self.config.server.handshake_timeout
+        peer = _peer_address(stream)
+        if self._tls is not None:
+            # The context in use now: a reload affects connections accepted after it.
+            stream = trio.SSLStream(stream, self._tls, server_side=True, https_compatible=True)
         try:
-            await self._handle(stream)
+            if isinstance(stream, trio.SSLStream) and not await _tls_handshake(
+                stream, peer, deadline
+            ):
+                return
+            await self._handle(stream, peer, deadline)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # one connection's bug must not take the listener down
@@ -186,23 +218,26 @@ class Relay:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, peer: str, deadline: float) -> None:
+        """The request head, then HTTP or the WebSocket upgrade.
+
+        Until the head is read the connection is known only by its TCP peer (a refused head is
+        logged with it); from the head on, by its client address (the peer, or the address a
+        trusted proxy forwards: :class:`TrustedProxies`), which the per-address limits count
+        and every log line names."""
         server = self.config.server
-        # One deadline for the whole handshake: a client that sends nothing, or a byte a
-        # second, is cut off when it passes, however it spreads its bytes.
-        deadline = trio.current_time() + server.handshake_timeout
-        address = _peer_address(stream)
         head = None
         with trio.move_on_at(deadline):
             try:
                 head = await read_request_head(stream, server.max_head_bytes)
             except Refusal as refused:
                 self.rejected[refused.status] += 1
-                self._log_refusal(address, refused)
+                self._log_refusal(peer, refused)
                 await stream.send_all(error_response(refused))
                 return
         if head is None:
             return
+        address = self.proxies.client_address(peer, head.headers)
         if not head.is_upgrade:
             await stream.send_all(self._http(head, address))
             return
@@ -438,8 +473,41 @@ def _session_settings(config: RelayConfig, tier: TierConfig) -> tuple[SessionSet
     return settings, Limits(tier.max_subscriptions, tuple(tier.channels))
 
 
+async def _tls_handshake(
+    stream: trio.SSLStream[trio.abc.Stream], peer: str, deadline: float
+) -> bool:
+    """The TLS handshake under the connection's handshake deadline; False when it failed or
+    did not finish in time (logged at debug, without a traceback: scanners, plain-text
+    clients and clients that do not trust the certificate are routine)."""
+    with trio.move_on_at(deadline):
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            log.debug(
+                "TLS handshake with %s failed: %s",
+                peer,
+                cause if cause is not None else "connection closed",
+                extra={"address": peer},
+            )
+            return False
+        return True
+    log.debug("TLS handshake with %s not done in time", peer, extra={"address": peer})
+    return False
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The server context from the files ``tls`` names; ConfigError under ``server.tls``."""
+    try:
+        return server_context(tls.certificate, tls.private_key)
+    except ConfigError as exc:
+        raise ConfigError(
+            Issue(f"server.tls.{issue.path}", issue.message) for issue in exc.issues
+        ) from None
+
+
 def _peer_address(stream: trio.abc.Stream) -> str:
-    """The client's IP address (``"unknown"`` for a stream that is not a socket, as in tests
+    """The TCP peer's IP address (``"unknown"`` for a stream that is not a socket, as in tests
     over memory streams: they then share one address's limits)."""
     socket = getattr(stream, "socket", None)
     if socket is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,8 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from relay.config import parse_config
 from relay.server.relay import Relay
 from relay.sim.server import SimServer
+from tests.ci import fold_skip
+from tests.e2e.node_ws import node_ws_missing, require_node_ws
 
 HOST = "127.0.0.1"
 
@@ -54,12 +56,16 @@ class Stack:
     http: httpx.AsyncClient
 
     @property
+    def tls(self) -> bool:
+        return self.relay.config.server.tls is not None
+
+    @property
     def url(self) -> str:
-        return f"ws://{HOST}:{self.relay_port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://{HOST}:{self.relay_port}/ws"
 
     @property
     def base(self) -> str:
-        return f"http://{HOST}:{self.relay_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.relay_port}"
 
     async def stats(self) -> dict[str, Any]:
         response = await self.http.get(f"http://{HOST}:{self.sim_port}/control/stats")
@@ -125,6 +131,17 @@ async def client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
         yield ws
 
 
+async def seqs_until(ws: WebSocketConnection, channel: str, moment: float) -> list[int]:
+    """The seq of each message received until trio's clock reaches ``moment``; every one must
+    be on ``channel``."""
+    seqs: list[int] = []
+    while trio.current_time() < moment:
+        message = await receive(ws)
+        assert message["channel"] == channel, message
+        seqs.append(message["seq"])
+    return seqs
+
+
 async def subscribe(ws: WebSocketConnection, *channels: str, id: int = 1) -> list[dict[str, Any]]:
     """Subscribe and check the acks, in order; answers the data that arrived between them
     (a channel's snapshot follows its own ack at once)."""
@@ -135,3 +152,19 @@ async def subscribe(ws: WebSocketConnection, *channels: str, id: int = 1) -> lis
             data.append(message)
         assert message == {"event": "subscribed", "data": {"channel": channel}, "id": id}, message
     return data
+
+
+@pytest.fixture
+def node_ws_installed() -> None:
+    """Node's ws client can run; skips (fails in CI) without it. A synchronous fixture: a skip
+    raised inside a Trio test reaches pytest wrapped in an exception group."""
+    require_node_ws()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    fold_skip(report, node_ws_missing(), require_node_ws)
+    return report

@@ -11,7 +11,7 @@ import resource
 import pytest
 import trio
 
-from tests.e2e.conftest import HOST, client, receive, running_stack, subscribe
+from tests.e2e.conftest import HOST, client, running_stack, seqs_until, subscribe
 
 pytestmark = pytest.mark.e2e
 
@@ -112,10 +112,7 @@ async def test_stalled_handshakes_are_cut_at_the_deadline_while_a_client_streams
                     # It got in while the stalled connections were all still hanging there.
                     assert not any(cut_after.values())
                     # Stream past the moment every stalled connection is cut.
-                    while trio.current_time() - started < HANDSHAKE_TIMEOUT + SLACK + 0.5:
-                        message = await receive(ws)
-                        assert message["channel"] == CHANNEL, message
-                        seqs.append(message["seq"])
+                    seqs += await seqs_until(ws, CHANNEL, started + HANDSHAKE_TIMEOUT + SLACK + 0.5)
                     assert len(stack.relay.sessions) == 1
                     # Every stalled connection is gone already.
                     assert sum(map(len, cut_after.values())) == STALLED

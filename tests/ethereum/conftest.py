@@ -5,7 +5,6 @@ set) they fail instead, so that a missing install step cannot pass unnoticed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -14,13 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.ci import fold_skip, skip_or_fail
 from tests.ethereum.ganache import GANACHE, INSTALL_COMMAND, Ganache, ganache_executable
 
 _NODES = pytest.StashKey[list[Ganache]]()
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def ganache_missing() -> str | None:
@@ -34,12 +30,7 @@ def ganache_missing() -> str | None:
 
 def require_ganache() -> None:
     """Skip the calling test when ganache cannot run here; fail it in CI."""
-    message = ganache_missing()
-    if message is None:
-        return
-    if in_ci():
-        pytest.fail(f"{message} (CI must run the Ethereum tests)", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(ganache_missing(), "Ethereum tests")
 
 
 @pytest.fixture
@@ -79,11 +70,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.skipped and isinstance(report.longrepr, tuple):
-        message = ganache_missing()
-        if message is not None and report.longrepr[2].endswith(message):
-            # Fold these skips into one summary line, where pytest would give one per test.
-            report.longrepr = (__file__, require_ganache.__code__.co_firstlineno, message)
+    fold_skip(report, ganache_missing(), require_ganache)
     if report.failed:
         for node in item.stash.get(_NODES, []):
             report.sections.append((f"ganache log: {node.log_path}", node.log_tail(60)))
