@@ -32,6 +32,7 @@ from relay.adapters import SOURCE_KINDS as _KINDS
 from relay.adapters import make_adapter
 from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
+from relay.core.history import HistoryBounds
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
 from relay.tls import server_context
@@ -45,6 +46,8 @@ __all__ = [
     "AuthConfig",
     "BackpressureRule",
     "ConfigError",
+    "HistoryConfig",
+    "HistoryRule",
     "Issue",
     "OutboxConfig",
     "PolicyName",
@@ -475,6 +478,56 @@ class BackpressureRule:
 
 
 @attrs.frozen
+class HistoryRule:
+    """Overrides the history bounds for matching channels (a slow chain keeps more time, a
+    busy book fewer messages); ``max_messages = 0`` turns history off for them."""
+
+    pattern: str
+    """fnmatch pattern on channel names, case-sensitive; the first matching rule wins."""
+    max_messages: int
+    max_age: float
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if not self.pattern:
+            issues.append(Issue("pattern", "must not be empty"))
+        _non_negative(issues, "max_messages", self.max_messages)
+        _positive(issues, "max_age", self.max_age)
+        raise_issues(issues)
+
+
+@attrs.frozen
+class HistoryConfig:
+    """How many recent messages each channel keeps for clients resuming with ``since``.
+
+    The defaults suit a market feed: a client that reconnects within seconds gets exactly what
+    it missed; past 1,000 messages or five minutes it gets the snapshot. Memory: at most
+    ``max_messages`` frames per channel that has ever had a subscriber."""
+
+    max_messages: int = 1000
+    """Per channel; 0 turns history off (every resume then answers ``recovered: false``)."""
+    max_age: float = 300.0
+    """Seconds; older messages are not replayed."""
+    rules: list[HistoryRule] = attrs.Factory(list)
+
+    def bounds_for(self, channel: str) -> HistoryBounds:
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(channel, rule.pattern):
+                return HistoryBounds(rule.max_messages, _millis(rule.max_age))
+        return HistoryBounds(self.max_messages, _millis(self.max_age))
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        _non_negative(issues, "max_messages", self.max_messages)
+        _positive(issues, "max_age", self.max_age)
+        raise_issues(issues)
+
+
+def _millis(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+@attrs.frozen
 class RelayConfig:
     """The whole configuration. Checks what no single table can: names referring to each other."""
 
@@ -485,6 +538,7 @@ class RelayConfig:
     sources: dict[str, SourceConfig] = attrs.Factory(dict)
     outbox: OutboxConfig = attrs.Factory(OutboxConfig)
     backpressure: list[BackpressureRule] = attrs.Factory(list)
+    history: HistoryConfig = attrs.Factory(HistoryConfig)
 
     def policy_for(self, channel: str) -> PolicyName:
         """First matching rule wins, so specific patterns go before general ones."""

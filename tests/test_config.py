@@ -20,6 +20,8 @@ from relay.config import (
     AuthConfig,
     BackpressureRule,
     ConfigError,
+    HistoryConfig,
+    HistoryRule,
     OutboxConfig,
     RelayConfig,
     ServerConfig,
@@ -125,6 +127,15 @@ policy = "coalesce"
 [[backpressure]]
 pattern = "md:trades:*"
 policy = "drop"
+
+[history]
+max_messages = 50
+max_age = 30.0
+
+[[history.rules]]
+pattern = "md:book:*"
+max_messages = 0
+max_age = 1.0
 """
 
 
@@ -244,6 +255,8 @@ def test_docs_complete_example_sets_every_key() -> None:
         ("## `[sources.NAME]`", SourceConfig),
         ("## `[outbox]`", OutboxConfig),
         ("## `[[backpressure]]`", BackpressureRule),
+        ("## `[history]`", HistoryConfig),
+        ("## `[[history.rules]]`", HistoryRule),
     ],
 )
 def test_docs_list_every_key(heading: str, cls: type[Any]) -> None:

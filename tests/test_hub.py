@@ -73,7 +73,13 @@ def test_subscribe_acks_and_first_subscriber_wants_upstream() -> None:
     hub.subscribe(a, ["sim:trades:A"], 1, OPEN)
     hub.subscribe(b, ["sim:trades:A"], 2, OPEN)
     assert listener.events == [("want", "sim:trades:A")]
-    assert a.messages() == [{"event": "subscribed", "data": {"channel": "sim:trades:A"}, "id": 1}]
+    assert a.messages() == [
+        {
+            "event": "subscribed",
+            "data": {"channel": "sim:trades:A", "seq": 0, "epoch": hub.epoch},
+            "id": 1,
+        }
+    ]
     assert a.wakes == 1
 
 

@@ -14,6 +14,7 @@ from relay.core.protocol import (
     Lagged,
     Ping,
     ProtocolError,
+    Since,
     Status,
     Subscribe,
     Unsubscribe,
@@ -153,3 +154,55 @@ def test_envelope() -> None:
     assert plain == {"channel": "a:b", "seq": 7, "ts": 1000, "data": {"k": "v"}}
     snap = orjson.loads(encode_envelope("a:b", 7, 1000, {"k": "v"}, True))
     assert snap["snapshot"] is True
+
+
+# Resume -------------------------------------------------------------------------------------
+
+
+def test_subscribe_with_since_resumes_one_channel() -> None:
+    command = parse_command(
+        '{"action":"subscribe","channel":"sim:trades:BTC-USD","since":{"seq":41,"epoch":"ab"},"id":3}'
+    )
+    assert command == Subscribe(("sim:trades:BTC-USD",), 3, Since(41, "ab"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"action":"subscribe","channels":["a:b","a:c"],"since":{"seq":1,"epoch":"e"},"id":1}',
+            "'since' resumes one channel: give a single 'channel'",
+        ),
+        (
+            '{"action":"subscribe","channel":"a:b","since":{"seq":-1,"epoch":"e"},"id":1}',
+            "'since.seq' must be 0 or more",
+        ),
+    ],
+)
+def test_a_since_that_cannot_be_served_is_a_bad_request(text: str, message: str) -> None:
+    assert parse_command(text) == ProtocolError(ErrorCode.BAD_REQUEST, message, 1)
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        '{"seq":"1","epoch":"e"}',
+        '{"seq":1}',
+        '{"seq":1.5,"epoch":"e"}',
+        '{"seq":true,"epoch":"e"}',
+        '{"seq":1,"epoch":7}',
+        '[1,"e"]',
+        '"1"',
+    ],
+)
+def test_a_malformed_since_is_a_bad_request_with_the_id(since: str) -> None:
+    error = parse_command(f'{{"action":"subscribe","channel":"a:b","since":{since},"id":"x"}}')
+    assert isinstance(error, ProtocolError)
+    assert (error.code, error.id) == (ErrorCode.BAD_REQUEST, "x")
+
+
+def test_unsubscribe_ignores_since() -> None:
+    command = parse_command(
+        '{"action":"unsubscribe","channel":"a:b","since":{"seq":1,"epoch":"e"}}'
+    )
+    assert command == Unsubscribe(("a:b",))

@@ -7,6 +7,7 @@ fill its own outbox, and what happens then is the outbox policy's decision.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from relay.core.channels import matches_any, source_of
+from relay.core.history import ChannelHistory, HistoryBounds
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import (
@@ -22,7 +24,9 @@ from relay.core.protocol import (
     ErrorCode,
     ProtocolError,
     RequestId,
+    Since,
     Status,
+    Subscribed,
     encode_envelope,
     encode_error,
     encode_event,
@@ -94,6 +98,8 @@ class ChannelState:
     ts: int = 0
     latest: dict[str, Any] | None = None
     """The full state, for STATE channels (the last message is the state)."""
+    history: ChannelHistory | None = None
+    """The channel's recent frames, for clients resuming with ``since``; None when off."""
 
 
 class Hub:
@@ -103,12 +109,18 @@ class Hub:
         self,
         kind_of: Callable[[str], StreamKind | None],
         policy_for: Callable[[str], Policy] = lambda _: Policy.DROP,
+        history_for: Callable[[str], HistoryBounds | None] = lambda _: None,
+        epoch: str | None = None,
     ) -> None:
         self._kind_of = kind_of
         """A channel's stream kind, or None for a channel no source serves (asked once per
         channel name that a client tries, so families such as ``eth:logs:<address>`` that
         cannot be listed are served all the same)."""
         self._policy_for = policy_for
+        self._history_for = history_for
+        self.epoch = epoch if epoch is not None else secrets.token_hex(8)
+        """Names this hub's numbering: every channel's seq starts at 1 in a new hub (a new
+        process), so a client's ``since`` is only meaningful with the epoch it came with."""
         self._channels: dict[str, ChannelState] = {}
         self._listeners: dict[str, SourceListener] = {}
         self.registry: SubscriptionRegistry[Subscriber] = SubscriptionRegistry()
@@ -138,16 +150,30 @@ class Hub:
             if kind is None:
                 raise KeyError(f"no source serves {name!r}")
             state = ChannelState(name, kind, self._policy_for(name), kind is StreamKind.BOOK)
+            bounds = self._history_for(name)
+            if bounds is not None and bounds.enabled:
+                state.history = ChannelHistory(bounds)
             self._channels[name] = state
         return state
 
     # Subscriptions -------------------------------------------------------------------------
 
     def subscribe(
-        self, sub: Subscriber, channels: Iterable[str], request_id: RequestId, limits: Limits
+        self,
+        sub: Subscriber,
+        channels: Iterable[str],
+        request_id: RequestId,
+        limits: Limits,
+        since: Since | None = None,
+        now: int = 0,
     ) -> None:
         """Each channel gets its own answer: subscribed (then a snapshot when there is state),
-        or an error naming the channel. A refused channel never affects the others."""
+        or an error naming the channel. A refused channel never affects the others.
+
+        With ``since`` (one channel; the parser sees to that) the client is resuming: when the
+        epoch is this hub's and the history holds every message after ``since.seq``, those
+        are replayed in order instead of the snapshot (``recovered`` true); otherwise it gets
+        the snapshot as usual and ``recovered`` false. ``now`` (ms) ages the history."""
         outbox = sub.outbox
         for name in channels:
             error = self._refusal(sub, name, limits)
@@ -155,15 +181,43 @@ class Hub:
                 self._control(outbox, encode_error(ProtocolError(*error, request_id, name)))
                 continue
             added, first = self.registry.add(sub, name)
-            outbox.offer_control(self._ack("subscribed", name, request_id))
-            if added:
-                state = self.channel(name)
-                frame = self.snapshot_frame(state)
-                if frame is not None:
-                    outbox.offer_control(frame)
-                if first:
-                    self._listeners[source_of(name)].want(name)
+            state = self.channel(name)
+            if not added:
+                # Already live on this channel: nothing to replay, nothing changes.
+                outbox.offer_control(self._subscribed(state, request_id, None))
+                continue
+            missed = None if since is None else self._missed(state, since, now)
+            recovered = None if since is None else missed is not None
+            outbox.offer_control(self._subscribed(state, request_id, recovered))
+            if missed is not None:
+                # Data, not control: the channel's policy bounds a long replay like live data.
+                delta = state.delta or state.kind is _STATE
+                for replayed in missed:
+                    if outbox.offer(name, replayed, state.policy, delta) is _OVERFLOW:
+                        sub.overflow()
+                        break
+            else:
+                snapshot = self.snapshot_frame(state)
+                if snapshot is not None:
+                    outbox.offer_control(snapshot)
+            if first:
+                self._listeners[source_of(name)].want(name)
         sub.wake()
+
+    def _missed(self, state: ChannelState, since: Since, now: int) -> list[bytes] | None:
+        """The frames a resuming client missed, or None when they cannot all be replayed."""
+        if since.epoch != self.epoch:
+            return None
+        if since.seq == state.seq:
+            return []
+        history = state.history
+        return None if history is None else history.after(since.seq, state.seq, now)
+
+    def _subscribed(
+        self, state: ChannelState, request_id: RequestId, recovered: bool | None
+    ) -> bytes:
+        data = Subscribed(state.name, state.seq, self.epoch, recovered)
+        return self.framer.text(encode_event("subscribed", data, request_id))
 
     def _refusal(self, sub: Subscriber, name: str, limits: Limits) -> tuple[str, str] | None:
         if not self.known(name):
@@ -220,13 +274,19 @@ class Hub:
             state.latest = update.data
         self.messages_in += 1
         subscribers = self.registry.subscribers(update.channel)
-        if not subscribers:
+        history = state.history
+        if not subscribers and history is None:
             return
         frame = self.framer.text(
             encode_envelope(
                 update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
             )
         )
+        if history is not None:
+            # Kept while nobody listens too: the client that just dropped resumes from it.
+            history.append(state.seq, ts, frame)
+            if not subscribers:
+                return
         name, policy = update.channel, state.policy
         # A state channel whose messages are not each a snapshot (blocks: each extends the
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.

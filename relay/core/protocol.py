@@ -52,9 +52,18 @@ class Refusal(Exception):
 
 
 @attrs.frozen
+class Since:
+    """Where a resuming client left a channel: the last ``seq`` it holds, in ``epoch``."""
+
+    seq: int
+    epoch: str
+
+
+@attrs.frozen
 class Subscribe:
     channels: tuple[str, ...]
     id: RequestId = None
+    since: Since | None = None
 
 
 @attrs.frozen
@@ -90,6 +99,7 @@ class _ChannelRequest:
     channels: list[str] | None = None
     symbols: list[str] | None = None
     id: RequestId = None
+    since: Since | None = None
 
 
 @attrs.frozen
@@ -212,9 +222,21 @@ def parse_command(text: str | bytes) -> Command | ProtocolError:
             channels = _channels(request)
             if isinstance(channels, ProtocolError):
                 return channels
-            if action == "subscribe":
-                return Subscribe(channels, request.id)
-            return Unsubscribe(channels, request.id)
+            if action == "unsubscribe":
+                return Unsubscribe(channels, request.id)
+            since = request.since
+            if since is not None:
+                if len(channels) != 1:
+                    return ProtocolError(
+                        ErrorCode.BAD_REQUEST,
+                        "'since' resumes one channel: give a single 'channel'",
+                        request.id,
+                    )
+                if since.seq < 0:
+                    return ProtocolError(
+                        ErrorCode.BAD_REQUEST, "'since.seq' must be 0 or more", request.id
+                    )
+            return Subscribe(channels, request.id, since)
         if action == "ping":
             return Ping(converter.structure(raw, _PingRequest).id)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
@@ -243,6 +265,17 @@ class ChannelAck:
 
 
 @attrs.frozen
+class Subscribed:
+    """``subscribed``: the channel's last published ``seq`` and the ``epoch`` it counts in, so
+    a client can resume later; ``recovered`` only answers a subscribe with ``since``."""
+
+    channel: str
+    seq: int
+    epoch: str
+    recovered: bool | None = None
+
+
+@attrs.frozen
 class ErrorData:
     code: str
     message: str
@@ -261,13 +294,15 @@ class Status:
     state: str
 
 
-EventData = Welcome | ChannelAck | ErrorData | Lagged | Status
+EventData = Welcome | ChannelAck | Subscribed | ErrorData | Lagged | Status
 
 
 def _unstructure_data(data: EventData) -> dict[str, Any]:
     out: dict[str, Any] = attrs.asdict(data)
     if isinstance(data, ErrorData) and data.channel is None:
         del out["channel"]
+    elif isinstance(data, Subscribed) and data.recovered is None:
+        del out["recovered"]
     return out
 
 

@@ -79,7 +79,11 @@ class Relay:
             if adapters is not None
             else {name: make_adapter(name, source) for name, source in config.sources.items()}
         )
-        self.hub = Hub(self._kind_of, lambda channel: Policy(config.policy_for(channel)))
+        self.hub = Hub(
+            self._kind_of,
+            lambda channel: Policy(config.policy_for(channel)),
+            config.history.bounds_for,
+        )
         self.upstreams = {
             name: UpstreamSupervisor(
                 adapter,

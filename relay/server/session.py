@@ -434,8 +434,9 @@ class Session:
         command = parse_command(message) if isinstance(message, str) else refuse_binary(message)
         had = self._hub.registry.count_of(self)
         match command:
-            case Subscribe(channels, request_id):
-                self._hub.subscribe(self, channels, request_id, self._limits)
+            case Subscribe(channels, request_id, since):
+                now_ms = time.time_ns() // 1_000_000 if since is not None else 0
+                self._hub.subscribe(self, channels, request_id, self._limits, since, now_ms)
             case Unsubscribe(channels, request_id):
                 self._hub.unsubscribe(self, channels, request_id)
             case Ping(request_id):

@@ -150,7 +150,8 @@ async def subscribe(ws: WebSocketConnection, *channels: str, id: int = 1) -> lis
     for channel in channels:
         while "event" not in (message := await receive(ws)):
             data.append(message)
-        assert message == {"event": "subscribed", "data": {"channel": channel}, "id": id}, message
+        assert message["event"] == "subscribed" and message["id"] == id, message
+        assert message["data"]["channel"] == channel, message
     return data
 
 

@@ -178,11 +178,12 @@ async def test_a_pair_kraken_does_not_list_is_refused_to_its_subscribers(
     exchange = KrakenExchange(nursery)
     async with running_relay(nursery, exchange) as relay, client(url_of(relay)) as ws:
         await send(ws, {"action": "subscribe", "channel": "kraken:trades:DOGE-USD", "id": 7})
-        assert await receive(ws) == {
-            "event": "subscribed",
-            "data": {"channel": "kraken:trades:DOGE-USD"},
-            "id": 7,
-        }
+        ack = await receive(ws)
+        assert (ack["event"], ack["data"]["channel"], ack["id"]) == (
+            "subscribed",
+            "kraken:trades:DOGE-USD",
+            7,
+        )
         error = await receive(ws)
         assert error["event"] == "error"
         assert error["data"]["code"] == "upstream_refused"
