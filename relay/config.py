@@ -31,6 +31,12 @@ from relay.adapters import SOURCE_KINDS as _KINDS
 from relay.adapters import make_adapter
 from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
+from relay.core.credentials import (
+    HMAC_ALGORITHMS,
+    JWT_ALGORITHMS,
+    MIN_HMAC_SECRET,
+    RSA_ALGORITHMS,
+)
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
 
@@ -42,6 +48,7 @@ __all__ = [
     "BackpressureRule",
     "ConfigError",
     "Issue",
+    "JwtConfig",
     "OutboxConfig",
     "PolicyName",
     "RelayConfig",
@@ -222,11 +229,68 @@ class ServerConfig:
 
 
 @attrs.frozen
+class JwtConfig:
+    """Signed tokens as credentials (docs/security.md). Key material is read from its files
+    when the relay starts or reloads, not here."""
+
+    algorithms: list[str] = attrs.Factory(lambda: ["HS256"])
+    """Accepted signature algorithms; a token naming any other (``none`` included) is refused."""
+    secret: str | None = attrs.field(default=None, repr=False)
+    """The HMAC secret (HS256/384/512), at least 32 bytes; or ``secret_file``."""
+    secret_file: str | None = None
+    """A file holding the HMAC secret (surrounding whitespace ignored)."""
+    public_key_file: str | None = None
+    """A PEM RSA public key, for RS256/384/512."""
+    issuer: str | None = None
+    """When set, tokens must carry this ``iss``."""
+    audience: str | None = None
+    """When set, tokens must carry this ``aud``."""
+    leeway: float = 0.0
+    """Seconds of clock difference tolerated on ``exp`` and ``nbf``."""
+    default_tier: str = "default"
+    """The tier of a token without a ``tier`` claim."""
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        algorithms = set(self.algorithms)
+        if not self.algorithms:
+            issues.append(Issue("algorithms", "must not be empty"))
+        for i, name in enumerate(self.algorithms):
+            if name not in JWT_ALGORITHMS:
+                known = ", ".join(sorted(JWT_ALGORITHMS))
+                issues.append(Issue(f"algorithms[{i}]", f"must be one of {known}, got {name!r}"))
+        hmac = bool(algorithms & HMAC_ALGORITHMS)
+        rsa = bool(algorithms & RSA_ALGORITHMS)
+        if self.secret is not None and self.secret_file is not None:
+            issues.append(Issue("secret", "give secret or secret_file, not both"))
+        elif hmac and self.secret is None and self.secret_file is None:
+            issues.append(Issue("secret", "secret or secret_file is required for HS algorithms"))
+        elif not hmac and (self.secret is not None or self.secret_file is not None):
+            name = "secret" if self.secret is not None else "secret_file"
+            issues.append(Issue(name, "is only used with HS algorithms"))
+        if self.secret is not None and len(self.secret.encode()) < MIN_HMAC_SECRET:
+            # Never echo the secret: error messages end up in logs.
+            issues.append(Issue("secret", f"must be at least {MIN_HMAC_SECRET} bytes"))
+        if rsa and self.public_key_file is None:
+            issues.append(Issue("public_key_file", "is required for RS algorithms"))
+        elif not rsa and self.public_key_file is not None:
+            issues.append(Issue("public_key_file", "is only used with RS algorithms"))
+        optional = ("secret_file", "public_key_file", "issuer", "audience", "default_tier")
+        issues.extend(Issue(n, "must not be empty") for n in optional if getattr(self, n) == "")
+        _non_negative(issues, "leeway", self.leeway)
+        raise_issues(issues)
+
+
+@attrs.frozen
 class AuthConfig:
     """Who may connect without credentials; see :attr:`anonymous_tier_name`."""
 
     required: bool = True
     anonymous_tier: str | None = None
+    key_file: str | None = None
+    """A TOML file of hashed API keys, managed with ``relay keys``; relative to the
+    configuration file. Its keys are accepted besides ``[[keys]]``."""
+    jwt: JwtConfig | None = None
 
     @property
     def anonymous_tier_name(self) -> str | None:
@@ -241,8 +305,12 @@ class AuthConfig:
         return self.anonymous_tier
 
     def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
         if self.anonymous_tier == "":
-            raise ConfigError([Issue("anonymous_tier", "must not be empty")])
+            issues.append(Issue("anonymous_tier", "must not be empty"))
+        if self.key_file == "":
+            issues.append(Issue("key_file", "must not be empty"))
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -460,6 +528,14 @@ class RelayConfig:
             else:
                 message = f"unknown tier {anonymous!r} (defined: {defined})"
             issues.append(Issue("auth.anonymous_tier", message))
+        jwt = self.auth.jwt
+        if jwt is not None and jwt.default_tier not in self.tiers:
+            issues.append(
+                Issue(
+                    "auth.jwt.default_tier",
+                    f"unknown tier {jwt.default_tier!r} (defined: {defined})",
+                )
+            )
         first_index: dict[str, int] = {}
         for i, api_key in enumerate(self.keys):
             if api_key.tier not in self.tiers:
@@ -648,6 +724,11 @@ def parse_config(data: Mapping[str, Any]) -> RelayConfig:
         raise ConfigError(_issues_from(exc)) from None
 
 
+#: Keys that name files, as dotted paths: a relative one is taken from the configuration
+#: file's directory (not the working directory, which depends on how the relay is started).
+FILE_KEYS: tuple[str, ...] = ("auth.key_file", "auth.jwt.secret_file", "auth.jwt.public_key_file")
+
+
 def load_config(path: str | os.PathLike[str]) -> RelayConfig:
     """Read and validate a TOML file. OSError (a missing file) propagates unchanged."""
     with open(path, "rb") as f:
@@ -655,7 +736,22 @@ def load_config(path: str | os.PathLike[str]) -> RelayConfig:
             data = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([Issue("", f"{os.fspath(path)}: invalid TOML: {exc}")]) from None
+    base = os.path.dirname(os.path.abspath(path))
+    for dotted in FILE_KEYS:
+        _resolve_file_key(data, dotted.split("."), base)
     return parse_config(data)
+
+
+def _resolve_file_key(data: dict[str, Any], parts: list[str], base: str) -> None:
+    """Make one file key absolute in place; a value of the wrong type is left for the
+    converter to report."""
+    table: Any = data
+    for part in parts[:-1]:
+        table = table.get(part) if isinstance(table, dict) else None
+    if isinstance(table, dict):
+        value = table.get(parts[-1])
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            table[parts[-1]] = os.path.join(base, value)
 
 
 def unstructure(config: RelayConfig) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from relay.config import (
     AuthConfig,
     BackpressureRule,
     ConfigError,
+    JwtConfig,
     OutboxConfig,
     RelayConfig,
     ServerConfig,
@@ -237,6 +238,7 @@ def test_docs_complete_example_sets_every_key() -> None:
     [
         ("## `[server]`", ServerConfig),
         ("## `[auth]`", AuthConfig),
+        ("## `[auth.jwt]`", JwtConfig),
         ("## `[tiers.NAME]`", TierConfig),
         ("## `[[keys]]`", ApiKey),
         ("## `[sources.NAME]`", SourceConfig),
