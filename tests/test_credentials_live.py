@@ -317,3 +317,18 @@ async def test_the_key_file_watcher_revokes_within_a_poll(
     await trio.sleep(KEY_FILE_POLL + 0.01)
     await connect(relay, nursery, frank)
     assert sorted(s.key_name for s in relay.sessions if s.closing is None) == ["erin", "frank"]
+
+
+async def test_the_watcher_waits_for_a_key_file_a_reload_configures(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = await start(parse_config(config_data()), nursery)
+    nursery.start_soon(relay.watch_key_file)
+    await trio.sleep(10 * KEY_FILE_POLL)
+    path = str(tmp_path / "keys.toml")
+    gina = add_key(path, "gina", "pro", datetime(2026, 1, 1, tzinfo=UTC))
+    assert relay.reload(parse_config(config_data(key_file=path)))
+    client = await connect(relay, nursery, gina)
+    revoke_key(path, "gina")
+    await trio.sleep(KEY_FILE_POLL + 0.01)
+    assert client.closed is not None and client.closed.code == 1008

@@ -131,6 +131,7 @@ class Relay:
             config.server.heartbeat, config.server.idle_timeout, config.server.heartbeat_timeout
         )
         self._timers_changed = trio.lowlevel.ParkingLot()
+        self._key_file_configured = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
         self.metrics = make_registry(self)
         self.fanout_latency = Histogram(
@@ -512,6 +513,8 @@ class Relay:
             if old.tiers.get(name) != config.tiers.get(name)
         )
         self.config = attrs.evolve(old, auth=config.auth, tiers=config.tiers, keys=config.keys)
+        if config.auth.key_file is not None:
+            self._key_file_configured.unpark_all()
         self.credentials = credentials
         self._per_tier = {
             name: _session_settings(self.config, tier) for name, tier in config.tiers.items()
@@ -556,9 +559,14 @@ class Relay:
     async def watch_key_file(self) -> None:
         """Reload the keys when the key file changes (its mtime, size or inode: an atomic
         replace by ``relay keys`` changes the inode even within one mtime tick). Looks every
-        :data:`KEY_FILE_POLL` seconds; does nothing while no key file is configured."""
+        :data:`KEY_FILE_POLL` seconds; sleeps without a deadline while no key file is
+        configured, until a reload configures one."""
         seen = _file_signature(self.config.auth.key_file)
         while True:
+            if self.config.auth.key_file is None:
+                await self._key_file_configured.park()
+                seen = _file_signature(self.config.auth.key_file)
+                continue
             await trio.sleep(KEY_FILE_POLL)
             path = self.config.auth.key_file
             signature = _file_signature(path)

@@ -27,10 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from relay import cli
 from relay.keyfile import add_key
 from relay.sim.server import SimServer
-from tests.e2e.conftest import HOST, running_stack
+from tests.e2e.conftest import HOST, read_stderr_until, relay_command, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -60,20 +59,17 @@ def open_client(exits: ExitStack, url: str, credential: str, *channels: str) -> 
     return ws
 
 
-def next_event(ws: ClientConnection, event: str, within: float = 5.0) -> dict[str, Any]:
+def next_message(ws: ClientConnection, field: str, value: str, within: float = 5.0) -> Any:
+    """The next message whose ``field`` is ``value`` (an ``event``, or a data ``channel``)."""
     deadline = time.monotonic() + within
     while True:
         message: dict[str, Any] = orjson.loads(ws.recv(timeout=deadline - time.monotonic()))
-        if message.get("event") == event:
+        if message.get(field) == value:
             return message
 
 
-def next_data(ws: ClientConnection, channel: str, within: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
-        message: dict[str, Any] = orjson.loads(ws.recv(timeout=deadline - time.monotonic()))
-        if message.get("channel") == channel:
-            return message
+def next_event(ws: ClientConnection, event: str) -> Any:
+    return next_message(ws, "event", event)
 
 
 def wait_closed(ws: ClientConnection, within: float = 10.0) -> tuple[int, str, float]:
@@ -90,7 +86,7 @@ def wait_closed(ws: ClientConnection, within: float = 10.0) -> tuple[int, str, f
 
 def still_open(ws: ClientConnection, channel: str) -> bool:
     """Data keeps coming on ``channel`` (the connection was not dropped)."""
-    return next_data(ws, channel)["channel"] == channel
+    return next_message(ws, "channel", channel)["channel"] == channel
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:
@@ -102,35 +98,25 @@ async def in_thread(fn: Any, *args: Any) -> Any:
 
 @asynccontextmanager
 async def relay_process(config_path: Path) -> AsyncIterator[tuple[trio.Process, str]]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "relay", "serve", "--config", str(config_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        output = b""
-        with trio.fail_after(20):
-            while not (match := re.search(rb"listening on (ws://\S+/ws)", output)):
-                chunk = await process.stderr.receive_some()
-                assert chunk, output.decode()
-                output += chunk
-        yield process, match.group(1).decode()
+    """``relay serve`` as a user runs it; stopped with SIGTERM (and must exit 0) at the end."""
+    async with relay_command("serve", "--config", str(config_path)) as process:
+        output = await read_stderr_until(process, b"/ws\n")
+        match = re.search(r"listening on (ws://\S+/ws)", output)
+        assert match, output
+        yield process, match.group(1)
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
-def serve_config(sim_port: int, directory: Path, pro_channels: list[str]) -> dict[str, Any]:
-    return {
+def write_config(path: Path, sim_port: int, pro_channels: list[str], inline: bool = True) -> None:
+    """A configuration for ``relay serve``: tiers pro (with these channels) and default, the
+    inline key (as tier pro) unless ``inline`` is false, and the key file keys.toml."""
+    config = {
         "server": {"host": HOST, "port": 0},
         "auth": {"key_file": "keys.toml"},
         "tiers": {"pro": {"channels": pro_channels}, "default": {}},
-        "keys": [{"key": INLINE_KEY, "tier": "pro", "name": "inline"}],
+        "keys": [{"key": INLINE_KEY, "tier": "pro", "name": "inline"}] if inline else [],
         "sources": {
             "sim": {
                 "kind": "sim",
@@ -139,6 +125,13 @@ def serve_config(sim_port: int, directory: Path, pro_channels: list[str]) -> dic
             }
         },
     }
+    path.write_text(tomli_w.dumps(config))
+
+
+@pytest.fixture
+async def sim_port(nursery: trio.Nursery) -> int:
+    port: int = await nursery.start(SimServer(rate=20.0).serve, HOST, 0)
+    return port
 
 
 def keys_cli(*argv: str) -> str:
@@ -154,11 +147,10 @@ def keys_cli(*argv: str) -> str:
 
 
 async def test_sighup_closes_revoked_keys_with_1008_within_a_second_and_keeps_the_others(
-    nursery: trio.Nursery, tmp_path: Path
+    sim_port: int, tmp_path: Path
 ) -> None:
-    sim_port = await nursery.start(SimServer(rate=20.0).serve, HOST, 0)
     config_path = tmp_path / "relay.toml"
-    config_path.write_text(tomli_w.dumps(serve_config(sim_port, tmp_path, ["*"])))
+    write_config(config_path, sim_port, ["*"])
     now = datetime.now(UTC)
     revoked_secret = add_key(str(tmp_path / "keys.toml"), "revoked", "pro", now)
     kept_secret = add_key(str(tmp_path / "keys.toml"), "kept", "pro", now)
@@ -178,9 +170,7 @@ async def test_sighup_closes_revoked_keys_with_1008_within_a_second_and_keeps_th
             waiters.start_soon(watch, "file", from_file)
             # The inline key goes from the configuration (only a SIGHUP applies that), the other
             # from the key file, with the command.
-            data = serve_config(sim_port, tmp_path, ["*"])
-            data["keys"] = []
-            config_path.write_text(tomli_w.dumps(data))
+            write_config(config_path, sim_port, ["*"], inline=False)
             await in_thread(keys_cli, "revoke", "revoked", "--config", str(config_path))
             await trio.sleep(0.5)
             assert "inline" not in closes
@@ -196,17 +186,16 @@ async def test_sighup_closes_revoked_keys_with_1008_within_a_second_and_keeps_th
 
 
 async def test_sighup_narrowing_a_tier_removes_a_subscription_with_an_event(
-    nursery: trio.Nursery, tmp_path: Path
+    sim_port: int, tmp_path: Path
 ) -> None:
-    sim_port = await nursery.start(SimServer(rate=20.0).serve, HOST, 0)
     config_path = tmp_path / "relay.toml"
-    config_path.write_text(tomli_w.dumps(serve_config(sim_port, tmp_path, ["*"])))
-    cli.main(["keys", "add", "x", "--tier", "pro", "--file", str(tmp_path / "keys.toml")])
+    write_config(config_path, sim_port, ["*"])
+    add_key(str(tmp_path / "keys.toml"), "x", "pro", datetime.now(UTC))
     trades, ticker = "sim:trades:BTC-USD", "sim:ticker:BTC-USD"
     async with relay_process(config_path) as (process, url):
         exits = ExitStack()
         ws = await in_thread(open_client, exits, url, INLINE_KEY, trades, ticker)
-        config_path.write_text(tomli_w.dumps(serve_config(sim_port, tmp_path, ["sim:trades:*"])))
+        write_config(config_path, sim_port, ["sim:trades:*"])
         process.send_signal(signal.SIGHUP)
         event = await in_thread(next_event, ws, "unsubscribed")
         assert event == {
