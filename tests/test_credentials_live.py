@@ -332,3 +332,27 @@ async def test_the_watcher_waits_for_a_key_file_a_reload_configures(
     revoke_key(path, "gina")
     await trio.sleep(KEY_FILE_POLL + 0.01)
     assert client.closed is not None and client.closed.code == 1008
+
+
+async def test_losing_every_subscription_restarts_the_idle_clock(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """By a reload (bob) or by a refresh (carol): each is closed 4000 idle_timeout later."""
+    relay = await start(parse_config(config_data()), nursery)
+    bob = await connect(relay, nursery, "inline-key-bob")
+    carol = await connect(relay, nursery, token(lifetime=5000, channels=["sim:ticker:*"]))
+    for client in (bob, carol):
+        await subscribe(client, "sim:ticker:BTC-USD")
+    await trio.sleep(100)
+    narrowed = config_data()
+    narrowed["tiers"]["pro"]["channels"] = ["sim:trades:*"]
+    reloaded_at = trio.current_time()
+    assert relay.reload(parse_config(narrowed))
+    await trio.sleep(100)
+    refreshed_at = trio.current_time()
+    await carol.send({"action": "auth", "token": token(lifetime=5000), "id": 1})
+    await trio.sleep(2000)
+    assert bob.closed is not None and bob.closed.code == 4000
+    assert bob.closed_at == pytest.approx(reloaded_at + 1000.0)
+    assert carol.closed is not None and carol.closed.code == 4000
+    assert carol.closed_at == pytest.approx(refreshed_at + 1000.0, abs=0.01)

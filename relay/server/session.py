@@ -466,7 +466,10 @@ class Session:
                     )
                     self.reply(encode_error(error))
                 else:
+                    # The relay applies the new grant through regrant, which restarts the idle
+                    # clock itself if it removed every subscription.
                     self._authenticate(self, command)
+                    return
             case ProtocolError():
                 self.reply(encode_error(command))
         if self.outbox.overflowed:
