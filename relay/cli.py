@@ -398,7 +398,7 @@ def _reload(args: argparse.Namespace, relay: Relay) -> None:
     try:
         config = _with_overrides(load_config(args.config), args)
     except (ConfigError, OSError) as exc:
-        log.error("reload refused, nothing changed: %s: %s", args.config, exc)
+        log.error("reload of %s refused, nothing changed:\n%s", args.config, exc)
         return
     relay.reload(config)
 

@@ -232,3 +232,38 @@ def test_the_file_written_is_plain_toml_with_a_comment(tmp_path: Path) -> None:
     assert text.startswith("# API keys of the relay")
     data = tomllib.loads(text)
     assert set(data["keys"][0]) == {"name", "tier", "hash", "created"}
+
+
+def test_serve_with_a_missing_key_file_says_so_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "bad configuration" in err and "auth.key_file: cannot read" in err
+
+
+def test_sighup_with_a_broken_configuration_logs_it_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from relay.server.relay import Relay
+
+    config_path = write_config(tmp_path)
+    add_key(str(tmp_path / "keys.toml"), "alice", "pro", NOW)
+    args = cli._parser().parse_args(["serve", "--config", str(config_path), "--port", "0"])
+    config = cli._load(args)
+    assert config is not None
+    relay = Relay(config)
+    before = relay.config
+    config_path.write_text("[auth\n")
+    cli._reload(args, relay)
+    assert relay.config is before
+    assert "refused, nothing changed" in caplog.text and "invalid TOML" in caplog.text
+    # Fixed again, with a new tier: applied, and the command line's --port still wins.
+    config_path.write_text(
+        '[auth]\nkey_file = "keys.toml"\n[tiers.default]\n[tiers.pro]\n[tiers.x]\n'
+    )
+    cli._reload(args, relay)
+    assert set(relay.config.tiers) == {"default", "pro", "x"}
+    assert relay.config.server.port == 0
+    assert "need a restart" not in caplog.text
