@@ -11,6 +11,8 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -19,6 +21,7 @@ from relay import logs
 
 if TYPE_CHECKING:
     from relay.config import RelayConfig
+    from relay.server.relay import Relay
 
 log = logging.getLogger("relay")
 
@@ -132,8 +135,8 @@ def _parser() -> argparse.ArgumentParser:
             help=summary,
             description=description,
             formatter_class=_Formatter,
-            # tail prints messages, it does not log
-            parents=[] if name == "tail" else [log_options],
+            # tail prints messages and keys prints keys: neither logs
+            parents=[] if name in ("tail", "keys") else [log_options],
         )
 
     serve = command(
@@ -142,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         "Run the relay from a TOML configuration file (every key: docs/configuration.md).\n\n"
         "  relay serve --config examples/relay.toml\n"
         "  relay serve --config examples/relay.toml --port 9000\n\n"
-        "SIGINT or SIGTERM stops it: clients get close code 1001 and the process exits 0.",
+        "SIGINT or SIGTERM stops it: clients get close code 1001 and the process exits 0.\n"
+        "SIGHUP reloads the configuration and the key file without dropping connections\n"
+        "(keys, tiers and [auth]; other sections need a restart).",
     )
     serve.add_argument(
         "--config", metavar="FILE", help=f"the configuration file, e.g. {EXAMPLE_CONFIG}"
@@ -205,20 +210,115 @@ def _parser() -> argparse.ArgumentParser:
         help="PEM file of the CA certificates a wss:// relay's certificate is checked against "
         "(default: the system's, or SSL_CERT_FILE)",
     )
+
+    keys = command(
+        "keys",
+        "add, list or revoke API keys in the key file",
+        "Manage the key file ([auth] key_file): it holds a hash of each key, never the key.\n\n"
+        f"  relay keys add alice --tier pro --config {EXAMPLE_CONFIG}\n"
+        f"  relay keys list --config {EXAMPLE_CONFIG}\n"
+        f"  relay keys revoke alice --config {EXAMPLE_CONFIG}\n\n"
+        "A running relay notices the change within a second: a revoked key's connections are\n"
+        "closed with 1008.",
+    )
+    keys_actions = keys.add_subparsers(dest="keys_action", title="actions", metavar="ACTION")
+    file_options = argparse.ArgumentParser(add_help=False)
+    where = file_options.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="FILE", help="the configuration naming the key file")
+    where.add_argument("--file", metavar="PATH", help="the key file itself")
+    add = keys_actions.add_parser(
+        "add", help="add a key and print its secret, once", parents=[file_options]
+    )
+    add.add_argument("name", help="the key's name, shown in logs")
+    add.add_argument("--tier", required=True, help="the key's tier ([tiers.NAME])")
+    keys_actions.add_parser(
+        "list", help="list the keys (never their secrets)", parents=[file_options]
+    )
+    revoke = keys_actions.add_parser("revoke", help="remove a key", parents=[file_options])
+    revoke.add_argument("name")
     return parser
 
 
-async def until_signalled(run: Callable[..., Awaitable[object]], *args: object) -> None:
-    """Run until SIGINT or SIGTERM, then cancel: clients hear 1001, upstreams close.
+def run_keys(args: argparse.Namespace) -> int:
+    """``relay keys``: 0 on success, 2 on a usage or file problem (said on stderr)."""
+    from relay.config import ConfigError, load_config
+    from relay.keyfile import add_key, read_key_file, revoke_key
+
+    def fail(message: str) -> int:
+        print(f"relay keys: {message}", file=sys.stderr)
+        return 2
+
+    tiers = None
+    path = args.file
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except (ConfigError, OSError) as exc:
+            return fail(f"bad configuration {args.config}:\n{exc}")
+        if config.auth.key_file is None:
+            return fail(f"{args.config} has no [auth] key_file: add one, or give --file")
+        path, tiers = config.auth.key_file, config.tiers
+    try:
+        if args.keys_action == "add":
+            if tiers is not None and args.tier not in tiers:
+                return fail(f"unknown tier {args.tier!r} (defined: {', '.join(tiers)})")
+            secret = add_key(path, args.name, args.tier, datetime.now(UTC))
+            print(
+                f"Added key {args.name!r} (tier {args.tier}) to {path}. Its secret follows; it is "
+                "not stored anywhere and will not be shown again:",
+                file=sys.stderr,
+            )
+            print(secret)
+        elif args.keys_action == "list":
+            entries = read_key_file(path)
+            rows = [("NAME", "TIER", "CREATED", "HASH")] + [
+                (e.name, e.tier, e.created.isoformat(), e.hash[:15] + "...") for e in entries
+            ]
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        elif args.keys_action == "revoke":
+            try:
+                revoke_key(path, args.name)
+            except KeyError:
+                return fail(f"no key named {args.name!r} in {path}")
+            print(f"Revoked key {args.name!r} in {path}.", file=sys.stderr)
+        else:
+            return fail("which action? add, list or revoke (relay keys --help)")
+    except FileNotFoundError:
+        return fail(f"no key file {path}: `relay keys add` creates it")
+    except (ConfigError, ValueError, OSError) as exc:
+        return fail(str(exc))
+    return 0
+
+
+#: Reloads rather than stops, where the platform has it.
+SIGHUP: signal.Signals | None = getattr(signal, "SIGHUP", None)
+
+
+async def until_signalled(
+    run: Callable[..., Awaitable[object]],
+    *args: object,
+    on_hangup: Callable[[], object] | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM, then cancel: clients hear 1001, upstreams close. SIGHUP
+    calls ``on_hangup`` (a reload) when one is given, and the run goes on.
 
     Explicit handlers rather than KeyboardInterrupt, because SIGTERM (docker stop, systemd) has
     none by default, and a process started in the background may inherit SIGINT ignored.
     """
+    watched = [signal.SIGINT, signal.SIGTERM]
+    if on_hangup is not None and SIGHUP is not None:
+        watched.append(SIGHUP)
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*watched) as signals:
             nursery.start_soon(run, *args)
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == SIGHUP and on_hangup is not None:
+                    log.info("%s: reloading", name, extra={"signal": name})
+                    on_hangup()
+                    continue
                 log.info("%s: stopping", name, extra={"signal": name})
                 nursery.cancel_scope.cancel()
                 break
@@ -254,9 +354,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _with_overrides(config: RelayConfig, args: argparse.Namespace) -> RelayConfig:
+    """The command line's --host and --port win over the file's."""
+    import attrs
+
+    server = config.server
+    if args.host is not None:
+        server = attrs.evolve(server, host=args.host)
+    if args.port is not None:
+        server = attrs.evolve(server, port=args.port)
+    return config if server is config.server else attrs.evolve(config, server=server)
+
+
 def _load(args: argparse.Namespace) -> RelayConfig | None:
     """The configuration with the command line's overrides, or None after saying why not."""
-    import attrs
 
     from relay.config import ConfigError, load_config
 
@@ -272,13 +383,7 @@ def _load(args: argparse.Namespace) -> RelayConfig | None:
     except (ConfigError, OSError) as exc:
         print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
         return None
-    server = config.server
-    if args.host is not None:
-        server = attrs.evolve(server, host=args.host)
-    if args.port is not None:
-        server = attrs.evolve(server, port=args.port)
-    if server is not config.server:
-        config = attrs.evolve(config, server=server)
+    config = _with_overrides(config, args)
     example_keys = [i for i, k in enumerate(config.keys) if EXAMPLE_KEY_MARK in k.key]
     if example_keys and not _is_loopback(config.server.host):
         log.warning(
@@ -291,6 +396,19 @@ def _load(args: argparse.Namespace) -> RelayConfig | None:
     return config
 
 
+def _reload(args: argparse.Namespace, relay: Relay) -> None:
+    """SIGHUP: read the configuration again (with the same command-line overrides) and apply
+    it; a file that cannot be read or is invalid is logged and changes nothing."""
+    from relay.config import ConfigError, load_config
+
+    try:
+        config = _with_overrides(load_config(args.config), args)
+    except (ConfigError, OSError) as exc:
+        log.error("reload of %s refused, nothing changed:\n%s", args.config, exc)
+        return
+    relay.reload(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -301,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.tail import run
 
         return run(args.url, args.channels, args.key, args.count, args.cafile)
+    if args.command == "keys":
+        return run_keys(args)
     if args.command == "serve" and args.config is None:
         print(NO_CONFIG, file=sys.stderr, end="")
         return 2
@@ -310,13 +430,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             if args.command == "serve":
+                from relay.config import ConfigError
                 from relay.server.relay import Relay
 
                 config = _load(args)
                 if config is None:
                     return 2
                 where = f"{config.server.host}:{config.server.port}"
-                trio.run(until_signalled, Relay(config).serve)
+                try:
+                    relay = Relay(config)
+                except ConfigError as exc:
+                    print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
+                    return 2
+                trio.run(
+                    partial(until_signalled, relay.serve, on_hangup=partial(_reload, args, relay))
+                )
             elif args.command == "demo":
                 from relay.demo import run_demo
 

@@ -33,6 +33,12 @@ from relay.adapters import make_adapter
 from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
 from relay.core.history import HistoryBounds
+from relay.core.credentials import (
+    HMAC_ALGORITHMS,
+    JWT_ALGORITHMS,
+    MIN_HMAC_SECRET,
+    RSA_ALGORITHMS,
+)
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
 from relay.tls import server_context
@@ -49,6 +55,7 @@ __all__ = [
     "HistoryConfig",
     "HistoryRule",
     "Issue",
+    "JwtConfig",
     "OutboxConfig",
     "PolicyName",
     "RelayConfig",
@@ -75,7 +82,13 @@ FORWARDED_HEADERS: tuple[ForwardedHeader, ...] = get_args(ForwardedHeader)
 
 #: Keys whose values are file paths: :func:`load_config` resolves relative ones against the
 #: directory of the configuration file, so the file means the same from any working directory.
-PATH_KEYS: tuple[str, ...] = ("server.tls.certificate", "server.tls.private_key")
+PATH_KEYS: tuple[str, ...] = (
+    "server.tls.certificate",
+    "server.tls.private_key",
+    "auth.key_file",
+    "auth.jwt.secret_file",
+    "auth.jwt.public_key_file",
+)
 
 #: Source names are the first part of channel names (``SOURCE:STREAM:SYMBOL``), so no ``:``.
 _SOURCE_NAME = re.compile(r"[a-z0-9_-]+")
@@ -274,11 +287,68 @@ class ServerConfig:
 
 
 @attrs.frozen
+class JwtConfig:
+    """Signed tokens as credentials (docs/security.md). Key material is read from its files
+    when the relay starts or reloads, not here."""
+
+    algorithms: list[str] = attrs.Factory(lambda: ["HS256"])
+    """Accepted signature algorithms; a token naming any other (``none`` included) is refused."""
+    secret: str | None = attrs.field(default=None, repr=False)
+    """The HMAC secret (HS256/384/512), at least 32 bytes; or ``secret_file``."""
+    secret_file: str | None = None
+    """A file holding the HMAC secret (surrounding whitespace ignored)."""
+    public_key_file: str | None = None
+    """A PEM RSA public key, for RS256/384/512."""
+    issuer: str | None = None
+    """When set, tokens must carry this ``iss``."""
+    audience: str | None = None
+    """When set, tokens must carry this ``aud``."""
+    leeway: float = 0.0
+    """Seconds of clock difference tolerated on ``exp`` and ``nbf``."""
+    default_tier: str = "default"
+    """The tier of a token without a ``tier`` claim."""
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        algorithms = set(self.algorithms)
+        if not self.algorithms:
+            issues.append(Issue("algorithms", "must not be empty"))
+        for i, name in enumerate(self.algorithms):
+            if name not in JWT_ALGORITHMS:
+                known = ", ".join(sorted(JWT_ALGORITHMS))
+                issues.append(Issue(f"algorithms[{i}]", f"must be one of {known}, got {name!r}"))
+        hmac = bool(algorithms & HMAC_ALGORITHMS)
+        rsa = bool(algorithms & RSA_ALGORITHMS)
+        if self.secret is not None and self.secret_file is not None:
+            issues.append(Issue("secret", "give secret or secret_file, not both"))
+        elif hmac and self.secret is None and self.secret_file is None:
+            issues.append(Issue("secret", "secret or secret_file is required for HS algorithms"))
+        elif not hmac and (self.secret is not None or self.secret_file is not None):
+            name = "secret" if self.secret is not None else "secret_file"
+            issues.append(Issue(name, "is only used with HS algorithms"))
+        if self.secret is not None and len(self.secret.encode()) < MIN_HMAC_SECRET:
+            # Never echo the secret: error messages end up in logs.
+            issues.append(Issue("secret", f"must be at least {MIN_HMAC_SECRET} bytes"))
+        if rsa and self.public_key_file is None:
+            issues.append(Issue("public_key_file", "is required for RS algorithms"))
+        elif not rsa and self.public_key_file is not None:
+            issues.append(Issue("public_key_file", "is only used with RS algorithms"))
+        optional = ("secret_file", "public_key_file", "issuer", "audience", "default_tier")
+        issues.extend(Issue(n, "must not be empty") for n in optional if getattr(self, n) == "")
+        _non_negative(issues, "leeway", self.leeway)
+        raise_issues(issues)
+
+
+@attrs.frozen
 class AuthConfig:
     """Who may connect without credentials; see :attr:`anonymous_tier_name`."""
 
     required: bool = True
     anonymous_tier: str | None = None
+    key_file: str | None = None
+    """A TOML file of hashed API keys, managed with ``relay keys``; relative to the
+    configuration file. Its keys are accepted besides ``[[keys]]``."""
+    jwt: JwtConfig | None = None
 
     @property
     def anonymous_tier_name(self) -> str | None:
@@ -293,8 +363,12 @@ class AuthConfig:
         return self.anonymous_tier
 
     def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
         if self.anonymous_tier == "":
-            raise ConfigError([Issue("anonymous_tier", "must not be empty")])
+            issues.append(Issue("anonymous_tier", "must not be empty"))
+        if self.key_file == "":
+            issues.append(Issue("key_file", "must not be empty"))
+        raise_issues(issues)
 
 
 @attrs.frozen
@@ -563,6 +637,14 @@ class RelayConfig:
             else:
                 message = f"unknown tier {anonymous!r} (defined: {defined})"
             issues.append(Issue("auth.anonymous_tier", message))
+        jwt = self.auth.jwt
+        if jwt is not None and jwt.default_tier not in self.tiers:
+            issues.append(
+                Issue(
+                    "auth.jwt.default_tier",
+                    f"unknown tier {jwt.default_tier!r} (defined: {defined})",
+                )
+            )
         first_index: dict[str, int] = {}
         for i, api_key in enumerate(self.keys):
             if api_key.tier not in self.tiers:
@@ -772,8 +854,9 @@ def _resolve_paths(data: dict[str, Any], base: str) -> None:
         table: Any = data
         for name in tables:
             table = table.get(name) if isinstance(table, dict) else None
-        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
-            table[key] = os.path.join(base, table[key])
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            table[key] = os.path.join(base, value)
 
 
 def unstructure(config: RelayConfig) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def _helps() -> dict[str, str]:
 
 def test_help_has_no_markup() -> None:
     helps = _helps()
-    assert set(helps) == {"relay", "serve", "demo", "simulate", "tail"}
+    assert set(helps) == {"relay", "serve", "demo", "simulate", "tail", "keys"}
     for name, text in helps.items():
         assert "``" not in text, name
         assert not re.search(r":(class|func|mod):`", text), name

@@ -22,6 +22,7 @@ from relay.config import (
     ConfigError,
     HistoryConfig,
     HistoryRule,
+    JwtConfig,
     OutboxConfig,
     RelayConfig,
     ServerConfig,
@@ -250,6 +251,7 @@ def test_docs_complete_example_sets_every_key() -> None:
     [
         ("## `[server]`", ServerConfig),
         ("## `[auth]`", AuthConfig),
+        ("## `[auth.jwt]`", JwtConfig),
         ("## `[tiers.NAME]`", TierConfig),
         ("## `[[keys]]`", ApiKey),
         ("## `[sources.NAME]`", SourceConfig),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
@@ -236,3 +238,55 @@ def test_offer_outcomes_are_counted() -> None:
     assert counts[Offer.DROPPED] == 3
     assert counts[Offer.COALESCED] == counts[Offer.OVERFLOW] == 0
     assert hub.deliveries == 10
+
+
+# Revoking subscriptions a reload or a token refresh no longer allows -----------------------
+
+
+def test_revoke_removes_with_an_unsubscribed_event_and_unwants_the_last_holder() -> None:
+    hub, listener = make_hub()
+    a, b = FakeSession(), FakeSession()
+    hub.subscribe(a, ["sim:trades:A", "sim:ticker:A"], 1, OPEN)
+    hub.subscribe(b, ["sim:trades:A"], 1, OPEN)
+    a.messages()
+    hub.publish(trade(1), 1)
+    assert hub.revoke(a, "sim:trades:A", "no longer allowed")
+    assert not hub.revoke(a, "sim:trades:A", "again")
+    revoked = {"channel": "sim:trades:A", "reason": "forbidden", "message": "no longer allowed"}
+    # As with an unsubscribe, what was queued before it goes out before the event.
+    assert a.messages() == [
+        {"channel": "sim:trades:A", "seq": 1, "ts": 1, "data": {"n": 1}},
+        {"event": "unsubscribed", "data": revoked},
+    ]
+    hub.publish(trade(2), 2)
+    assert a.messages() == []
+    assert ("unwant", "sim:trades:A") not in listener.events  # b still holds it
+    assert hub.revoke(b, "sim:trades:A", "x")
+    assert listener.events[-1] == ("unwant", "sim:trades:A")
+    assert hub.registry.channels_of(a) == ["sim:ticker:A"]
+
+
+_HOLDINGS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(sorted(CATALOGUE))), max_size=12)
+
+
+@settings(max_examples=200)
+@given(held=_HOLDINGS, revoked=_HOLDINGS)
+def test_revoking_keeps_the_registry_and_the_upstream_wants_consistent(
+    held: list[tuple[int, str]], revoked: list[tuple[int, str]]
+) -> None:
+    hub, listener = make_hub()
+    sessions = [FakeSession() for _ in range(3)]
+    model: set[tuple[int, str]] = set()
+    for i, channel in held:
+        hub.subscribe(sessions[i], [channel], None, OPEN)
+        model.add((i, channel))
+    for i, channel in revoked:
+        assert hub.revoke(sessions[i], channel, "gone") == ((i, channel) in model)
+        model.discard((i, channel))
+    for i, session in enumerate(sessions):
+        assert sorted(hub.registry.channels_of(session)) == sorted(c for j, c in model if j == i)
+    wanted = {c for _, c in model}
+    for channel in CATALOGUE:
+        # Every want is matched by an unwant exactly when nobody holds the channel now.
+        balance = sum(1 if kind == "want" else -1 for kind, c in listener.events if c == channel)
+        assert balance == (1 if channel in wanted else 0)

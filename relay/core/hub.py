@@ -21,6 +21,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import (
     ChannelAck,
+    ChannelRevoked,
     ErrorCode,
     ProtocolError,
     RequestId,
@@ -251,6 +252,24 @@ class Hub:
             if last:
                 self._listeners[source_of(name)].unwant(name)
         sub.wake()
+
+    def revoke(self, sub: Subscriber, channel: str, message: str) -> bool:
+        """Remove a subscription the client's credentials no longer allow, telling it why with
+        an ``unsubscribed`` event carrying ``reason: forbidden`` (and no id: nobody asked).
+        False when it did not hold the channel."""
+        removed, last = self.registry.remove(sub, channel)
+        if not removed:
+            return False
+        outbox = sub.outbox
+        outbox.discard(channel)
+        revoked = ChannelRevoked(channel, ErrorCode.FORBIDDEN, message)
+        if outbox.offer_control(self.framer.text(encode_event("unsubscribed", revoked))):
+            sub.wake()
+        else:
+            sub.overflow()
+        if last:
+            self._listeners[source_of(channel)].unwant(channel)
+        return True
 
     def drop(self, sub: Subscriber) -> None:
         """A session ended: release everything it held."""

@@ -35,6 +35,7 @@ class ErrorCode:
     TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
     RATE_LIMITED: Final = "rate_limited"
     UPSTREAM_REFUSED: Final = "upstream_refused"
+    INVALID_CREDENTIALS: Final = "invalid_credentials"
 
 
 # Commands ------------------------------------------------------------------------------------
@@ -77,7 +78,15 @@ class Ping:
     id: RequestId = None
 
 
-Command = Subscribe | Unsubscribe | Ping
+@attrs.frozen
+class Auth:
+    """Replace the connection's token in place (a JWT connection refreshing before ``exp``)."""
+
+    token: str = attrs.field(repr=False)
+    id: RequestId = None
+
+
+Command = Subscribe | Unsubscribe | Ping | Auth
 
 
 @attrs.frozen
@@ -105,6 +114,13 @@ class _ChannelRequest:
 @attrs.frozen
 class _PingRequest:
     action: str
+    id: RequestId = None
+
+
+@attrs.frozen
+class _AuthRequest:
+    action: str
+    token: str
     id: RequestId = None
 
 
@@ -239,6 +255,11 @@ def parse_command(text: str | bytes) -> Command | ProtocolError:
             return Subscribe(channels, request.id, since)
         if action == "ping":
             return Ping(converter.structure(raw, _PingRequest).id)
+        if action == "auth":
+            auth = converter.structure(raw, _AuthRequest)
+            if not auth.token:
+                return ProtocolError(ErrorCode.BAD_REQUEST, "'token' is empty", auth.id)
+            return Auth(auth.token, auth.id)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         detail = (
             "; ".join(cattrs.transform_error(exc))
@@ -276,6 +297,21 @@ class Subscribed:
 
 
 @attrs.frozen
+class ChannelRevoked:
+    """An ``unsubscribed`` the client did not ask for: its credentials no longer allow it."""
+
+    channel: str
+    reason: str
+    message: str
+
+
+@attrs.frozen
+class Authenticated:
+    expires: float
+    """The new token's ``exp``."""
+
+
+@attrs.frozen
 class ErrorData:
     code: str
     message: str
@@ -294,7 +330,9 @@ class Status:
     state: str
 
 
-EventData = Welcome | ChannelAck | Subscribed | ErrorData | Lagged | Status
+EventData = (
+    Welcome | ChannelAck | Subscribed | ChannelRevoked | Authenticated | ErrorData | Lagged | Status
+)
 
 
 def _unstructure_data(data: EventData) -> dict[str, Any]:

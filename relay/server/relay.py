@@ -7,10 +7,12 @@ Embedding it is ``port = await nursery.start(Relay(config).serve)``; ``relay ser
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import ssl
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -31,15 +33,25 @@ from relay.core.admission import (
     origin_allowed,
     origin_set,
 )
-from relay.core.channels import source_of
+from relay.core.channels import matches_any, source_of
+from relay.core.credentials import Grant
 from relay.core.forwarded import TrustedProxies
 from relay.core.hub import Hub, Limits
 from relay.core.model import StreamKind
 from relay.core.outbox import Policy
-from relay.core.protocol import Refusal
+from relay.core.protocol import (
+    Auth,
+    Authenticated,
+    ErrorCode,
+    ProtocolError,
+    Refusal,
+    encode_error,
+    encode_event,
+)
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket, accept
 from relay.issues import ConfigError, Issue
+from relay.server.credentials import load_credentials
 from relay.server.frontdoor import (
     RequestHead,
     error_body,
@@ -55,12 +67,11 @@ from relay.tls import server_context
 
 log = logging.getLogger("relay")
 
+KEY_FILE_POLL = 1.0
+"""Seconds between looks at the key file for a change."""
 
-@attrs.frozen
-class _Admission:
-    identity: str
-    tier: str
-    label: str
+#: Sections a reload cannot apply to a running relay: a change there is logged, not applied.
+RESTART_SECTIONS = ("server", "sources", "outbox", "backpressure", "history")
 
 
 class Relay:
@@ -72,8 +83,15 @@ class Relay:
         *,
         adapters: Mapping[str, Adapter] | None = None,
         transport: Transport | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """Raises :class:`ConfigError` when the key file or a JWT key file is missing or bad.
+
+        ``wall_clock`` (seconds since the epoch) is what tokens' ``exp`` is compared with; the
+        deadlines themselves run on Trio's clock, so tests replace both."""
         self.config = config
+        self._wall_clock = wall_clock
+        self.credentials = load_credentials(config)
         self.adapters = (
             dict(adapters)
             if adapters is not None
@@ -97,7 +115,6 @@ class Relay:
         }
         for name, supervisor in self.upstreams.items():
             self.hub.add_source(name, supervisor)
-        self._keys = {k.key: k for k in config.keys}
         self._per_tier = {
             name: _session_settings(config, tier) for name, tier in config.tiers.items()
         }
@@ -124,6 +141,7 @@ class Relay:
             config.server.heartbeat, config.server.idle_timeout, config.server.heartbeat_timeout
         )
         self._timers_changed = trio.lowlevel.ParkingLot()
+        self._key_file_configured = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
         self.metrics = make_registry(self)
         self.fanout_latency = Histogram(
@@ -160,6 +178,7 @@ class Relay:
             self.port = listeners[0].socket.getsockname()[1]
             scheme = "ws" if self._tls is None else "wss"
             log.info("relay listening on %s://%s:%d/ws", scheme, server.host, self.port)
+            nursery.start_soon(self.watch_key_file)
             task_status.started(self.port)
 
     async def run_timers(self) -> None:
@@ -305,25 +324,17 @@ class Relay:
             },
         )
 
-    def _identity(self, head: RequestHead) -> tuple[str, str, str]:
-        """(identity for connection counting, tier name, key label) or raises Refusal."""
+    def _identity(self, head: RequestHead) -> Grant:
+        """The grant for the request's credentials, or raises Refusal."""
         token = None
         authorization = head.headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
         if not token:
             token = head.query_value("api_key")
-        if token:
-            key = self._keys.get(token)
-            if key is None:
-                raise Refusal(401, "invalid_credentials", "unknown API key")
-            return f"key:{key.key}", key.tier, key.name
-        tier = self.config.auth.anonymous_tier_name
-        if tier is None:
-            raise Refusal(401, "missing_credentials", "an API key is required")
-        return "anonymous", tier, "anonymous"
+        return self.credentials.resolve(token, self._wall_clock())
 
-    def _admit(self, head: RequestHead, address: str) -> _Admission | bytes:
+    def _admit(self, head: RequestHead, address: str) -> Grant | bytes:
         """The connection's identity and tier, or the response that refuses it.
 
         On admission the connection counts as open for its address: the caller releases it.
@@ -336,11 +347,11 @@ class Relay:
             if not origin_allowed(head.headers.get("origin"), self._origins):
                 raise Refusal(403, "forbidden_origin", "this origin may not connect")
             self.addresses.check(address, trio.current_time())
-            identity, tier_name, label = self._identity(head)
-            tier = self.config.tiers[tier_name]
+            grant = self._identity(head)
+            tier = self.config.tiers[grant.tier]
             if len(self.sessions) >= self.config.server.max_connections:
                 raise Refusal(429, "server_full", "the server is at its connection limit")
-            if self._per_identity[identity] >= tier.max_connections:
+            if self._per_identity[grant.identity] >= tier.max_connections:
                 raise Refusal(
                     429,
                     "too_many_connections",
@@ -349,17 +360,17 @@ class Relay:
         except Refusal as refused:
             return self._refusal(head, refused, address)
         self.addresses.opened(address)
-        return _Admission(identity, tier_name, label)
+        return grant
 
     async def _serve_session(
         self,
         stream: trio.abc.Stream,
         websocket: ServerWebSocket,
-        admitted: _Admission,
+        grant: Grant,
         address: str,
     ) -> None:
-        settings, limits = self._per_tier[admitted.tier]
-        identity = admitted.identity
+        settings, limits = self._limits_for(grant)
+        identity = grant.identity
         # One nursery per connection, for the writer task a session starts when its socket is
         # behind; the session's reader is this task.
         async with trio.open_nursery() as nursery:
@@ -371,9 +382,14 @@ class Relay:
                 settings,
                 self.timers,
                 self.rounds,
-                admitted.label,
+                grant.name,
                 self.fanout_latency,
+                grant,
+                self._authenticate,
             )
+            if grant.valid_until is not None:
+                session.expiry = trio.CancelScope(deadline=self._deadline(grant.valid_until))
+                nursery.start_soon(self._expire, session, session.expiry)
             self._timers_changed.unpark_all()
             self.sessions.add(session)
             self._per_identity[identity] += 1
@@ -447,10 +463,11 @@ class Relay:
 
     def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:
         try:
-            _, tier_name, _ = self._identity(head)
+            grant = self._identity(head)
         except Refusal as refused:
             return self._refusal(head, refused, address)
-        if not self.config.tiers[tier_name].allows(channel) and self.hub.known(channel):
+        _, limits = self._limits_for(grant)
+        if not matches_any(channel, limits.channels) and self.hub.known(channel):
             return head.response(403, error_body("forbidden", f"your tier may not read {channel}"))
         snapshot = self.hub.snapshot(channel)
         if snapshot is None:
@@ -458,6 +475,156 @@ class Relay:
         seq, ts, data = snapshot
         body: dict[str, Any] = {"channel": channel, "seq": seq, "ts": ts, "data": data}
         return head.response(200, orjson.dumps(body))
+
+    # Credentials over a connection's life ------------------------------------------------
+
+    def _limits_for(self, grant: Grant) -> tuple[SessionSettings, Limits]:
+        """The tier's shared settings, with a token's extra channels when it has some."""
+        settings, limits = self._per_tier[grant.tier]
+        if grant.channels:
+            limits = Limits(limits.max_subscriptions, limits.channels + grant.channels)
+        return settings, limits
+
+    def _deadline(self, valid_until: float) -> float:
+        """A wall-clock instant on Trio's clock, where every deadline lives."""
+        return trio.current_time() + (valid_until - self._wall_clock())
+
+    async def _expire(self, session: Session, expiry: trio.CancelScope) -> None:
+        """Close a token's connection with 1008 when the token ends; a refresh moves the
+        scope's deadline. Runs in the connection's nursery, so it ends with the session."""
+        with expiry:
+            await trio.sleep_forever()
+        session.revoke("token expired")
+
+    def _authenticate(self, session: Session, command: Auth) -> None:
+        """The ``auth`` command: a valid token for the same subject replaces the connection's
+        in place; anything else is an error that changes nothing."""
+        current = session.grant
+        assert current is not None and current.is_token  # the session checks before calling
+        try:
+            grant = self.credentials.resolve(command.token, self._wall_clock())
+            if not grant.is_token:
+                raise Refusal(401, ErrorCode.INVALID_CREDENTIALS, "the auth command takes a JWT")
+            if grant.identity != current.identity:
+                raise Refusal(401, ErrorCode.INVALID_CREDENTIALS, "another subject's token")
+        except Refusal as refused:
+            error = ProtocolError(ErrorCode.INVALID_CREDENTIALS, refused.message, command.id)
+            session.reply(encode_error(error))
+            return
+        assert grant.expires is not None
+        session.reply(encode_event("authenticated", Authenticated(grant.expires), command.id))
+        self._regrant(session, grant)
+
+    def _regrant(self, session: Session, grant: Grant) -> int:
+        """Apply a (renewed) grant to a live session; answers the subscriptions removed."""
+        settings, limits = self._limits_for(grant)
+        if session.expiry is not None and grant.valid_until is not None:
+            session.expiry.deadline = self._deadline(grant.valid_until)
+        return session.regrant(grant, settings, limits)
+
+    # Reload ------------------------------------------------------------------------------
+
+    def reload(self, config: RelayConfig) -> bool:
+        """Apply what can change while clients stay connected: keys (inline and the key
+        file), tiers, ``[auth]`` and its JWT settings. A session whose credential no longer
+        resolves is closed with 1008; one whose tier or token changed gets the new limits,
+        losing (with an event) each subscription they no longer allow. Changes to sections
+        that need a restart are logged, not applied. A bad configuration or key file is
+        logged with its issues and changes nothing: answers False then."""
+        old = self.config
+        try:
+            credentials = load_credentials(config)
+            # The certificate is read again too (renewed files under the same names): a TLS
+            # relay's new connections get it. Turning TLS on or off needs a restart.
+            tls = None
+            if self._tls is not None and config.server.tls is not None:
+                tls = _tls_context(config.server.tls)
+        except ConfigError as exc:
+            log.error("reload refused, nothing changed:\n%s", exc, extra={"issues": str(exc)})
+            return False
+        restart = _restart_sections(old, config)
+        if restart:
+            log.warning(
+                "reload: changes to %s need a restart; not applied",
+                ", ".join(f"[{s}]" for s in restart),
+                extra={"restart_sections": restart},
+            )
+        before = set(self.credentials.keys)
+        after = set(credentials.keys)
+        tiers_changed = sorted(
+            name
+            for name in old.tiers.keys() | config.tiers.keys()
+            if old.tiers.get(name) != config.tiers.get(name)
+        )
+        self.config = attrs.evolve(old, auth=config.auth, tiers=config.tiers, keys=config.keys)
+        if tls is not None and config.server.tls is not None:
+            self._tls = tls
+            self.config = attrs.evolve(
+                self.config, server=attrs.evolve(old.server, tls=config.server.tls)
+            )
+            log.info("TLS certificate reloaded from %s", config.server.tls.certificate)
+        if config.auth.key_file is not None:
+            self._key_file_configured.unpark_all()
+        self.credentials = credentials
+        self._per_tier = {
+            name: _session_settings(self.config, tier) for name, tier in config.tiers.items()
+        }
+        closed = removed = 0
+        now = self._wall_clock()
+        for session in list(self.sessions):
+            if session.grant is None or session.closing is not None:
+                continue
+            try:
+                grant = credentials.renew(session.grant, now)
+            except Refusal as refused:
+                session.revoke("credentials revoked")
+                log.info(
+                    "client %s (%s) closed by reload: %s",
+                    session.id,
+                    session.key_name,
+                    refused.message,
+                    extra={"session": session.id, "key": session.key_name},
+                )
+                closed += 1
+                continue
+            removed += self._regrant(session, grant)
+        log.info(
+            "reloaded: %d keys added, %d removed; tiers changed: %s; %d sessions closed, "
+            "%d subscriptions removed",
+            len(after - before),
+            len(before - after),
+            ", ".join(tiers_changed) or "none",
+            closed,
+            removed,
+            extra={
+                "keys_added": len(after - before),
+                "keys_removed": len(before - after),
+                "tiers_changed": tiers_changed,
+                "sessions_closed": closed,
+                "subscriptions_removed": removed,
+            },
+        )
+        return True
+
+    async def watch_key_file(self) -> None:
+        """Reload the keys when the key file changes (its mtime, size or inode: an atomic
+        replace by ``relay keys`` changes the inode even within one mtime tick). Looks every
+        :data:`KEY_FILE_POLL` seconds; sleeps without a deadline while no key file is
+        configured, until a reload configures one."""
+        seen = _file_signature(self.config.auth.key_file)
+        while True:
+            if self.config.auth.key_file is None:
+                await self._key_file_configured.park()
+                seen = _file_signature(self.config.auth.key_file)
+                continue
+            await trio.sleep(KEY_FILE_POLL)
+            path = self.config.auth.key_file
+            signature = _file_signature(path)
+            if signature != seen:
+                seen = signature
+                if path is not None:
+                    log.info("key file %s changed: reloading keys", path, extra={"path": path})
+                    self.reload(self.config)
 
 
 def _session_settings(config: RelayConfig, tier: TierConfig) -> tuple[SessionSettings, Limits]:
@@ -508,6 +675,27 @@ def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
         raise ConfigError(
             Issue(f"server.tls.{issue.path}", issue.message) for issue in exc.issues
         ) from None
+
+
+def _restart_sections(old: RelayConfig, new: RelayConfig) -> list[str]:
+    """The sections whose changes a reload cannot apply. ``[server.tls]`` can change (new
+    files) as long as TLS stays on or off."""
+    restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
+    if "server" in restart and (old.server.tls is None) == (new.server.tls is None):
+        if attrs.evolve(old.server, tls=new.server.tls) == new.server:
+            restart.remove("server")
+    return restart
+
+
+def _file_signature(path: str | None) -> tuple[int, int, int] | None:
+    """What tells a changed file: None for no file (or none configured)."""
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
 
 
 def _peer_address(stream: trio.abc.Stream) -> str:

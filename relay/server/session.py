@@ -15,15 +15,19 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Final
 
 import attrs
 import trio
 from prometheus_client import Histogram
 
+from relay.core.channels import matches_any
+from relay.core.credentials import Grant
 from relay.core.hub import Hub, Limits
 from relay.core.outbox import Outbox
 from relay.core.protocol import (
+    Auth,
     ErrorCode,
     Lagged,
     Ping,
@@ -53,6 +57,8 @@ class CloseCode:
     :mod:`relay.core.websocket`, and a client's own close is answered with its code."""
 
     GOING_AWAY: Final = 1001
+    POLICY: Final = 1008
+    """Credentials revoked or expired: do not reconnect with the same ones."""
     LOST: Final = 1006
     """Not sent: recorded when the connection ended without a close frame."""
     IDLE: Final = 4000
@@ -93,6 +99,7 @@ class Session:
     """
 
     __slots__ = (
+        "_authenticate",
         "_bucket",
         "_fd",
         "_hub",
@@ -111,6 +118,8 @@ class Session:
         "_ws",
         "bytes_out",
         "closing",
+        "expiry",
+        "grant",
         "id",
         "key_name",
         "outbox",
@@ -128,9 +137,17 @@ class Session:
         rounds: WriteRounds,
         key_name: str = "",
         latency: Histogram | None = None,
+        grant: Grant | None = None,
+        authenticate: Callable[[Session, Auth], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.key_name = key_name
+        self.grant = grant
+        """The credential this connection was admitted with (or refreshed to)."""
+        self._authenticate = authenticate
+        """Answers the ``auth`` command (the relay's, which knows the credentials)."""
+        self.expiry: trio.CancelScope | None = None
+        """For a token's connection: the scope whose deadline is the token's end."""
         self._stream = stream
         # Only a real socket gets the synchronous write; other streams (tests' memory streams)
         # always go through the writer task.
@@ -428,7 +445,7 @@ class Session:
                 f"at most {bucket.rate:g} commands per second",
                 command_id(message),
             )
-            self._reply(encode_error(error))
+            self.reply(encode_error(error))
             return
         # Commands are JSON text frames; a binary frame is refused, not executed.
         command = parse_command(message) if isinstance(message, str) else refuse_binary(message)
@@ -440,9 +457,22 @@ class Session:
             case Unsubscribe(channels, request_id):
                 self._hub.unsubscribe(self, channels, request_id)
             case Ping(request_id):
-                self._reply(encode_event("pong", None, request_id))
+                self.reply(encode_event("pong", None, request_id))
+            case Auth(_, request_id):
+                if self._authenticate is None or self.grant is None or not self.grant.is_token:
+                    error = ProtocolError(
+                        ErrorCode.BAD_REQUEST,
+                        "this connection did not authenticate with a token",
+                        request_id,
+                    )
+                    self.reply(encode_error(error))
+                else:
+                    # The relay applies the new grant through regrant, which restarts the idle
+                    # clock itself if it removed every subscription.
+                    self._authenticate(self, command)
+                    return
             case ProtocolError():
-                self._reply(encode_error(command))
+                self.reply(encode_error(command))
         if self.outbox.overflowed:
             self.overflow()
             return
@@ -452,8 +482,38 @@ class Session:
         elif had and not has:
             self._timers.idle(self, now)
 
-    def _reply(self, payload: bytes) -> None:
+    def reply(self, payload: bytes) -> None:
+        """Queue a reply (an encoded event), in order with everything else."""
         self._queue(self._hub.framer.text(payload))
+
+    # Credentials changing under a live connection (reload, token refresh) ----------------
+
+    def regrant(self, grant: Grant, settings: SessionSettings, limits: Limits) -> int:
+        """Apply a new grant's limits: the command rate and the channels allowed. Every
+        subscription no longer allowed is removed with an event saying so; others stay, even
+        above a lower ``max_subscriptions`` (it only refuses new ones). Answers how many were
+        removed."""
+        self.grant = grant
+        self.key_name = grant.name
+        self._settings = settings
+        self._limits = limits
+        self._bucket.rate = settings.rate_limit
+        self._bucket.burst = settings.rate_burst
+        hub = self._hub
+        held = hub.registry.channels_of(self)
+        removed = 0
+        for channel in held:
+            if not matches_any(channel, limits.channels) and hub.revoke(
+                self, channel, f"your credentials no longer allow {channel}"
+            ):
+                removed += 1
+        if held and removed == len(held):
+            self._timers.idle(self, trio.current_time())
+        return removed
+
+    def revoke(self, reason: str) -> None:
+        """Close with 1008: the credentials were revoked or have expired."""
+        self._end(Closing(CloseCode.POLICY, reason))
 
     # Called by the relay's timer task.
 

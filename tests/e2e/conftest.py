@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -169,3 +171,32 @@ def pytest_runtest_makereport(
     report = yield
     fold_skip(report, node_ws_missing(), require_node_ws)
     return report
+
+
+@asynccontextmanager
+async def relay_command(*argv: str) -> AsyncIterator[trio.Process]:
+    """``python -m relay ARGV`` as a child process with its stderr piped (read it with
+    :func:`read_stderr_until`); killed if it is still running at the end."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "relay", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_stderr_until(process: trio.Process, marker: bytes, within: float = 20.0) -> str:
+    """What the process wrote to stderr until ``marker`` appeared (it must, within the time)."""
+    assert process.stderr is not None
+    output = b""
+    with trio.fail_after(within):
+        while marker not in output:
+            chunk = await process.stderr.receive_some()
+            assert chunk, output.decode()
+            output += chunk
+    return output.decode()
