@@ -202,6 +202,11 @@ async def test_serve_host_and_port_override_the_file_and_json_logs(tmp_path: Pat
             assert port not in (0, file_port)
             async with client(f"ws://{HOST}:{port}/ws"):
                 pass
+            # The relay logs the close when it has seen it, which can be after the client is
+            # done: wait for that line, or SIGTERM could come first and the order below differ.
+            with trio.fail_after(10):
+                while not any(" closed: " in line for line in lines):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):
                 assert await process.wait() == 0

@@ -16,7 +16,8 @@ from tests.e2e.conftest import HOST, client, running_stack, seqs_until, subscrib
 pytestmark = pytest.mark.e2e
 
 STALLED = 500
-HANDSHAKE_TIMEOUT = 1.0
+HANDSHAKE_TIMEOUT = 3.0
+"""Long enough that opening all 500 and the normal client fits inside it on a loaded machine."""
 SLACK = 2.0
 """How late past the deadline a cut may be seen on a busy loop (500 connections at once)."""
 CHANNEL = "sim:trades:BTC-USD"
@@ -110,7 +111,9 @@ async def test_stalled_handshakes_are_cut_at_the_deadline_while_a_client_streams
                 async with client(stack.url) as ws:
                     seqs += [m["seq"] for m in await subscribe(ws, CHANNEL)]
                     # It got in while the stalled connections were all still hanging there.
-                    assert not any(cut_after.values())
+                    assert not any(cut_after.values()), {
+                        m: v[:3] for m, v in cut_after.items() if v
+                    }
                     # Stream past the moment every stalled connection is cut.
                     seqs += await seqs_until(ws, CHANNEL, started + HANDSHAKE_TIMEOUT + SLACK + 0.5)
                     assert len(stack.relay.sessions) == 1
