@@ -1,12 +1,12 @@
 """relay: a Trio WebSocket fan-out relay.
 
 One upstream connection per source, normalized and sequenced messages, fanned out to many
-clients with explicit backpressure. Embed it in a Trio program::
+clients with explicit backpressure. Embed it in a Trio program (docs/embedding.md)::
 
-    from relay import Relay, load_config
+    from relay import load_config, open_relay
 
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(Relay(load_config("relay.toml")).serve)
+    async with open_relay(load_config("relay.toml")) as relay:
+        await relay.publish("app:alerts:disk", {"used": "91%"})
 """
 
 from __future__ import annotations
@@ -15,9 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relay.config import ConfigError, RelayConfig, demo_config, load_config, parse_config
+    from relay.embed import EmbeddedRelay, open_relay
     from relay.server.relay import Relay
 
-__all__ = ["ConfigError", "Relay", "RelayConfig", "demo_config", "load_config", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "EmbeddedRelay",
+    "Relay",
+    "RelayConfig",
+    "demo_config",
+    "load_config",
+    "open_relay",
+    "parse_config",
+]
 __version__ = "0.1.0"
 
 
@@ -27,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from relay.server.relay import Relay
 
         return Relay
+    if name in ("open_relay", "EmbeddedRelay"):
+        from relay import embed
+
+        return getattr(embed, name)
     if name in __all__:
         from relay import config
 

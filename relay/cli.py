@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -425,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(NO_CONFIG, file=sys.stderr, end="")
         return 2
     logs.configure(args.log_level, args.log_format)
+    if args.command in ("serve", "demo", "simulate"):
+        _raise_file_limit()
     where = ""
     ports = "--port"
     try:
@@ -478,6 +481,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass  # a second Ctrl-C while stopping
     log.info("stopped")
     return 0
+
+
+def _raise_file_limit() -> None:
+    """Each client is a file descriptor; the usual soft limit of 1024 is far too low. A
+    process-wide setting, so the command does it, not the library a program embeds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.debug("could not raise RLIMIT_NOFILE", exc_info=True)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ from relay.adapters import SOURCE_KINDS as _KINDS
 from relay.adapters import make_adapter
 from relay.adapters.generic import JsonSpec
 from relay.core.channels import matches_any
-from relay.core.history import HistoryBounds
 from relay.core.credentials import (
     HMAC_ALGORITHMS,
     JWT_ALGORITHMS,
     MIN_HMAC_SECRET,
     RSA_ALGORITHMS,
 )
+from relay.core.history import HistoryBounds
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
 from relay.tls import server_context
@@ -58,6 +58,7 @@ __all__ = [
     "JwtConfig",
     "OutboxConfig",
     "PolicyName",
+    "PublishedSourceConfig",
     "RelayConfig",
     "ServerConfig",
     "SourceConfig",
@@ -231,6 +232,8 @@ class ServerConfig:
     """Largest client message in bytes; larger ones close the connection with 1009."""
     max_head_bytes: int = 16384
     """Largest HTTP request head in bytes; bounds what a client can make the front door buffer."""
+    max_publish_bytes: int = 1_048_576
+    """Largest ``POST /v1/publish`` body in bytes; larger ones get 413 ``too_large``."""
     max_connections_per_address: int = 1000
     """Connections open at once from one client IP address (handshakes in progress included),
     whatever their keys; past it upgrades get 429 ``too_many_connections``. Loopback too."""
@@ -269,6 +272,7 @@ class ServerConfig:
             "max_connections",
             "max_message_size",
             "max_head_bytes",
+            "max_publish_bytes",
             "max_connections_per_address",
             "connection_burst_per_address",
         ):
@@ -380,7 +384,11 @@ class TierConfig:
     max_subscriptions: int = 100
     """Per connection."""
     channels: list[str] = attrs.Factory(lambda: ["*"])
-    """fnmatch patterns of the channels this tier may subscribe to; others answer ``forbidden``."""
+    """fnmatch patterns of the channels this tier may subscribe to; others answer ``forbidden``.
+    ``{key}`` stands for the connection's key name (``"user:{key}:*"``): private channels."""
+    publish: list[str] = attrs.Factory(list)
+    """Patterns of the channels this tier's keys may publish to (``POST /v1/publish``), with
+    ``{key}`` as in ``channels``; only channels of a ``[published.NAME]`` source can be."""
     rate_limit: float = 20.0
     """Sustained client commands per second (token bucket refill rate)."""
     rate_burst: int = 40
@@ -396,9 +404,10 @@ class TierConfig:
         _at_least_one(issues, "max_subscriptions", self.max_subscriptions)
         _positive(issues, "rate_limit", self.rate_limit)
         _at_least_one(issues, "rate_burst", self.rate_burst)
-        for i, pattern in enumerate(self.channels):
-            if not pattern:
-                issues.append(Issue(f"channels[{i}]", "must not be empty"))
+        for field in ("channels", "publish"):
+            for i, pattern in enumerate(getattr(self, field)):
+                if not pattern:
+                    issues.append(Issue(f"{field}[{i}]", "must not be empty"))
         raise_issues(issues)
 
 
@@ -409,10 +418,13 @@ class ApiKey:
     key: str = attrs.field(repr=False)
     tier: str
     name: str = ""
-    """A label for logs and metrics, which must never see the key itself."""
+    """A label for logs and metrics, which must never see the key itself, and what ``{key}``
+    stands for in the tier's patterns (an unnamed key has no private channels)."""
 
     def __attrs_post_init__(self) -> None:
         issues: list[Issue] = []
+        if ":" in self.name:
+            issues.append(Issue("name", "must not contain ':' (it separates channel parts)"))
         if not self.key:
             issues.append(Issue("key", "must not be empty"))
         elif any(c.isspace() for c in self.key):
@@ -602,6 +614,22 @@ def _millis(seconds: float) -> int:
 
 
 @attrs.frozen
+class PublishedSourceConfig:
+    """A source with no upstream: the application publishes its channels itself
+    (``POST /v1/publish``, or ``publish`` and feeds when the relay is embedded)."""
+
+    state: list[str] = attrs.Factory(list)
+    """Patterns of this source's channels whose every message is the channel's whole state: the
+    latest is kept and sent to new subscribers as their snapshot. Other channels are events."""
+
+    def __attrs_post_init__(self) -> None:
+        issues = [
+            Issue(f"state[{i}]", "must not be empty") for i, p in enumerate(self.state) if not p
+        ]
+        raise_issues(issues)
+
+
+@attrs.frozen
 class RelayConfig:
     """The whole configuration. Checks what no single table can: names referring to each other."""
 
@@ -613,6 +641,7 @@ class RelayConfig:
     outbox: OutboxConfig = attrs.Factory(OutboxConfig)
     backpressure: list[BackpressureRule] = attrs.Factory(list)
     history: HistoryConfig = attrs.Factory(HistoryConfig)
+    published: dict[str, PublishedSourceConfig] = attrs.Factory(dict)
 
     def policy_for(self, channel: str) -> PolicyName:
         """First matching rule wins, so specific patterns go before general ones."""
@@ -666,6 +695,28 @@ class RelayConfig:
             for name in self.sources
             if not _SOURCE_NAME.fullmatch(name)
         )
+        for name in self.published:
+            if not _SOURCE_NAME.fullmatch(name):
+                issues.append(
+                    Issue(
+                        f"published.{_key(name)}",
+                        "source name must match [a-z0-9_-]+ (it starts every channel name)",
+                    )
+                )
+            elif name in self.sources:
+                issues.append(
+                    Issue(f"published.{_key(name)}", f"{name!r} is also an upstream in [sources]")
+                )
+        named: dict[str, int] = {}
+        for i, api_key in enumerate(self.keys):
+            if api_key.name in named:
+                # A key's name is what {key} in a tier's patterns stands for: two keys with one
+                # name would share each other's private channels.
+                issues.append(
+                    Issue(f"keys[{i}].name", f"duplicate of keys[{named[api_key.name]}].name")
+                )
+            elif api_key.name:
+                named[api_key.name] = i
         if not issues:
             for name, source in self.sources.items():
                 # What only the adapter knows (an exchange's symbol rules, a generic spec

@@ -24,6 +24,7 @@ from relay.config import (
     HistoryRule,
     JwtConfig,
     OutboxConfig,
+    PublishedSourceConfig,
     RelayConfig,
     ServerConfig,
     SourceConfig,
@@ -50,6 +51,7 @@ close_timeout = 1.5
 max_connections = 777
 max_message_size = 4096
 max_head_bytes = 8192
+max_publish_bytes = 2048
 max_connections_per_address = 12
 connection_rate_per_address = 3.5
 connection_burst_per_address = 7
@@ -65,13 +67,15 @@ anonymous_tier = "free"
 max_connections = 3
 max_subscriptions = 9
 channels = ["md:ticker:*", "md:trades:*"]
+publish = ["app:{key}:alerts"]
 rate_limit = 2.5
 rate_burst = 5
 
 [tiers.pro]
 max_connections = 30
 max_subscriptions = 300
-channels = ["md:*"]
+channels = ["md:*", "app:{key}:*"]
+publish = ["app:{key}:*"]
 rate_limit = 30.0
 rate_burst = 60
 
@@ -137,6 +141,9 @@ max_age = 30.0
 pattern = "md:book:*"
 max_messages = 0
 max_age = 1.0
+
+[published.app]
+state = ["app:*:positions"]
 """
 
 
@@ -259,6 +266,7 @@ def test_docs_complete_example_sets_every_key() -> None:
         ("## `[[backpressure]]`", BackpressureRule),
         ("## `[history]`", HistoryConfig),
         ("## `[[history.rules]]`", HistoryRule),
+        ("## `[published.NAME]`", PublishedSourceConfig),
     ],
 )
 def test_docs_list_every_key(heading: str, cls: type[Any]) -> None:
@@ -629,8 +637,14 @@ def configs(draw: st.DrawFn) -> RelayConfig:
         secrets = st.text(st.characters(exclude_categories=["Z", "Cc"]), min_size=1, max_size=16)
         keys = draw(
             st.lists(
-                st.builds(ApiKey, key=secrets, tier=st.sampled_from(names), name=st.text()),
-                unique_by=lambda k: k.key,
+                st.builds(
+                    ApiKey,
+                    key=secrets,
+                    tier=st.sampled_from(names),
+                    name=st.text(st.characters(exclude_characters=":")),
+                ),
+                # Keys are unique, and so are names (the empty one aside).
+                unique_by=(lambda k: k.key, lambda k: k.name or k.key),
                 max_size=4,
             )
         )
@@ -683,3 +697,29 @@ def test_a_name_with_a_line_break_stays_on_one_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"tiers": {"\x85": {"nope": 1}}})
     assert str(info.value).splitlines() == ["unknown key 'tiers.\"\\u0085\".nope'"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[published.Bad]\n", "published.Bad: source name must match [a-z0-9_-]+"),
+        (
+            "[sources.app]\nkind = 'sim'\nurl = 'ws://127.0.0.1:1/ws'\n[published.app]\n",
+            "published.app: 'app' is also an upstream in [sources]",
+        ),
+        ("[published.app]\nstate = ['']\n", "published.app.state[0]: must not be empty"),
+        (
+            "[[keys]]\nkey = 'a1'\ntier = 'default'\nname = 'alice'\n"
+            "[[keys]]\nkey = 'a2'\ntier = 'default'\nname = 'alice'\n",
+            "keys[1].name: duplicate of keys[0].name",
+        ),
+        (
+            "[[keys]]\nkey = 'a1'\ntier = 'default'\nname = 'team:alice'\n",
+            "keys[0].name: must not contain ':'",
+        ),
+        ("[tiers.a]\npublish = ['']\n", "tiers.a.publish[0]: must not be empty"),
+        ("[server]\nmax_publish_bytes = 0\n", "server.max_publish_bytes: must be at least 1"),
+    ],
+)
+def test_published_sources_and_key_names_are_checked(text: str, expected: str) -> None:
+    assert any(line.startswith(expected) for line in problems(text)), problems(text)

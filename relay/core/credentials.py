@@ -79,6 +79,10 @@ class Grant:
     """A token's ``exp`` (seconds since the epoch); None for keys and anonymous access."""
     valid_until: float | None = None
     """``exp`` plus the configured leeway: when the connection is closed unless refreshed."""
+    owner: str | None = None
+    """What ``{key}`` in the tier's patterns stands for: the key's configured name or the
+    token's ``sub``; None for anonymous access and unnamed keys, which have no private
+    channels (they would share them)."""
 
     @property
     def is_token(self) -> bool:
@@ -226,7 +230,9 @@ class Credentials:
     def _key_grant(self, key: StoredKey) -> Grant:
         if key.tier not in self._tiers:
             raise _invalid(f"the key's tier {key.tier!r} is not defined")
-        return Grant(f"key:{key.hash}", key.tier, key.name or "unnamed key", key.hash)
+        return Grant(
+            f"key:{key.hash}", key.tier, key.name or "unnamed key", key.hash, owner=key.name or None
+        )
 
     def _token_grant(self, token: str, now: float) -> Grant:
         verifier = self.jwt
@@ -250,6 +256,7 @@ class Credentials:
             tuple(channels),
             exp,
             exp + verifier.leeway,
+            owner=subject,
         )
 
 

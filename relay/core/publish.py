@@ -14,9 +14,18 @@ from typing import Any, Final
 import attrs
 import orjson
 
+from relay.core.channels import matches_any
+from relay.core.model import StreamKind, Update
 from relay.core.protocol import MAX_CHANNEL_NAME, Refusal
 
-__all__ = ["MAX_PUBLICATIONS", "Publication", "parse_publications", "personal_patterns"]
+__all__ = [
+    "KEY_PLACEHOLDER",
+    "MAX_PUBLICATIONS",
+    "Publication",
+    "PublishedSource",
+    "parse_publications",
+    "personal_patterns",
+]
 
 MAX_PUBLICATIONS: Final = 1000
 """Messages in one request; a bigger batch is split by the publisher, not buffered here."""
@@ -68,13 +77,52 @@ def _escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def personal_patterns(patterns: tuple[str, ...] | list[str], key_name: str) -> tuple[str, ...]:
+def personal_patterns(
+    patterns: tuple[str, ...] | list[str], key_name: str | None
+) -> tuple[str, ...]:
     """A tier's patterns for one connection: ``{key}`` replaced by its key name.
 
-    A name with a ``:`` gets no ``{key}`` pattern at all: ``*`` matches across ``:``, so key
-    ``a``'s ``user:a:*`` would otherwise read key ``a:b``'s ``user:a:b:...``. (Key names
-    cannot contain one; a token's ``sub`` can, and its holder then has no private channels.)"""
-    if ":" in key_name:
+    No name (anonymous access, an unnamed key: connections that would share them) or a name
+    with a ``:`` gets no ``{key}`` pattern at all. ``*`` matches across ``:``, so key ``a``'s
+    ``user:a:*`` would otherwise read key ``a:b``'s ``user:a:b:...``. (Key names cannot contain
+    one; a token's ``sub`` can, and its holder then has no private channels.)"""
+    if key_name is None or ":" in key_name:
         return tuple(p for p in patterns if KEY_PLACEHOLDER not in p)
     escaped = _escape(key_name)
     return tuple(p.replace(KEY_PLACEHOLDER, escaped) for p in patterns)
+
+
+class PublishedSource:
+    """A source with no upstream, whose channels the application publishes: what the hub
+    asks of a source (``want``, ``unwant``, ``channel_state``) has nothing to do here, since no
+    upstream is subscribed and state channels keep their latest message in the hub."""
+
+    def __init__(self, name: str, state: tuple[str, ...] | list[str] = ()) -> None:
+        self.name = name
+        self._state = tuple(state)
+
+    def kind(self, channel: str) -> StreamKind | None:
+        """STATE for channels the configuration lists as state, EVENT for the others; None for
+        a name that is not this source's ``NAME:...``."""
+        source, _, rest = channel.partition(":")
+        if source != self.name or not rest or len(channel) > MAX_CHANNEL_NAME:
+            return None
+        return StreamKind.STATE if matches_any(channel, self._state) else StreamKind.EVENT
+
+    def update(self, publication: Publication) -> Update:
+        """The publication as the hub publishes it (ValueError when it is not this source's):
+        every message of a state channel is its whole state, so it goes out as a snapshot."""
+        kind = self.kind(publication.channel)
+        if kind is None:
+            raise ValueError(f"{publication.channel!r} is not a channel of source {self.name!r}")
+        return Update(publication.channel, publication.data, None, kind is StreamKind.STATE)
+
+    def want(self, channel: str) -> None:
+        """Nothing to subscribe to: published messages arrive whether or not anyone listens."""
+
+    def unwant(self, channel: str) -> None:
+        """Nothing to unsubscribe from."""
+
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        """None: a state channel's latest message is its state, and the hub keeps that."""
+        return None

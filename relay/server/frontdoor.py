@@ -27,6 +27,7 @@ REASONS = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    413: b"Content Too Large",
     426: b"Upgrade Required",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
@@ -56,6 +57,33 @@ class RequestHead:
     def is_upgrade(self) -> bool:
         connection = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
         return "upgrade" in connection and self.headers.get("upgrade", "").lower() == "websocket"
+
+    async def read_body(self, stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
+        """The request's body (``Content-Length`` or chunked, as h11 reads it), under the
+        caller's deadline. Raises :class:`Refusal`: 413 past ``max_bytes`` (refused from the
+        announced length when there is one, before reading it), 400 for a malformed or
+        truncated body."""
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise Refusal(413, "too_large", f"the body is over {max_bytes} bytes")
+        conn = self._h11
+        body = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise Refusal(400, "bad_request", str(exc) or "malformed body") from None
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    raise Refusal(400, "bad_request", "the body ended early")
+                conn.receive_data(bytes(data))
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > max_bytes:
+                    raise Refusal(413, "too_large", f"the body is over {max_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
 
     def query_value(self, name: str) -> str | None:
         values = self.query.get(name)

@@ -23,102 +23,103 @@ class RelayCollector(Collector):
         self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
-        relay = self._relay
-        hub = relay.hub
+        stats = self._relay.stats()
         yield GaugeMetricFamily(
-            "relay_connections", "Open client WebSocket connections", value=len(relay.sessions)
+            "relay_connections", "Open client WebSocket connections", value=stats.connections
         )
         yield CounterMetricFamily(
-            "relay_connections_accepted", "Client connections accepted", value=relay.accepted
+            "relay_connections_accepted", "Client connections accepted", value=stats.accepted
         )
         rejected = CounterMetricFamily(
             "relay_connections_rejected", "Handshakes refused, by HTTP status", labels=["status"]
         )
-        for status, count in sorted(relay.rejected.items()):
+        for status, count in stats.rejected.items():
             rejected.add_metric([str(status)], count)
         yield rejected
         yield GaugeMetricFamily(
-            "relay_subscriptions", "Client subscriptions", value=len(hub.registry)
+            "relay_subscriptions", "Client subscriptions", value=stats.subscriptions
         )
         yield GaugeMetricFamily(
             "relay_channels_active",
             "Channels with at least one subscriber",
-            value=hub.registry.channel_count,
+            value=stats.channels_active,
         )
         yield CounterMetricFamily(
             "relay_messages_published",
             "Channel messages sequenced and fanned out",
-            value=hub.messages_in,
+            value=stats.messages_published,
         )
         offers = CounterMetricFamily(
             "relay_deliveries",
             "Messages offered to client outboxes, by outcome",
             labels=["outcome"],
         )
-        for outcome, count in hub.offers().items():
-            offers.add_metric([outcome.name.lower()], count)
+        for outcome, count in stats.deliveries.items():
+            offers.add_metric([outcome], count)
         yield offers
         yield CounterMetricFamily(
             "relay_bytes_out",
             "Bytes written to clients (closed and open sessions)",
-            value=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
+            value=stats.bytes_out,
         )
         yield CounterMetricFamily(
             "relay_writes",
             "Socket writes to clients; deliveries / writes is the batching factor",
-            value=relay.writes + sum(s.writes for s in relay.sessions),
+            value=stats.writes,
         )
         yield CounterMetricFamily(
             "relay_write_rounds",
             "Write rounds: times the waiting client writers were released together",
-            value=relay.rounds.rounds,
+            value=stats.write_rounds,
         )
         closes = CounterMetricFamily(
             "relay_disconnects", "Client connections closed, by close code", labels=["code"]
         )
-        for code, count in sorted(relay.close_codes.items()):
+        for code, count in stats.disconnects.items():
             closes.add_metric([str(code)], count)
         yield closes
 
         up = GaugeMetricFamily(
             "relay_upstream_connected", "1 when the upstream connection is up", labels=["source"]
         )
-        counters = {
-            "messages": ("relay_upstream_messages", "Frames received from the upstream"),
-            "malformed": ("relay_upstream_malformed", "Upstream frames that could not be parsed"),
-            "connects": ("relay_upstream_connects", "Upstream connections established"),
-            "disconnects": ("relay_upstream_disconnects", "Upstream connections lost"),
-            "gaps": ("relay_upstream_gaps", "Sequence gaps detected"),
-            "resyncs": ("relay_upstream_resyncs", "Books resynchronized from a snapshot"),
-            "snapshot_fetches": ("relay_upstream_snapshot_fetches", "REST snapshot requests"),
-            "snapshot_failures": (
-                "relay_upstream_snapshot_failures",
-                "REST snapshot requests that failed (retried)",
-            ),
-            "backfill_failures": (
-                "relay_upstream_backfill_failures",
-                "Item (block) fetches that failed (retried)",
-            ),
-            "backfill_fetches": (
-                "relay_upstream_backfill_fetches",
-                "Items (blocks) fetched over HTTP to fill a gap or follow a reorg",
-            ),
-            "refusals": ("relay_upstream_refusals", "Requests the upstream refused"),
-            "resubscribes": (
-                "relay_upstream_resubscribes",
-                "Channels subscribed again to repair them from the upstream's own snapshot",
-            ),
-        }
         families = {
             key: CounterMetricFamily(name, doc, labels=["source"])
-            for key, (name, doc) in counters.items()
+            for key, (name, doc) in _UPSTREAM_METRICS.items()
         }
-        for name, supervisor in sorted(relay.upstreams.items()):
-            up.add_metric([name], 1.0 if supervisor.state.value == "connected" else 0.0)
+        for name, upstream in stats.upstreams.items():
+            up.add_metric([name], 1.0 if upstream.state == "connected" else 0.0)
             for key, family in families.items():
-                family.add_metric([name], getattr(supervisor.stats, key))
+                family.add_metric([name], upstream.counters[key])
         yield up
         yield from families.values()
+
+
+_UPSTREAM_METRICS = {
+    "messages": ("relay_upstream_messages", "Frames received from the upstream"),
+    "malformed": ("relay_upstream_malformed", "Upstream frames that could not be parsed"),
+    "connects": ("relay_upstream_connects", "Upstream connections established"),
+    "disconnects": ("relay_upstream_disconnects", "Upstream connections lost"),
+    "gaps": ("relay_upstream_gaps", "Sequence gaps detected"),
+    "resyncs": ("relay_upstream_resyncs", "Books resynchronized from a snapshot"),
+    "snapshot_fetches": ("relay_upstream_snapshot_fetches", "REST snapshot requests"),
+    "snapshot_failures": (
+        "relay_upstream_snapshot_failures",
+        "REST snapshot requests that failed (retried)",
+    ),
+    "backfill_failures": (
+        "relay_upstream_backfill_failures",
+        "Item (block) fetches that failed (retried)",
+    ),
+    "backfill_fetches": (
+        "relay_upstream_backfill_fetches",
+        "Items (blocks) fetched over HTTP to fill a gap or follow a reorg",
+    ),
+    "refusals": ("relay_upstream_refusals", "Requests the upstream refused"),
+    "resubscribes": (
+        "relay_upstream_resubscribes",
+        "Channels subscribed again to repair them from the upstream's own snapshot",
+    ),
+}
 
 
 def make_registry(relay: Relay) -> CollectorRegistry:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import ssl
 import time
 from collections import Counter
@@ -48,6 +47,13 @@ from relay.core.protocol import (
     encode_error,
     encode_event,
 )
+from relay.core.publish import (
+    KEY_PLACEHOLDER,
+    Publication,
+    PublishedSource,
+    parse_publications,
+    personal_patterns,
+)
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket, accept
 from relay.issues import ConfigError, Issue
@@ -61,6 +67,7 @@ from relay.server.frontdoor import (
 from relay.server.metrics import make_registry, render
 from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
+from relay.server.stats import RelayStats, take_stats
 from relay.server.transports import HttpTransport, Transport
 from relay.server.upstream import UpstreamState, UpstreamSupervisor
 from relay.tls import server_context
@@ -115,6 +122,11 @@ class Relay:
         }
         for name, supervisor in self.upstreams.items():
             self.hub.add_source(name, supervisor)
+        self.published = {
+            name: PublishedSource(name, source.state) for name, source in config.published.items()
+        }
+        for name, published in self.published.items():
+            self.hub.add_source(name, published)
         self._per_tier = {
             name: _session_settings(config, tier) for name, tier in config.tiers.items()
         }
@@ -153,8 +165,27 @@ class Relay:
         self.port: int | None = None
 
     def _kind_of(self, channel: str) -> StreamKind | None:
-        adapter = self.adapters.get(source_of(channel))
-        return None if adapter is None else adapter.kind(channel)
+        source = source_of(channel)
+        adapter = self.adapters.get(source)
+        if adapter is not None:
+            return adapter.kind(channel)
+        published = self.published.get(source)
+        return None if published is None else published.kind(channel)
+
+    def stats(self) -> RelayStats:
+        """The counters, all taken at once (the same snapshot ``/metrics`` exports)."""
+        return take_stats(self)
+
+    def publish(self, channel: str, data: dict[str, Any]) -> int:
+        """Publish one message on a channel of a ``[published.NAME]`` source: sequenced, kept
+        in history (and as state for state channels) and fanned out like an upstream's.
+        Answers its seq; ValueError for a channel no published source has."""
+        published = self.published.get(source_of(channel))
+        if published is None:
+            raise ValueError(f"{channel!r} is not a channel of a [published] source")
+        update = published.update(Publication(channel, data))
+        self.hub.publish(update, int(self._wall_clock() * 1000))
+        return self.hub.channel(channel).seq
 
     def channels(self) -> list[str]:
         """Every channel the sources list (open families, such as one per contract address,
@@ -165,7 +196,6 @@ class Relay:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; ``task_status.started`` reports the bound port."""
-        _raise_file_limit()
         server = self.config.server
         async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
             for supervisor in self.upstreams.values():
@@ -262,6 +292,13 @@ class Relay:
             return
         address = self.proxies.client_address(peer, head.headers)
         if not head.is_upgrade:
+            if head.path == "/v1/publish" and head.method == "POST":
+                response = None
+                with trio.move_on_at(deadline):
+                    response = await self._publish_request(stream, head, address)
+                if response is not None:
+                    await stream.send_all(response)
+                return
             await stream.send_all(self._http(head, address))
             return
         admitted = self._admit(head, address)
@@ -433,7 +470,10 @@ class Relay:
 
     def _http(self, head: RequestHead, address: str) -> bytes:
         if head.method not in ("GET", "HEAD"):
-            return head.response(405, error_body("method_not_allowed", "only GET is served"))
+            return head.response(
+                405,
+                error_body("method_not_allowed", "only GET is served (and POST /v1/publish)"),
+            )
         path = head.path
         if path == "/ws":
             return head.response(
@@ -461,6 +501,35 @@ class Relay:
             return self._snapshot(head, path.removeprefix("/v1/snapshot/"), address)
         return head.response(404, error_body("not_found", f"no route for {path}"))
 
+    async def _publish_request(
+        self, stream: trio.abc.Stream, head: RequestHead, address: str
+    ) -> bytes:
+        """``POST /v1/publish``: the credentials first (the body is not read for a client
+        that may not publish), then the whole body checked before anything is published."""
+        try:
+            grant = self._identity(head)
+            allowed = personal_patterns(self.config.tiers[grant.tier].publish, grant.owner)
+            if not allowed:
+                raise Refusal(403, "forbidden", "your key may not publish")
+            publications = parse_publications(
+                await head.read_body(stream, self.config.server.max_publish_bytes)
+            )
+            for publication in publications:
+                channel = publication.channel
+                if not matches_any(channel, allowed):
+                    raise Refusal(403, "forbidden", f"your key may not publish to {channel}")
+                source = self.published.get(source_of(channel))
+                if source is None or source.kind(channel) is None:
+                    raise Refusal(
+                        403, "forbidden", f"{channel} is not a channel of a [published] source"
+                    )
+        except Refusal as refused:
+            return self._refusal(head, refused, address)
+        published = [
+            {"channel": p.channel, "seq": self.publish(p.channel, p.data)} for p in publications
+        ]
+        return head.response(200, orjson.dumps({"published": published}))
+
     def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:
         try:
             grant = self._identity(head)
@@ -479,10 +548,16 @@ class Relay:
     # Credentials over a connection's life ------------------------------------------------
 
     def _limits_for(self, grant: Grant) -> tuple[SessionSettings, Limits]:
-        """The tier's shared settings, with a token's extra channels when it has some."""
+        """The tier's shared settings; the connection's own channel patterns only when it
+        has some (``{key}`` in the tier's, a token's extra channels), so that 10k connections
+        of a plain tier share one :class:`Limits`."""
         settings, limits = self._per_tier[grant.tier]
-        if grant.channels:
-            limits = Limits(limits.max_subscriptions, limits.channels + grant.channels)
+        channels = limits.channels
+        if any(KEY_PLACEHOLDER in pattern for pattern in channels):
+            channels = personal_patterns(channels, grant.owner)
+        channels += grant.channels
+        if channels != limits.channels:
+            limits = Limits(limits.max_subscriptions, channels)
         return settings, limits
 
     def _deadline(self, valid_until: float) -> float:
@@ -681,9 +756,13 @@ def _restart_sections(old: RelayConfig, new: RelayConfig) -> list[str]:
     """The sections whose changes a reload cannot apply. ``[server.tls]`` can change (new
     files) as long as TLS stays on or off."""
     restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
-    if "server" in restart and (old.server.tls is None) == (new.server.tls is None):
-        if attrs.evolve(old.server, tls=new.server.tls) == new.server:
-            restart.remove("server")
+    same_tls_mode = (old.server.tls is None) == (new.server.tls is None)
+    if (
+        "server" in restart
+        and same_tls_mode
+        and attrs.evolve(old.server, tls=new.server.tls) == new.server
+    ):
+        restart.remove("server")
     return restart
 
 
@@ -711,14 +790,3 @@ def _peer_address(stream: trio.abc.Stream) -> str:
     if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
         return peer[0]
     return "unknown"
-
-
-def _raise_file_limit() -> None:
-    """Each client is a file descriptor; the usual soft limit of 1024 is far too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            log.debug("could not raise RLIMIT_NOFILE", exc_info=True)

@@ -1,0 +1,68 @@
+"""The relay's counters as one frozen snapshot: what ``/metrics`` exports and what an embedding
+program reads (``Relay.stats()``), taken at once so the two never disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from relay.server.relay import Relay
+
+__all__ = ["RelayStats", "UpstreamStatsSnapshot", "take_stats"]
+
+
+@attrs.frozen
+class UpstreamStatsSnapshot:
+    state: str
+    """``connecting``, ``connected``, ``reconnecting``..., as ``/readyz`` shows it."""
+    counters: Mapping[str, int]
+    """Every counter of the source's supervisor: frames, gaps, resyncs, repairs..."""
+
+
+@attrs.frozen
+class RelayStats:
+    connections: int
+    """Client WebSocket connections open."""
+    accepted: int
+    rejected: Mapping[int, int]
+    """Handshakes refused, by HTTP status."""
+    disconnects: Mapping[int, int]
+    """Client connections closed, by close code."""
+    subscriptions: int
+    channels_active: int
+    """Channels with at least one subscriber."""
+    messages_published: int
+    """Channel messages sequenced (upstream and published ones)."""
+    deliveries: Mapping[str, int]
+    """Messages offered to client queues, by outcome: queued, dropped, coalesced, overflow."""
+    bytes_out: int
+    writes: int
+    write_rounds: int
+    upstreams: Mapping[str, UpstreamStatsSnapshot]
+
+
+def take_stats(relay: Relay) -> RelayStats:
+    hub = relay.hub
+    return RelayStats(
+        connections=len(relay.sessions),
+        accepted=relay.accepted,
+        rejected=dict(sorted(relay.rejected.items())),
+        disconnects=dict(sorted(relay.close_codes.items())),
+        subscriptions=len(hub.registry),
+        channels_active=hub.registry.channel_count,
+        messages_published=hub.messages_in,
+        deliveries={outcome.name.lower(): count for outcome, count in hub.offers().items()},
+        bytes_out=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
+        writes=relay.writes + sum(s.writes for s in relay.sessions),
+        write_rounds=relay.rounds.rounds,
+        upstreams={
+            name: UpstreamStatsSnapshot(
+                supervisor.state.value,
+                dict(vars(supervisor.stats)),
+            )
+            for name, supervisor in sorted(relay.upstreams.items())
+        },
+    )
