@@ -78,7 +78,7 @@ KEY_FILE_POLL = 1.0
 """Seconds between looks at the key file for a change."""
 
 #: Sections a reload cannot apply to a running relay: a change there is logged, not applied.
-RESTART_SECTIONS = ("server", "sources", "outbox", "backpressure", "history")
+RESTART_SECTIONS = ("server", "sources", "outbox", "backpressure", "history", "published")
 
 
 class Relay:
