@@ -151,7 +151,9 @@ def test_a_key_resolves_exactly_when_it_is_one_of_the_stored_secrets(
 def test_an_hs256_token_grants_its_claims() -> None:
     token = hs256(claims(tier="pro", channels=["user:carol:*"]))
     grant = credentials().resolve(token, NOW)
-    assert grant == Grant("sub:carol", "pro", "carol", token, ("user:carol:*",), NOW + 60, NOW + 65)
+    assert grant == Grant(
+        "sub:carol", "pro", "carol", token, ("user:carol:*",), NOW + 60, NOW + 65, owner="carol"
+    )
     assert grant.is_token and token not in repr(grant)
 
 
@@ -361,3 +363,16 @@ def refused_renew(creds: Credentials, grant: Grant, now: float = NOW) -> Refusal
     with pytest.raises(Refusal) as caught:
         creds.renew(grant, now)
     return caught.value
+
+
+def test_the_owner_of_private_channels_is_a_named_key_or_a_tokens_subject() -> None:
+    """``{key}`` in a tier's patterns stands for the owner; connections that would share their
+    private channels (anonymous ones, unnamed keys) have none."""
+    named = Credentials(
+        [StoredKey("alice", "pro", hash_secret("k1")), StoredKey("", "pro", hash_secret("k2"))],
+        ["pro"],
+        "pro",
+    )
+    assert named.resolve("k1", NOW).owner == "alice"
+    assert named.resolve("k2", NOW).owner is None
+    assert named.resolve(None, NOW).owner is None
