@@ -11,13 +11,19 @@ from urllib.parse import urlsplit
 
 import orjson
 import trio
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    open_websocket_url,
+
+from relay.client import (
+    ClientRefused,
+    ClientUnreachable,
+    Data,
+    Gap,
+    RelayClient,
+    ServerError,
+    Snapshot,
+    Status,
+    Subscribed,
 )
+from relay.core.protocol import encode_envelope
 
 EXAMPLE_URL = "ws://127.0.0.1:8765/ws"
 
@@ -32,12 +38,15 @@ async def tail(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Print every message until ``count`` data messages arrived or the server closes.
+    """Print every message until ``count`` data messages arrived (or forever).
 
-    Data goes to ``out`` exactly as received; events other than data go to ``err`` so that
-    ``relay tail ... | jq`` sees only the stream. Answers a process exit status: 0 after
-    ``count`` messages, 1 when the server closes the connection or refuses every channel, 2
-    when the connection cannot be opened (the reason on ``err``, with a hint).
+    Built on the client library (:mod:`relay.client`): once connected, a dropped connection is
+    reconnected and every channel resumed from where it was, with gaps and snapshots reported.
+    Data goes to ``out`` as the relay sends it; everything else (subscriptions, errors, gaps,
+    connection states) goes to ``err``, a line each, so that ``relay tail ... | jq`` sees only
+    the stream. Answers a process exit status: 0 after ``count`` messages, 1 when every
+    channel is refused or the relay closes with 1008, 2 when the first connection cannot be
+    made (the reason on ``err``, with a hint): the user should fix the command, not wait.
 
     A ``wss://`` server's certificate is verified against ``cafile`` when given, else against
     the system's certificates (``SSL_CERT_FILE`` names another file, as for any OpenSSL
@@ -63,41 +72,81 @@ async def tail(
                 file=err,
             )
             return 2
-    headers = [(b"authorization", f"Bearer {key}".encode())] if key else None
-    try:
-        async with open_websocket_url(url, ssl_context=context, extra_headers=headers) as ws:
-            await ws.send_message(
-                orjson.dumps({"action": "subscribe", "channels": list(channels), "id": 1}).decode()
-            )
-            seen = 0
-            answers = _Answers(len(set(channels)))
-            while count is None or seen < count:
-                message = await ws.get_message()
-                text = message if isinstance(message, str) else message.decode()
-                if text.startswith('{"channel"'):
-                    print(text, file=out, flush=True)
-                    seen += 1
-                    continue
-                print(text, file=err, flush=True)
-                if answers.nothing_subscribed(text):
-                    print("relay tail: no channel subscribed (see the errors above)", file=err)
-                    return 1
-            return 0
-    except ConnectionRejected as exc:
-        print(f"relay tail: {refusal(url, exc.status_code, exc.body, key)}", file=err)
-        return 2
-    except HandshakeError as exc:
-        cause = exc.__cause__ or exc.__context__
-        detail = str(cause) if cause is not None else repr(exc)
+    client = RelayClient(url, channels, key=key, ssl_context=context, retry_first=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        try:
+            # The client's end (refused, unreachable) is raised here, by its iteration.
+            return await _print_events(client, len(set(channels)), count, out, err)
+        except (ClientRefused, ClientUnreachable) as exc:
+            return _ended(exc, url, key, err)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _ended(exc: ClientRefused | ClientUnreachable, url: str, key: str | None, err: TextIO) -> int:
+    """What to tell the user when the client stopped for good, and the exit status."""
+    if isinstance(exc, ClientRefused):
+        if exc.body is not None:  # refused at the handshake: nothing was ever connected
+            print(f"relay tail: {refusal(url, exc.code, exc.body, key)}", file=err)
+            return 2
+        print(f"relay tail: connection closed: {exc}", file=err)
+        return 1
+    if exc.status is not None:
+        print(f"relay tail: {refusal(url, exc.status, exc.body, key)}", file=err)
+    else:
         print(
-            f"relay tail: could not connect to {url}: {detail}\n"
+            f"relay tail: {exc}\n"
             f"Is the relay running there? (`relay demo` starts one on {EXAMPLE_URL})",
             file=err,
         )
-        return 2
-    except ConnectionClosed as exc:
-        print(f"relay tail: connection closed: {describe_close(exc.reason)}", file=err)
-        return 1
+    return 2
+
+
+async def _print_events(
+    client: RelayClient, expected: int, count: int | None, out: TextIO, err: TextIO
+) -> int:
+    """Data to ``out`` as the relay sent it, everything else to ``err`` a line each; answers
+    the exit status once ``count`` messages arrived, or every channel was refused."""
+    seen = subscribed = refused = 0
+    async for event in client:
+        match event:
+            case Data(channel, seq, ts, data, reorg):
+                print(encode_envelope(channel, seq, ts, data, False, reorg).decode(), file=out)
+            case Snapshot(channel, seq, ts, data):
+                print(encode_envelope(channel, seq, ts, data, True).decode(), file=out)
+            case Subscribed(channel, seq, _, recovered):
+                subscribed += 1
+                resumed = "" if recovered is None else f", recovered: {str(recovered).lower()}"
+                print(f"subscribed {channel} (seq {seq}{resumed})", file=err, flush=True)
+                continue
+            case ServerError(code, message, channel):
+                where = f" {channel}" if channel else ""
+                print(f"error{where}: {code}: {message}", file=err, flush=True)
+                refused += channel is not None
+                if subscribed == 0 and refused >= expected:
+                    print("relay tail: no channel subscribed (see the errors above)", file=err)
+                    return 1
+                continue
+            case Gap(channel, missed, reason):
+                lost = "an unknown number of" if missed is None else str(missed)
+                print(f"gap in {channel}: {lost} messages missed ({reason})", file=err, flush=True)
+                continue
+            case Status(state, code, reason, delay):
+                detail = "".join(
+                    (
+                        f" {code}" if code is not None else "",
+                        f": {reason}" if reason else "",
+                        f" in {delay:.1f} s" if delay is not None else "",
+                    )
+                )
+                print(f"{state}{detail}", file=err, flush=True)
+                continue
+        out.flush()
+        seen += 1
+        if count is not None and seen >= count:
+            return 0
+    return 0
 
 
 async def certificate_refused(url: str, context: ssl.SSLContext) -> str | None:
@@ -121,33 +170,6 @@ async def certificate_refused(url: str, context: ssl.SSLContext) -> str | None:
     except (OSError, trio.TooSlowError):
         pass
     return None
-
-
-class _Answers:
-    """The server's answers to the subscribe command: every channel gets one, ``subscribed`` or
-    an ``error`` naming it; an ``error`` naming none refuses the whole command."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.subscribed = 0
-        self.refused = 0
-
-    def nothing_subscribed(self, text: str) -> bool:
-        """Take one event; True once every answer is in and none was ``subscribed``."""
-        try:
-            event = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(event, dict) or event.get("id") != 1:
-            return False
-        data = event.get("data")
-        if event.get("event") == "subscribed":
-            self.subscribed += 1
-        elif event.get("event") == "error":
-            if not (isinstance(data, dict) and "channel" in data):
-                return True
-            self.refused += 1
-        return self.subscribed == 0 and self.refused >= self.expected
 
 
 def url_problem(url: str) -> str | None:
@@ -188,17 +210,6 @@ def refusal(url: str, status: int, body: bytes | None, key: str | None) -> str:
     elif status == 429:
         line += "\nToo many connections: close some, or try again later."
     return line
-
-
-def describe_close(reason: CloseReason | None) -> str:
-    if reason is None:
-        return "without a close frame"
-    text = f"code {reason.code}"
-    if reason.name:
-        text += f" ({reason.name})"
-    if reason.reason:
-        text += f": {reason.reason}"
-    return text
 
 
 def run(

@@ -19,7 +19,7 @@ import pytest
 
 from relay import cli, logs
 from relay.config import load_config
-from relay.tail import describe_close, refusal, url_problem
+from relay.tail import refusal, url_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "relay.toml"
@@ -315,12 +315,3 @@ def test_url_problems() -> None:
     assert problem is not None and "ws://127.0.0.1:8765/ws" in problem
     assert url_problem("ws:///ws") is not None
     assert url_problem("ws://h:port/ws") is not None
-
-
-def test_close_is_described_in_words() -> None:
-    from trio_websocket import CloseReason
-
-    assert describe_close(CloseReason(1001, "server shutting down")) == (
-        "code 1001 (GOING_AWAY): server shutting down"
-    )
-    assert describe_close(None) == "without a close frame"

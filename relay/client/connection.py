@@ -33,11 +33,11 @@ from trio_websocket import (
 )
 
 from relay.client.buffer import BufferPolicy, EventBuffer
-from relay.client.events import ClientEvent, Data, ServerError, Snapshot, Status
+from relay.client.events import ClientEvent, Data, ServerError, Snapshot, Status, Subscribed
 from relay.client.sequence import ChannelSequencer, Verdict
 from relay.core.backoff import Backoff
 
-__all__ = ["ClientRefused", "RelayClient", "open_client"]
+__all__ = ["ClientRefused", "ClientUnreachable", "RelayClient", "open_client"]
 
 log = logging.getLogger("relay.client")
 
@@ -51,9 +51,23 @@ class ClientRefused(Exception):
     """The relay refused these credentials or this request for good (HTTP 401/403/404 at the
     handshake, or close 1008): reconnecting would not help."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, body: bytes | None = None) -> None:
         super().__init__(message)
         self.code = code
+        """The HTTP status of the refused handshake, or the close code (1008)."""
+        self.body = body
+        """The refusal's body (``{"error": ..., "message": ...}``), for an HTTP refusal."""
+
+
+class ClientUnreachable(Exception):
+    """The first connection failed and the client was told not to retry it
+    (``retry_first=False``: a command-line tool whose user should fix the URL or wait)."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status of a refused handshake (429, 503...), None for a network failure."""
+        self.body = body
 
 
 class RelayClient:
@@ -72,6 +86,7 @@ class RelayClient:
         policy: BufferPolicy | str = BufferPolicy.BLOCK,
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
+        retry_first: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         http: httpx.AsyncClient | None = None,
         random_source: Callable[[], float] = random.random,
@@ -83,6 +98,7 @@ class RelayClient:
         self._backoff = backoff or Backoff(initial=0.5, cap=30.0, reset_after=10.0)
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
+        self._retry_first = retry_first
         self._http = http
         self._random = random_source
         self.sequencer = ChannelSequencer()
@@ -142,8 +158,8 @@ class RelayClient:
                     delay = await self._connect_once(http)
                     await self._put(Status("reconnecting", delay=delay))
                     await trio.sleep(delay)
-        except ClientRefused as refused:
-            self._ended = refused
+        except (ClientRefused, ClientUnreachable) as ended:
+            self._ended = ended
         finally:
             self._finished = True
             self._readable.unpark_all()
@@ -169,18 +185,22 @@ class RelayClient:
                     self._ws = None
                     self._backoff.disconnected(trio.current_time())
         except ConnectionRejected as rejected:
+            message = f"the relay refused the connection: HTTP {rejected.status_code} " + (
+                rejected.body or b""
+            ).decode(errors="replace")
             if rejected.status_code in _FINAL_STATUSES:
-                body = (rejected.body or b"").decode(errors="replace")
-                raise ClientRefused(
-                    f"the relay refused the connection: HTTP {rejected.status_code} {body}",
-                    rejected.status_code,
-                ) from None
+                raise ClientRefused(message, rejected.status_code, rejected.body) from None
+            if not self._retry_first and self.connections == 0:
+                raise ClientUnreachable(message, rejected.status_code, rejected.body) from None
             code, reason = rejected.status_code, "refused"
         except ConnectionClosed as closed:
             if closed.reason is not None:
                 code, reason = closed.reason.code, closed.reason.reason or ""
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
-            reason = str(exc) or type(exc).__name__
+            cause = exc.__cause__ or exc.__context__
+            reason = str(cause if cause is not None else exc) or type(exc).__name__
+            if not self._retry_first and self.connections == 0:
+                raise ClientUnreachable(f"could not connect to {self.url}: {reason}") from None
         await self._put(Status("disconnected", code=code, reason=reason))
         if code == POLICY_CLOSE:
             raise ClientRefused(f"the relay closed the connection: 1008 {reason}", code)
@@ -218,9 +238,9 @@ class RelayClient:
     async def _on_event(self, message: dict[str, Any]) -> None:
         event, data = message["event"], message.get("data") or {}
         if event == "subscribed":
-            gap = self.sequencer.subscribed(
-                data["channel"], data["seq"], data["epoch"], data.get("recovered")
-            )
+            recovered = data.get("recovered")
+            gap = self.sequencer.subscribed(data["channel"], data["seq"], data["epoch"], recovered)
+            await self._put(Subscribed(data["channel"], data["seq"], data["epoch"], recovered))
             if gap is not None:
                 await self._put(gap)
         elif event == "lagged":

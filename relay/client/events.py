@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ClientEvent", "Data", "Gap", "ServerError", "Snapshot", "Status"]
+__all__ = ["ClientEvent", "Data", "Gap", "ServerError", "Snapshot", "Status", "Subscribed"]
 
 
 @attrs.frozen
@@ -61,6 +61,17 @@ class Status:
 
 
 @attrs.frozen
+class Subscribed:
+    """The relay confirmed a channel (on every connection): at ``seq`` in ``epoch``;
+    ``recovered`` says whether a resume replayed what was missed (None on a first subscribe)."""
+
+    channel: str
+    seq: int
+    epoch: str
+    recovered: bool | None = None
+
+
+@attrs.frozen
 class ServerError:
     """An ``error`` event from the relay (a refused channel, a bad command)."""
 
@@ -69,4 +80,4 @@ class ServerError:
     channel: str | None = None
 
 
-ClientEvent = Data | Snapshot | Gap | Status | ServerError
+ClientEvent = Data | Snapshot | Gap | Status | Subscribed | ServerError

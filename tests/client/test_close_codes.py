@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from relay.client import ClientRefused, Status, open_client
+from relay.client import ClientRefused, Status, Subscribed, open_client
 from relay.core.backoff import Backoff
 
 HOST = "127.0.0.1"
@@ -74,7 +74,8 @@ async def test_a_relay_that_goes_away_is_reconnected_at_once_and_resumed(
     url = await relay.start(nursery)
     async with open_client(url, ["x:y"], **client_options()) as client:
         with trio.fail_after(5):
-            events = await events_until(client, 6)
+            # connected, subscribed, data, disconnected, reconnecting; then the same again.
+            events = await events_until(client, 8)
     statuses = [e for e in events if isinstance(e, Status)]
     assert statuses[:3] == [
         Status("connected"),
@@ -95,9 +96,10 @@ async def test_rate_limited_backs_off_as_long_as_the_schedule_allows(
     url = await relay.start(nursery)
     async with open_client(url, ["x:y"], **client_options()) as client:
         with trio.fail_after(5):
-            events = await events_until(client, 4)
-    assert events[2] == Status("disconnected", code=4029, reason="closing")
-    assert events[3] == Status("reconnecting", delay=0.2)  # half the cap at random() == 0
+            events = await events_until(client, 5)
+    assert events[1] == Subscribed("x:y", 7, "e", None)
+    assert events[3] == Status("disconnected", code=4029, reason="closing")
+    assert events[4] == Status("reconnecting", delay=0.2)  # half the cap at random() == 0
 
 
 async def test_revoked_credentials_end_the_client_without_a_reconnect(

@@ -260,7 +260,7 @@ async def test_example_config_runs_in_front_of_relay_simulate_as_written() -> No
         # The free key may not read books: every channel refused, tail says so and stops.
         result = await run_tail("--key", FREE_KEY, url, "sim:book:BTC-USD")
         assert result.returncode == 1
-        assert b'"code":"forbidden"' in result.stderr
+        assert b"error sim:book:BTC-USD: forbidden: your tier may not subscribe" in result.stderr
         assert b"relay tail: no channel subscribed" in result.stderr
 
 
