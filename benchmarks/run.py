@@ -157,12 +157,16 @@ class Impl:
     label: str
     kind: str  # "relay" | "python" | "node"
     script: str = ""
+    history: bool = True
+    """For the relay: keep each channel's history (the default), or run with it off."""
+    default: bool = True
+    """Run without being named in ``--only``."""
 
     def argv(self, port: int, sim_port: int, workdir: Path) -> list[str]:
         upstream = f"ws://{HOST}:{sim_port}/ws"
         if self.kind == "relay":
             config = workdir / "relay.toml"
-            config.write_text(relay_config(port, sim_port))
+            config.write_text(relay_config(port, sim_port, history=self.history))
             return [PY, "-m", "relay", "--log-level", "warning", "serve", "--config", str(config)]
         if self.kind == "node":
             node = shutil.which("node") or "node"
@@ -185,10 +189,12 @@ IMPLS = [
     Impl("websockets", "websockets broadcast()", "python", "peers/websockets_broadcast.py"),
     Impl("picows", "picows send()", "python", "peers/picows_peer.py"),
     Impl("node", "Node ws", "node", "peers/node/peer.js"),
+    # What resume history costs the fan-out: `--only relay,relay_nohistory`.
+    Impl("relay_nohistory", "relay, history off", "relay", history=False, default=False),
 ]
 
 
-def relay_config(port: int, sim_port: int) -> str:
+def relay_config(port: int, sim_port: int, history: bool = True) -> str:
     """The relay's TOML for a benchmark run.
 
     ``idle_timeout`` is raised from its 60 s default so the idle-connection workload,
@@ -219,7 +225,7 @@ max_bytes = 4194304
 kind = "sim"
 url = "ws://{HOST}:{sim_port}/ws"
 rest_url = "http://{HOST}:{sim_port}"
-"""
+""" + ("" if history else "[history]\nmax_messages = 0\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1326,7 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile_limit()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [i for i in IMPLS if not args.only or i.name in args.only]
+    selected = [i for i in IMPLS if i.name in args.only or (not args.only and i.default)]
     started = datetime.now(UTC)
     t0 = time.monotonic()
     results: dict[str, Any] = {
