@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
@@ -230,3 +231,81 @@ def test_offer_outcomes_are_counted() -> None:
     assert counts[Offer.DROPPED] == 3
     assert counts[Offer.COALESCED] == counts[Offer.OVERFLOW] == 0
     assert hub.deliveries == 10
+
+
+def test_a_channel_no_source_serves_is_a_key_error() -> None:
+    hub, _ = make_hub()
+    with pytest.raises(KeyError, match="no source serves 'nope:x'"):
+        hub.channel("nope:x")
+    assert not hub.known("nope:x") and hub.known("sim:trades:A")
+
+
+def test_the_http_snapshot_of_each_kind_of_channel() -> None:
+    hub, listener = make_hub()
+    # Asking about a channel nobody subscribed to creates no state for it.
+    assert hub.snapshot("sim:ticker:A") is None
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 1, True), ts=10)
+    hub.publish(Update("sim:ticker:A", {"last": "2"}, 2, True), ts=11)
+    assert hub.snapshot("sim:ticker:A") == (2, 11, {"last": "2"})
+    hub.publish(trade(1), ts=12)
+    assert hub.snapshot("sim:trades:A") is None  # events have no state
+    hub.publish(Update("sim:book:A", {"bids": []}, 1, False), ts=13)
+    assert hub.snapshot("sim:book:A") is None  # the source has no consistent book
+    listener.books["sim:book:A"] = {"bids": [["1", "1"]], "asks": []}
+    assert hub.snapshot("sim:book:A") == (1, 13, {"bids": [["1", "1"]], "asks": []})
+
+
+def test_forgotten_state_reaches_no_new_subscriber() -> None:
+    hub, _ = make_hub()
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 1, True), ts=10)
+    hub.forget_state("sim:ticker:A")
+    hub.forget_state("sim:trades:A")  # no state kept: nothing to forget
+    assert hub.snapshot("sim:ticker:A") is None
+    late = FakeSession()
+    hub.subscribe(late, ["sim:ticker:A"], None, OPEN)
+    assert [m["event"] for m in late.messages()] == ["subscribed"]
+    hub.publish(Update("sim:ticker:A", {"last": "2"}, 2, True), ts=11)
+    assert late.messages()[0]["seq"] == 2
+
+
+def test_an_upstream_refusal_reaches_the_channels_subscribers_only() -> None:
+    hub, _ = make_hub()
+    holder, other = FakeSession(), FakeSession()
+    hub.subscribe(holder, ["sim:trades:A"], None, OPEN)
+    hub.subscribe(other, ["sim:ticker:A"], None, OPEN)
+    holder.messages()
+    other.messages()
+    wakes = holder.wakes
+    hub.upstream_refused("sim:trades:A", "no such market")
+    assert holder.messages() == [
+        {
+            "event": "error",
+            "data": {
+                "code": "upstream_refused",
+                "message": "no such market",
+                "channel": "sim:trades:A",
+            },
+        }
+    ]
+    assert holder.wakes == wakes + 1 and holder.overflows == 0
+    assert other.messages() == [] and hub.registry.refcount("sim:trades:A") == 1
+
+
+def choked_session() -> FakeSession:
+    """A session whose outbox holds twice its byte limit: no room even for control events."""
+    session = FakeSession(max_bytes=64)
+    assert session.outbox.offer_control(b"x" * 128)
+    return session
+
+
+def test_control_events_a_choked_session_cannot_take_overflow_it() -> None:
+    hub, _ = make_hub()
+    refused, status = choked_session(), choked_session()
+    for session in (refused, status):
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+    wakes = (refused.wakes, status.wakes)
+    hub.upstream_refused("sim:trades:A", "no")
+    assert (refused.overflows, status.overflows) == (1, 1)
+    hub.status("sim", "reconnecting")
+    assert (refused.overflows, status.overflows) == (2, 2)
+    assert (refused.wakes, status.wakes) == wakes

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.core.protocol import (
+    MAX_CHANNEL_NAME,
+    MAX_CHANNELS_PER_COMMAND,
     ErrorCode,
     Lagged,
     Ping,
@@ -153,3 +155,36 @@ def test_envelope() -> None:
     assert plain == {"channel": "a:b", "seq": 7, "ts": 1000, "data": {"k": "v"}}
     snap = orjson.loads(encode_envelope("a:b", 7, 1000, {"k": "v"}, True))
     assert snap["snapshot"] is True
+
+
+def subscribe_text(**fields: object) -> bytes:
+    return orjson.dumps({"action": "subscribe", "id": 9, **fields})
+
+
+def test_exactly_the_channel_limit_is_one_command_and_one_more_is_refused() -> None:
+    channels = [f"c{i}" for i in range(40)]
+    symbols = [f"s{i}" for i in range(25)]  # 40 x 25 = 1,000 channels: the limit
+    command = parse_command(subscribe_text(channels=channels, symbols=symbols))
+    assert isinstance(command, Subscribe) and len(command.channels) == MAX_CHANNELS_PER_COMMAND
+    over = parse_command(subscribe_text(channels=[f"c{i}" for i in range(1001)]))
+    assert over == ProtocolError(ErrorCode.BAD_REQUEST, "at most 1000 channels per command", 9)
+
+
+def test_a_name_of_exactly_the_limit_is_accepted_and_a_longer_one_is_bad_request() -> None:
+    longest = "sim:trades:" + "X" * (MAX_CHANNEL_NAME - len("sim:trades:"))
+    assert len(longest) == 200
+    assert parse_command(subscribe_text(channel=longest)) == Subscribe((longest,), 9)
+    for fields in ({"channel": longest + "X"}, {"channels": ["sim:trades", longest + "Y"]}):
+        assert parse_command(subscribe_text(**fields)) == ProtocolError(
+            ErrorCode.BAD_REQUEST, "channel names are at most 200 characters", 9
+        )
+
+
+def test_a_too_long_name_is_answered_bad_request_on_the_wire() -> None:
+    error = parse_command(subscribe_text(channel="x" * 201))
+    assert isinstance(error, ProtocolError)
+    assert orjson.loads(encode_error(error)) == {
+        "event": "error",
+        "data": {"code": "bad_request", "message": "channel names are at most 200 characters"},
+        "id": 9,
+    }
