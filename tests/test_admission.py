@@ -358,3 +358,38 @@ async def test_relay_origin_check_and_logged_refusals(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
     assert lines[-1].endswith("(4 more from this address not logged)")
     assert lines[-1].startswith("refused unknown: 403")
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        AddressLimits(0, 1.0, 1),
+        AddressLimits(1, 0.0, 1),
+        AddressLimits(1, -1.0, 1),
+        AddressLimits(1, float("nan"), 1),
+        AddressLimits(1, 1.0, 0),
+    ],
+)
+def test_each_per_address_limit_is_checked(limits: AddressLimits) -> None:
+    with pytest.raises(ValueError, match=r"^max_connections and burst must be >= 1, rate > 0$"):
+        AddressLimiter(limits)
+
+
+def test_the_smallest_per_address_limits_are_accepted() -> None:
+    limits = AddressLimiter(AddressLimits(1, 1e-9, 1))
+    limits.check(A, 0.0)
+    assert refusal(limits, A, 0.0).code == "connection_rate"
+
+
+def test_a_connection_counted_without_a_check_is_counted_all_the_same() -> None:
+    limits = limiter(max_connections=1, rate=1.0, burst=1)
+    limits.opened(A)
+    assert limits.open_connections(A) == 1 and len(limits) == 1
+    # Its bucket is full: the refusal is for the connection count, not the rate.
+    assert refusal(limits, A, 0.0).code == "too_many_connections"
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan")])
+def test_the_refusal_log_interval_must_be_positive(interval: float) -> None:
+    with pytest.raises(ValueError, match=r"^interval must be > 0$"):
+        RefusalLog(interval)

@@ -10,20 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.core.protocol import (
+    BINARY_REFUSED,
     MAX_CHANNEL_NAME,
     MAX_CHANNELS_PER_COMMAND,
     ErrorCode,
     Lagged,
     Ping,
     ProtocolError,
+    Refusal,
     Status,
     Subscribe,
     Unsubscribe,
     Welcome,
+    command_id,
     encode_envelope,
     encode_error,
     encode_event,
     parse_command,
+    refuse_binary,
 )
 
 
@@ -188,3 +192,56 @@ def test_a_too_long_name_is_answered_bad_request_on_the_wire() -> None:
         "data": {"code": "bad_request", "message": "channel names are at most 200 characters"},
         "id": 9,
     }
+
+
+def test_a_refusal_carries_its_status_code_and_message() -> None:
+    refusal = Refusal(429, "connection_rate", "slow down")
+    assert (refusal.status, refusal.code, refusal.message) == (429, "connection_rate", "slow down")
+    assert str(refusal) == "slow down"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"action":"subscribe","id":7}', 7),
+        (b'{"action":"ping","id":"x"}', "x"),
+        ('{"id":1.5}', None),
+        ('{"id":[1]}', None),
+        ('{"action":"ping"}', None),
+        ("[1,2]", None),
+        ('"id"', None),
+        ("{not json", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_command_id_is_the_usable_id_of_a_json_object(
+    message: str | bytes, expected: int | str | None
+) -> None:
+    assert command_id(message) == expected
+
+
+def test_a_binary_frame_is_refused_as_bad_request_with_its_commands_id() -> None:
+    assert refuse_binary(b'{"action":"ping","id":4}') == ProtocolError(
+        ErrorCode.BAD_REQUEST, "commands are JSON text frames: send this as text", 4
+    )
+    assert refuse_binary(b"\x00\x01") == ProtocolError(ErrorCode.BAD_REQUEST, BINARY_REFUSED)
+
+
+def test_snapshot_and_reorg_envelopes_carry_their_flag_and_nothing_else() -> None:
+    data = {"k": "v"}
+    assert orjson.loads(encode_envelope("a:b", 7, 1000, data, True)) == {
+        "channel": "a:b",
+        "seq": 7,
+        "ts": 1000,
+        "snapshot": True,
+        "data": data,
+    }
+    assert orjson.loads(encode_envelope("a:b", 8, 1001, data, False, reorg=True)) == {
+        "channel": "a:b",
+        "seq": 8,
+        "ts": 1001,
+        "reorg": True,
+        "data": data,
+    }
+    # A snapshot is never also flagged reorg: the snapshot replaces everything before it.
+    assert "reorg" not in orjson.loads(encode_envelope("a:b", 9, 1002, data, True, reorg=True))

@@ -218,3 +218,42 @@ def test_a_chain_outlives_its_connection_but_not_its_channel() -> None:
     pipeline.untrack(BLOCKS)
     pipeline.track(BLOCKS)  # a channel unsubscribed and subscribed again starts over
     assert pipeline.on_update(block(7)).publish[0].snapshot
+
+
+def test_a_missing_snapshot_answer_keeps_the_fetch_in_flight() -> None:
+    pipeline = live_pipeline()
+    pipeline.on_update(book(5))
+    with pytest.raises(ValueError, match=f"^no snapshot of {BOOK}$"):
+        pipeline.on_repaired(FetchSnapshot(BOOK), None)
+    assert pipeline.wants(FetchSnapshot(BOOK))
+
+
+def test_a_resubscribe_answered_without_a_snapshot_is_done_with() -> None:
+    """The shell answers a resubscription once it sent it; the snapshot comes on the feed."""
+    pipeline = SourcePipeline(Catalogue(RepairKind.RESUBSCRIBE))
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
+    assert pipeline.on_repaired(Resubscribe(BOOK), None) == SourceStep()
+    assert not pipeline.wants(Resubscribe(BOOK))
+
+
+def test_a_book_with_no_repair_only_waits_for_the_upstreams_snapshot() -> None:
+    pipeline = SourcePipeline(Catalogue(RepairKind.NONE))
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)) == SourceStep()
+    assert pipeline.on_update(book(4)) == SourceStep()
+    assert [u.seq for u in pipeline.on_update(book(3, snapshot=True)).publish] == [4]
+
+
+def test_a_head_for_a_channel_with_no_chain_is_nothing() -> None:
+    pipeline = live_pipeline()
+    assert pipeline.on_head(BLOCKS, 9) == SourceStep()
+    assert pipeline.on_head(TRADES, 9) == SourceStep()
+
+
+def test_a_block_without_a_number_is_refused() -> None:
+    pipeline = chain_pipeline()
+    numberless = Update(BLOCKS, {"hash": "a2", "parent_hash": "a1"}, None, False)
+    with pytest.raises(ValueError, match=r"^block on 'x:blocks' without a number$"):
+        pipeline.on_update(numberless)
+    assert pipeline.on_update(block(2)).publish == [block(2)]
