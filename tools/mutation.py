@@ -32,10 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import tomli_w
-from mutmut.configuration import reset_config
-from mutmut.mutation.diff_apply import get_diff_for_mutant
-from mutmut.stats import status_by_exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +42,10 @@ KILLED_STATUSES = frozenset({"killed", "timeout"})
 
 class MutationConfigError(Exception):
     """The mutation settings, the equivalents file or the command line are wrong."""
+
+
+class MutationRunError(Exception):
+    """mutmut could not measure a module (its tests fail unmutated, or it crashed)."""
 
 
 @attrs.frozen
@@ -218,6 +218,8 @@ def make_workdir(
     root: Path, workdir: Path, settings: Settings, module: str, tests: list[str]
 ) -> None:
     """A copy of the project whose ``[tool.mutmut]`` mutates ``module`` and runs ``tests``."""
+    import tomli_w  # the `mutation` extra: imported here so the pure helpers need only attrs
+
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "node_modules", "mutants")
     shutil.copytree(root / "relay", workdir / "relay", ignore=ignore)
     shutil.copytree(root / "tests", workdir / "tests", ignore=ignore)
@@ -243,6 +245,11 @@ def mutmut_executable() -> str:
 def run_module(
     root: Path, settings: Settings, module: str, equivalents: Sequence[Equivalent], jobs: int
 ) -> ModuleResult:
+    # The `mutation` extra, imported here: the rest of this module needs only attrs.
+    from mutmut.configuration import reset_config
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
     tests = test_files(root, settings.tests_by_module[module])
     if not tests:
         raise MutationConfigError(f"{module}: none of its test files exist")
@@ -267,7 +274,7 @@ def run_module(
         # makes mutmut stop before testing, having found no test for any mutant.
         if done.returncode != 0 and (exit_codes or not meta_path.exists()):
             tail = log.read_text("utf-8", errors="replace")[-4000:]
-            raise MutationConfigError(f"{module}: mutmut failed ({done.returncode}):\n{tail}")
+            raise MutationRunError(f"mutmut failed ({done.returncode}):\n{tail}")
         not_killed = []
         with contextlib.chdir(workdir):
             reset_config()
@@ -334,9 +341,10 @@ def report(results: Sequence[ModuleResult], threshold: float) -> bool:
     return all(r.score >= threshold and not r.stale for r in results)
 
 
-def write_record(
-    settings: Settings, record: dict[str, dict[str, Any]], results: Sequence[ModuleResult]
-) -> None:
+def write_record(settings: Settings, results: Sequence[ModuleResult]) -> None:
+    """Rewrite the entries of the modules that ran, keeping the others as they are on disk
+    (read now, not at the start: another run may have written some meanwhile)."""
+    record = load_record(settings.record)
     for r in results:
         record[r.module] = {
             **r.measured,
@@ -373,14 +381,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no module changed since its recorded run")
             return 0
     results = []
+    failed = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        result = run_module(ROOT, settings, module, equivalents, args.jobs)
+        try:
+            result = run_module(ROOT, settings, module, equivalents, args.jobs)
+        except MutationRunError as error:
+            # The other modules are still measured (and recorded); this one fails the run.
+            print(f"{module}: {error}", flush=True)
+            failed.append(module)
+            continue
         print(f"{module}: {result.killed}/{result.total} killed in {result.seconds:.0f}s")
         results.append(result)
-    passed = report(results, settings.threshold)
-    write_record(settings, record, results)
-    return 0 if passed else 1
+    passed = bool(results) and report(results, settings.threshold)
+    if results:
+        write_record(settings, results)
+    if failed:
+        print(f"\nnot measured (mutmut failed, output above): {', '.join(failed)}")
+    return 0 if passed and not failed else 1
 
 
 if __name__ == "__main__":
