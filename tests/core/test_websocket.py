@@ -249,3 +249,51 @@ def test_a_close_without_a_code_is_answered_without_one() -> None:
     assert closed == Closed(1005, "", by_client=True)
     reply = server.close(1005, "closed by client")
     assert reply == b"\x88\x00"  # an empty close frame: no code, so no reason either
+
+
+def masked(first: int, payload: bytes, mask: bytes = b"abcd") -> bytes:
+    """A client frame with a short payload (under 126 bytes), masked as RFC 6455 requires."""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([first, 0x80 | len(payload)]) + mask + body
+
+
+def test_a_request_head_without_a_whole_request_is_refused() -> None:
+    with pytest.raises(Refusal) as refused:
+        accept(b"GET /ws HTTP/1.1\r\nHost: relay\r\n", b"", CAP)
+    assert (refused.value.status, refused.value.code, refused.value.message) == (
+        400,
+        "bad_request",
+        "expected a WebSocket upgrade request",
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (masked(0x81, b"ok\xff"), "invalid UTF-8 in a text frame"),
+        (masked(0x88, b"\x03\xe8bye\xff"), "invalid UTF-8 in a close reason"),
+    ],
+)
+def test_invalid_utf8_closes_with_1007_and_a_fixed_reason(frame: bytes, reason: str) -> None:
+    server, _ = pair()
+    assert server.receive(frame) == [Closed(1007, reason, by_client=False)]
+
+
+def test_a_violation_before_an_oversized_frame_keeps_its_own_code() -> None:
+    server, _ = pair()
+    oversized_header = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+    (closed,) = server.receive(b"\x81\x05hello" + oversized_header)
+    assert isinstance(closed, Closed) and closed.code == 1002
+
+
+@pytest.mark.parametrize("cuts", [[], [2], [5], [9]])
+def test_a_64_bit_length_is_read_from_all_eight_bytes(cuts: list[int]) -> None:
+    """Lengths of 65,536 bytes and up take the 8-byte form, whatever the cap; cut anywhere in
+    the header, it is read whole before the cap is applied."""
+    big = 70_000
+    server, client = pair(cap=big)
+    wire = client.send(BytesMessage(data=b"x" * big))
+    assert wire[1] & 0x7F == 127
+    assert feed(server, wire, cuts) == [b"x" * big]
+    over = b"\x82\xff" + (big + 1).to_bytes(8, "big") + b"abcd"
+    assert feed(server, over, cuts) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
