@@ -108,6 +108,8 @@ def test_counts_follow_a_session_in_and_out_of_two_sources() -> None:
     assert registry.sessions_of_source("sim") == {"a", "b"}
     assert registry.sessions_of_source("alt") == {"a"}
     assert list(registry.sessions()) == ["a", "b"]
+    # The holder map is the live dict-as-set the hub iterates: its values are None.
+    assert registry.subscribers("sim:trades:A") == {"a": None, "b": None}
     assert registry.drop("a") == ["alt:blocks"]
     assert (registry.channel_count, len(registry), registry.count_of("a")) == (1, 1, 0)
     assert registry.sessions_of_source("alt") == set()

@@ -313,8 +313,20 @@ def row(width: int, name: str, killed: int, total: int, equivalent: int, seconds
     )
 
 
+def print_findings(result: ModuleResult) -> None:
+    """The module's surviving mutants, and equivalents file entries that match none."""
+    for m in result.survivors:
+        print(f"{m.status}: {m.name}\n  - {m.original}\n  + {m.mutated}")
+    for e in result.stale:
+        print(
+            f"stale equivalent in {result.module} {e.function} (no surviving mutant changes"
+            f" {e.original!r} to {e.mutated!r}): remove or update it"
+        )
+
+
 def report(results: Sequence[ModuleResult], threshold: float) -> bool:
-    """Print the table and the survivors; whether every module reached the threshold."""
+    """Print the table; whether every module reached the threshold with no stale
+    equivalent."""
     width = max(len(r.module) for r in results)
     print(f"\n{'module':<{width}}  killed  total  equiv   score   time")
     for r in results:
@@ -330,14 +342,6 @@ def report(results: Sequence[ModuleResult], threshold: float) -> bool:
             sum(r.seconds for r in results),
         )
     )
-    for r in results:
-        for m in r.survivors:
-            print(f"\n{m.status}: {m.name}\n  - {m.original}\n  + {m.mutated}")
-        for e in r.stale:
-            print(
-                f"\nstale equivalent in {r.module} {e.function} (no surviving mutant changes"
-                f" {e.original!r} to {e.mutated!r}): remove or update it"
-            )
     return all(r.score >= threshold and not r.stale for r in results)
 
 
@@ -392,10 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed.append(module)
             continue
         print(f"{module}: {result.killed}/{result.total} killed in {result.seconds:.0f}s")
+        print_findings(result)
+        write_record(settings, [result])  # as each module ends: a stopped run keeps them
         results.append(result)
     passed = bool(results) and report(results, settings.threshold)
-    if results:
-        write_record(settings, results)
     if failed:
         print(f"\nnot measured (mutmut failed, output above): {', '.join(failed)}")
     return 0 if passed and not failed else 1
