@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import cattrs
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.core import protocol
 from relay.core.protocol import (
     BINARY_REFUSED,
     MAX_CHANNEL_NAME,
@@ -245,3 +247,75 @@ def test_snapshot_and_reorg_envelopes_carry_their_flag_and_nothing_else() -> Non
     }
     # A snapshot is never also flagged reorg: the snapshot replaces everything before it.
     assert "reorg" not in orjson.loads(encode_envelope("a:b", 9, 1002, data, True, reorg=True))
+
+
+@pytest.mark.parametrize("converter", [protocol.converter, protocol._make_converter()])
+def test_the_converter_takes_only_exact_types(converter: cattrs.Converter) -> None:
+    """Checked on the module's converter and on a new one: the module's is built at import,
+    and a converter's rules are the factory's."""
+    assert converter.structure("a", str) == "a"
+    assert converter.structure(5, int) == 5
+    assert converter.structure(["a", "b"], list[str]) == ["a", "b"]
+    assert converter.structure(None, int | str | None) is None
+    assert converter.structure(3, int | str | None) == 3
+    for value, kind, message in [
+        (5, str, "expected str, got int"),
+        ("5", int, "expected int, got str"),
+        (True, int, "expected int, got bool"),
+        ("abc", list[str], "expected a list, got str"),
+        (("a",), list[str], "expected a list, got tuple"),
+        (["a", 1], list[str], "expected str, got int"),
+    ]:
+        with pytest.raises(TypeError, match=f"^{message}$"):
+            converter.structure(value, kind)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1,2]", ProtocolError(ErrorCode.BAD_REQUEST, "a command is a JSON object")),
+        (
+            '{"action":5,"id":2}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "missing or non-string 'action'", 2),
+        ),
+        (
+            '{"action":"subscribe","id":3}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "missing 'channel' or 'channels'", 3),
+        ),
+        (
+            '{"action":"unsubscribe","channels":[],"id":4}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "no channels given", 4),
+        ),
+        (
+            '{"action":"subscribe","channel":"a","symbols":["b"],"id":"5"}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "give either 'channel' or 'channels' (with optional 'symbols'), not both",
+                "5",
+            ),
+        ),
+        (
+            '{"action":"subscribe","channel":5,"id":6}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST, "invalid value for type, expected str | None @ $.channel", 6
+            ),
+        ),
+        (
+            '{"action":"subscribe","channels":"ab","symbols":[1],"id":9}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "invalid value for type, expected list[str] | None @ $.channels; "
+                "invalid value for type, expected list[str] | None @ $.symbols",
+                9,
+            ),
+        ),
+    ],
+)
+def test_each_malformed_command_gets_its_exact_message_and_its_id(
+    text: str, expected: ProtocolError
+) -> None:
+    assert parse_command(text) == expected
+
+
+def test_unsubscribe_keeps_its_id() -> None:
+    assert parse_command('{"action":"unsubscribe","channel":"a","id":8}') == Unsubscribe(("a",), 8)
