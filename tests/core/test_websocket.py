@@ -297,3 +297,58 @@ def test_a_64_bit_length_is_read_from_all_eight_bytes(cuts: list[int]) -> None:
     assert feed(server, wire, cuts) == [b"x" * big]
     over = b"\x82\xff" + (big + 1).to_bytes(8, "big") + b"abcd"
     assert feed(server, over, cuts) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+OVERSIZED_HEADER = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+
+
+def test_nothing_after_the_clients_close_is_reported_not_even_an_oversized_frame() -> None:
+    """Found by mutation testing: an oversized frame's header after the client's close was
+    reported as a second close (1009), though the client had closed already."""
+    server, client = pair()
+    assert server.receive(client.send(CloseConnection(code=1000))) == [
+        Closed(1000, "", by_client=True)
+    ]
+    assert server.receive(OVERSIZED_HEADER) == []
+    assert server.receive(masked(0x81, b"hi")) == []
+    assert server.close(1000, "closed by client") is not None
+
+
+def test_nothing_after_a_violation_is_reported_not_even_an_oversized_frame() -> None:
+    server, _ = pair()
+    (closed,) = server.receive(b"\x81\x05hello")
+    assert isinstance(closed, Closed) and closed.code == 1002
+    assert server.receive(OVERSIZED_HEADER) == []
+
+
+def test_a_binary_message_is_handed_out_as_bytes() -> None:
+    server, client = pair()
+    whole = server.receive(client.send(BytesMessage(data=b"\x00\x01")))
+    parts = server.receive(
+        client.send(BytesMessage(data=b"a", message_finished=False))
+        + client.send(BytesMessage(data=b"b", message_finished=True))
+    )
+    assert whole == [b"\x00\x01"] and parts == [b"ab"]
+    assert type(whole[0]) is bytes and type(parts[0]) is bytes
+
+
+def test_a_clients_own_1007_close_keeps_its_reason() -> None:
+    server, client = pair()
+    received = server.receive(client.send(CloseConnection(code=1007, reason="bad data")))
+    assert received == [Closed(1007, "bad data", by_client=True)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 13, 64, 100])
+def test_payload_that_looks_like_headers_is_skipped_across_reads(chunk: int) -> None:
+    """Each frame's payload is skipped, however the reads cut it: payload bytes that would
+    read as the header of a huge frame (0x82 0x7f: binary, 64-bit length) are never taken for
+    one."""
+    server, client = pair()
+    payload = b"\x82\x7f" * 200
+    wire = b"".join(client.send(BytesMessage(data=payload)) for _ in range(3))
+    received = feed(server, wire, list(range(chunk, len(wire), chunk)))
+    assert received == [payload] * 3
+    # And the header after them is still read: one over the cap is refused at once.
+    over = client.send(BytesMessage(data=b"x" * (CAP + 1)))
+    received = feed(server, over, list(range(chunk, len(over), chunk)))
+    assert received == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
