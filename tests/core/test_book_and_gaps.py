@@ -117,6 +117,23 @@ def test_book_rejects_malformed_levels_and_stays_unchanged(bad: Any) -> None:
     assert book.levels() == before
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([[1.5, "1"]], "book price must be a decimal string, got 1.5"),
+        ([["1", 2]], "book size must be a decimal string, got 2"),
+        ([["abc", "1"]], "book price is not a decimal: 'abc'"),
+        ([["1", "x"]], "book size is not a decimal: 'x'"),
+        ([["NaN", "1"]], "book price must be finite, got 'NaN'"),
+        ([["1", "-1"]], "book size must not be negative, got '-1'"),
+    ],
+)
+def test_a_malformed_level_is_refused_with_what_is_wrong_with_it(bad: Any, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        OrderBook().apply_snapshot(bad, [])
+    assert str(refused.value) == message
+
+
 # --- GapDetector ----------------------------------------------------------------------------
 
 # Mostly +1, sometimes a skip forward, a duplicate or a step back.

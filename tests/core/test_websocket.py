@@ -352,3 +352,25 @@ def test_payload_that_looks_like_headers_is_skipped_across_reads(chunk: int) -> 
     over = client.send(BytesMessage(data=b"x" * (CAP + 1)))
     received = feed(server, over, list(range(chunk, len(over), chunk)))
     assert received == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+def test_messages_are_capped_one_by_one_not_together() -> None:
+    server, client = pair()
+    half = "x" * (CAP // 2 + 100)  # two of them are over the cap, each is not
+    ping = client.send(Ping(b"p" * 100))
+    wire = client.send(TextMessage(data=half)) + ping + client.send(TextMessage(data=half))
+    received = server.receive(wire)
+    assert [r for r in received if isinstance(r, str)] == [half, half]
+
+
+@pytest.mark.parametrize("cut", range(1, 8))
+def test_an_oversized_header_cut_after_another_frame_is_still_read_whole(cut: int) -> None:
+    """The header of the frame over the cap starts mid-read, behind a whole frame, and the
+    read ends inside it (at each of its 8 bytes)."""
+    server, client = pair()
+    small = client.send(TextMessage(data="hi"))
+    over = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+    assert server.receive(small + over[:cut]) == ["hi"]
+    assert server.receive(over[cut:]) == [
+        Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)
+    ]
