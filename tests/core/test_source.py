@@ -310,6 +310,7 @@ def test_untracked_channels_of_every_kind_are_forgotten() -> None:
     chains.untrack(BLOCKS)
     assert chains.on_update(block(2)) == SourceStep() and chains.on_head(BLOCKS, 9) == SourceStep()
     chains.track(BLOCKS)
+    chains.on_update(block(1))
     chains.connection_lost()  # resting: the next connection would go on from block 1
     chains.untrack(BLOCKS)  # but the channel went meanwhile
     chains.track(BLOCKS)
@@ -331,3 +332,10 @@ def test_a_block_the_node_no_longer_has_ends_the_repair() -> None:
     repair = pipeline.on_update(block(3)).repairs[0]
     assert pipeline.on_repaired(repair, None) == SourceStep()
     assert not pipeline.wants(repair)
+
+
+def test_a_resubscription_answered_with_a_stale_snapshot_resubscribes_again() -> None:
+    pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
+    assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
+    step = pipeline.on_repaired(Resubscribe(BOOK), book(1, snapshot=True))
+    assert step == SourceStep(repairs=[Resubscribe(BOOK)])
