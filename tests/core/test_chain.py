@@ -611,3 +611,22 @@ class ChainMachine(RuleBasedStateMachine):
 
 ChainMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_chain_machine = ChainMachine.TestCase
+
+
+def test_a_height_backfill_stops_at_the_height() -> None:
+    follower = follower_at(4, max_backfill=5)
+    assert follower.on_height(6) == ChainStep([], FetchByNumber(5))
+    assert follower.on_fetched(FetchByNumber(5), A[5]).fetch == FetchByNumber(6)
+    assert follower.on_fetched(FetchByNumber(6), A[6]) == ChainStep(
+        [Published(A[6], Link.EXTENDS)], None
+    )
+    assert follower.fetching is None
+
+
+@pytest.mark.parametrize(("height", "fetch"), [(10, 5), (11, 11)])
+def test_a_height_exactly_max_backfill_ahead_is_backfilled_one_more_restarts(
+    height: int, fetch: int
+) -> None:
+    """From tip 4, height 10 leaves 5 blocks missing (5..9): exactly max_backfill."""
+    follower = follower_at(4, max_backfill=5)
+    assert follower.on_height(height) == ChainStep([], FetchByNumber(fetch))
