@@ -500,6 +500,45 @@ def test_a_one_sided_delta_that_pushes_a_level_past_the_depth_publishes_it_remov
     assert dict(zip(("bids", "asks"), sync.book.levels(), strict=True))[side] == [[better, "2"]]
 
 
+def test_a_snapshot_without_bids_is_refused_like_one_without_asks() -> None:
+    sync = BookSync(CHANNEL, SYMBOL)
+    for side in ("bids", "asks"):
+        data = {"bids": [], "asks": [], "ts": 1}
+        del data[side]
+        with pytest.raises(ValueError, match=f"^book snapshot without '{side}'$"):
+            sync.on_snapshot(Update(CHANNEL, data, 1, True))
+    assert sync.state is SyncState.AWAITING_SNAPSHOT
+
+
+def test_a_taken_snapshot_is_the_new_state_and_asks_for_nothing() -> None:
+    sync = BookSync(CHANNEL, SYMBOL)
+    snapshot = {"bids": [["1", "1"]], "asks": [], "ts": 77}
+    step = sync.on_snapshot(Update(CHANNEL, snapshot, 3, True))
+    assert step.fetch_snapshot is False
+    assert sync.state_data() == {"symbol": SYMBOL, "bids": [["1", "1"]], "asks": [], "ts": 77}
+
+
+def test_buffered_deltas_are_replayed_to_the_depth_and_checked_against_their_checksum() -> None:
+    def count(bids: Side, asks: Side) -> int:
+        return len(bids) + len(asks)
+
+    snapshot = Update(CHANNEL, {"bids": [["1", "1"]], "asks": [["5", "1"]], "ts": 1}, 1, True)
+    better = {"bids": [["2", "1"]], "asks": [["4", "1"]], "ts": 2}
+    sync = BookSync(CHANNEL, SYMBOL, depth=1, checksum=count)
+    sync.on_delta(Update(CHANNEL, better, 2, False, checksum=2))  # right after the depth cut
+    (published,) = sync.on_snapshot(snapshot).publish
+    assert (published.data["bids"], published.data["asks"]) == ([["2", "1"]], [["4", "1"]])
+    wrong = BookSync(CHANNEL, SYMBOL, depth=1, checksum=count)
+    wrong.on_delta(Update(CHANNEL, better, 2, False, checksum=4))
+    assert wrong.on_snapshot(snapshot) == BookStep([], True)
+
+
+def test_an_update_checksum_is_ignored_without_a_checksum_function() -> None:
+    sync = live_sync()
+    delta = Update(CHANNEL, {"bids": [["99", "1"]], "ts": 5}, 1, False, checksum=12345)
+    assert sync.on_delta(delta) == BookStep([delta], False)
+
+
 @pytest.mark.parametrize("state", ["awaiting", "resyncing"])
 @pytest.mark.parametrize("bad", [[["1", "-2"]], [["x", "1"]], [["1"]], "1,2"])
 def test_a_malformed_ask_side_is_refused_before_it_is_buffered(state: str, bad: Any) -> None:
