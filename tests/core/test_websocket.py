@@ -374,3 +374,9 @@ def test_an_oversized_header_cut_after_another_frame_is_still_read_whole(cut: in
     assert server.receive(over[cut:]) == [
         Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)
     ]
+
+
+def test_a_64_bit_length_over_2_to_the_56_is_read_from_its_first_byte() -> None:
+    server, _ = pair()
+    header = b"\x82\xff" + (2**56).to_bytes(8, "big") + b"abcd"
+    assert server.receive(header) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
