@@ -93,6 +93,9 @@ def test_a_bad_handshake_is_refused_with_the_status_wsproto_advises(
     with pytest.raises(Refusal) as refused:
         accept(head, b"", CAP)
     assert refused.value.status == status
+    assert refused.value.code == {400: "bad_request", 426: "upgrade_required"}[status]
+    assert refused.value.message == str(refused.value.__context__ or refused.value)
+    assert refused.value.message not in ("", "None")
 
 
 messages = st.lists(
@@ -380,3 +383,14 @@ def test_a_64_bit_length_over_2_to_the_56_is_read_from_its_first_byte() -> None:
     server, _ = pair()
     header = b"\x82\xff" + (2**56).to_bytes(8, "big") + b"abcd"
     assert server.receive(header) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+def test_nothing_arrived_with_the_handshake_means_nothing_early() -> None:
+    _, server = accept(request(), b"", CAP)
+    assert server.early == []
+
+
+def test_a_continuation_frame_first_is_a_protocol_violation() -> None:
+    server, _ = pair()
+    (closed,) = server.receive(masked(0x80, b"x" * 10))  # continuation of no message
+    assert isinstance(closed, Closed) and closed.code == 1002 and not closed.by_client
