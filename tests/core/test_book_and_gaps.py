@@ -126,6 +126,7 @@ def test_book_rejects_malformed_levels_and_stays_unchanged(bad: Any) -> None:
         ([["1", "x"]], "book size is not a decimal: 'x'"),
         ([["NaN", "1"]], "book price must be finite, got 'NaN'"),
         ([["1", "-1"]], "book size must not be negative, got '-1'"),
+        ([["1"]], "book level must be a [price, size] pair, got ['1']"),
     ],
 )
 def test_a_malformed_level_is_refused_with_what_is_wrong_with_it(bad: Any, message: str) -> None:
