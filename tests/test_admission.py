@@ -17,6 +17,7 @@ from relay.core.admission import (
     AddressLimits,
     RateRefusal,
     RefusalLog,
+    normalize_origin,
     origin_allowed,
     origin_set,
 )
@@ -358,3 +359,106 @@ async def test_relay_origin_check_and_logged_refusals(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
     assert lines[-1].endswith("(4 more from this address not logged)")
     assert lines[-1].startswith("refused unknown: 403")
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        AddressLimits(0, 1.0, 1),
+        AddressLimits(1, 0.0, 1),
+        AddressLimits(1, -1.0, 1),
+        AddressLimits(1, float("nan"), 1),
+        AddressLimits(1, 1.0, 0),
+    ],
+)
+def test_each_per_address_limit_is_checked(limits: AddressLimits) -> None:
+    with pytest.raises(ValueError, match=r"^max_connections and burst must be >= 1, rate > 0$"):
+        AddressLimiter(limits)
+
+
+def test_the_smallest_per_address_limits_are_accepted() -> None:
+    limits = AddressLimiter(AddressLimits(1, 1e-9, 1))
+    limits.check(A, 0.0)
+    assert refusal(limits, A, 0.0).code == "connection_rate"
+
+
+def test_a_connection_counted_without_a_check_is_counted_all_the_same() -> None:
+    limits = limiter(max_connections=1, rate=1.0, burst=1)
+    limits.opened(A)
+    assert limits.open_connections(A) == 1 and len(limits) == 1
+    # Its bucket is full: the refusal is for the connection count, not the rate.
+    assert refusal(limits, A, 0.0).code == "too_many_connections"
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan")])
+def test_the_refusal_log_interval_must_be_positive(interval: float) -> None:
+    with pytest.raises(ValueError, match=r"^interval must be > 0$"):
+        RefusalLog(interval)
+
+
+@pytest.mark.parametrize(
+    ("origin", "normal"),
+    [
+        ("HTTPS://Example.COM/", "https://example.com"),
+        ("  https://app.example.com//  ", "https://app.example.com"),
+        ("http://BOX", "http://box"),
+    ],
+)
+def test_an_origin_is_normalized_to_lower_case_without_trailing_slashes(
+    origin: str, normal: str
+) -> None:
+    assert normalize_origin(origin) == normal
+
+
+def test_the_rate_refusal_says_the_limits_and_the_wait() -> None:
+    limits = limiter(rate=0.5, burst=2)
+    limits.check(A, 0.0)
+    limits.check(A, 0.0)
+    refused = refusal(limits, A, 0.0)
+    assert isinstance(refused, RateRefusal) and refused.retry_after == 2
+    expected = (
+        "more than 2 new connections at once or 0.5 per second from this address; retry in 2 s"
+    )
+    assert refused.message == str(refused) == expected
+    assert RateRefusal(3, "wait").message == "wait"
+
+
+def test_an_address_never_seen_has_no_open_connections() -> None:
+    limits = limiter()
+    assert limits.open_connections(A) == 0
+    assert len(limits) == 0
+
+
+def test_an_address_still_refilling_is_not_forgotten_by_a_sweep() -> None:
+    limits = limiter(rate=1.0, burst=2)  # refills in 2 s
+    limits.check(B, 10.0)  # the first sweep is now
+    limits.check(A, 11.0)
+    limits.check(A, 11.0)  # A's bucket is empty
+    limits.check("192.0.2.3", 12.0)  # sweeps: B is full again, A has refilled one token
+    assert len(limits) == 2
+    limits.check(A, 12.0)
+    assert refusal(limits, A, 12.0).code == "connection_rate"
+
+
+def test_a_connection_counted_without_a_check_leaves_its_bucket_refilling() -> None:
+    limits = limiter(rate=1.0, burst=1)
+    limits.opened(A)
+    limits.check(A, 5.0)
+    assert refusal(limits, A, 5.0).code == "connection_rate"
+    limits.check(A, 6.0)  # one second later the token is back
+
+
+def test_the_refusal_log_defaults_to_one_line_a_second() -> None:
+    log = RefusalLog()
+    assert log.interval == 1.0
+    assert log.record(A, 0.0) == 0
+    assert log.record(A, 0.99) is None
+    assert log.record(A, 1.0) == 1
+
+
+def test_a_sweep_keeps_addresses_logged_within_the_interval() -> None:
+    log = RefusalLog(interval=1.0)
+    assert log.record(A, 10.0) == 0
+    assert log.sweep(10.5) == []
+    assert len(log) == 1
+    assert log.record(A, 10.6) is None  # still within A's interval

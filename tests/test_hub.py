@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
@@ -290,3 +291,214 @@ def test_revoking_keeps_the_registry_and_the_upstream_wants_consistent(
         # Every want is matched by an unwant exactly when nobody holds the channel now.
         balance = sum(1 if kind == "want" else -1 for kind, c in listener.events if c == channel)
         assert balance == (1 if channel in wanted else 0)
+
+
+def test_a_channel_no_source_serves_is_a_key_error() -> None:
+    hub, _ = make_hub()
+    with pytest.raises(KeyError, match="no source serves 'nope:x'"):
+        hub.channel("nope:x")
+    assert not hub.known("nope:x") and hub.known("sim:trades:A")
+
+
+def test_the_http_snapshot_of_each_kind_of_channel() -> None:
+    hub, listener = make_hub()
+    # Asking about a channel nobody subscribed to creates no state for it.
+    assert hub.snapshot("sim:ticker:A") is None
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 1, True), ts=10)
+    hub.publish(Update("sim:ticker:A", {"last": "2"}, 2, True), ts=11)
+    assert hub.snapshot("sim:ticker:A") == (2, 11, {"last": "2"})
+    hub.publish(trade(1), ts=12)
+    assert hub.snapshot("sim:trades:A") is None  # events have no state
+    hub.publish(Update("sim:book:A", {"bids": []}, 1, False), ts=13)
+    assert hub.snapshot("sim:book:A") is None  # the source has no consistent book
+    listener.books["sim:book:A"] = {"bids": [["1", "1"]], "asks": []}
+    assert hub.snapshot("sim:book:A") == (1, 13, {"bids": [["1", "1"]], "asks": []})
+
+
+def test_forgotten_state_reaches_no_new_subscriber() -> None:
+    hub, _ = make_hub()
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 1, True), ts=10)
+    hub.forget_state("sim:ticker:A")
+    hub.forget_state("sim:trades:A")  # no state kept: nothing to forget
+    assert hub.snapshot("sim:ticker:A") is None
+    late = FakeSession()
+    hub.subscribe(late, ["sim:ticker:A"], None, OPEN)
+    assert [m["event"] for m in late.messages()] == ["subscribed"]
+    hub.publish(Update("sim:ticker:A", {"last": "2"}, 2, True), ts=11)
+    assert late.messages()[0]["seq"] == 2
+
+
+def test_an_upstream_refusal_reaches_the_channels_subscribers_only() -> None:
+    hub, _ = make_hub()
+    holder, other = FakeSession(), FakeSession()
+    hub.subscribe(holder, ["sim:trades:A"], None, OPEN)
+    hub.subscribe(other, ["sim:ticker:A"], None, OPEN)
+    holder.messages()
+    other.messages()
+    wakes = holder.wakes
+    hub.upstream_refused("sim:trades:A", "no such market")
+    assert holder.messages() == [
+        {
+            "event": "error",
+            "data": {
+                "code": "upstream_refused",
+                "message": "no such market",
+                "channel": "sim:trades:A",
+            },
+        }
+    ]
+    assert holder.wakes == wakes + 1 and holder.overflows == 0
+    assert other.messages() == [] and hub.registry.refcount("sim:trades:A") == 1
+
+
+def choked_session() -> FakeSession:
+    """A session whose outbox holds twice its byte limit: no room even for control events."""
+    session = FakeSession(max_bytes=64)
+    assert session.outbox.offer_control(b"x" * 128)
+    return session
+
+
+def test_control_events_a_choked_session_cannot_take_overflow_it() -> None:
+    hub, _ = make_hub()
+    refused, status = choked_session(), choked_session()
+    for session in (refused, status):
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+    wakes = (refused.wakes, status.wakes)
+    hub.upstream_refused("sim:trades:A", "no")
+    assert (refused.overflows, status.overflows) == (1, 1)
+    hub.status("sim", "reconnecting")
+    assert (refused.overflows, status.overflows) == (2, 2)
+    assert (refused.wakes, status.wakes) == wakes
+
+
+class TimedSession(FakeSession):
+    """Notes the hub's ``publish_ts`` at each wake, as the latency histogram does."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        self.seen: list[int] = []
+
+    def wake(self) -> None:
+        super().wake()
+        self.seen.append(self.hub.publish_ts)
+
+
+def test_publish_ts_is_the_messages_time_during_fan_out_only() -> None:
+    hub, _ = make_hub()
+    assert (hub.publish_ts, hub.messages_in) == (0, 0)
+    session = TimedSession(hub)
+    hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+    hub.publish(trade(1), ts=1234)
+    hub.publish(trade(2), ts=1300)
+    assert session.seen == [0, 1234, 1300]  # the subscribe's wake is outside any publish
+    assert (hub.publish_ts, hub.messages_in, hub.deliveries) == (0, 2, 2)
+
+
+def test_flags_and_channel_reach_the_envelope() -> None:
+    hub, _ = make_hub()
+    a = FakeSession()
+    hub.subscribe(a, ["sim:ticker:A", "sim:trades:A"], None, OPEN)
+    a.messages()
+    hub.publish(Update("sim:ticker:A", {"last": "1"}, 1, True), ts=5)
+    hub.publish(Update("sim:trades:A", {"n": 1}, 1, False, reorg=True), ts=6)
+    assert a.messages() == [
+        {"channel": "sim:ticker:A", "seq": 1, "ts": 5, "snapshot": True, "data": {"last": "1"}},
+        {"channel": "sim:trades:A", "seq": 1, "ts": 6, "reorg": True, "data": {"n": 1}},
+    ]
+
+
+def coalescing_hub() -> Hub:
+    hub = Hub(CATALOGUE.get, lambda c: Policy.COALESCE)
+    hub.add_source("sim", Listener())
+    return hub
+
+
+def full_session(hub: Hub, channel: str) -> FakeSession:
+    session = FakeSession(max_messages=1)
+    hub.subscribe(session, [channel], None, OPEN)
+    session.outbox.drain()
+    hub.publish(Update("sim:trades:A", {"n": 0}, 0, False), ts=0)  # fills it (one message)
+    return session
+
+
+@pytest.mark.parametrize(
+    ("channel", "snapshot", "resnapshot"),
+    [
+        ("sim:book:A", False, True),  # a book delta: only a fresh snapshot can replace it
+        ("sim:ticker:A", False, True),  # a state that extends the last one (blocks)
+        ("sim:ticker:A", True, False),  # a whole state: the latest one replaces it
+        ("sim:trades:A", False, False),  # an event: the latest is kept
+    ],
+)
+def test_a_coalesced_message_becomes_a_resnapshot_exactly_when_it_is_a_delta(
+    channel: str, snapshot: bool, resnapshot: bool
+) -> None:
+    hub = coalescing_hub()
+    session = full_session(hub, "sim:trades:A")
+    hub.subscribe(session, [channel], None, OPEN)
+    session.outbox.drain()
+    hub.publish(Update("sim:trades:A", {"n": 1}, 1, False), ts=1)  # full again
+    hub.publish(Update(channel, {"v": 1}, 2, snapshot), ts=2)
+    drained = session.outbox.drain()
+    assert drained.resnapshot == ([channel] if resnapshot else [])
+    # The queued trade, then the coalesced message itself unless a snapshot replaces it.
+    assert len(drained.frames) == (1 if resnapshot else 2)
+
+
+def test_dropped_messages_are_counted_under_their_channel_until_it_is_unsubscribed() -> None:
+    hub, _ = make_hub()
+    tight = FakeSession(max_messages=1)
+    hub.subscribe(tight, ["sim:trades:A", "alt:trades:A"], None, OPEN)
+    tight.outbox.drain()
+    for n in range(3):
+        hub.publish(trade(n), ts=n)
+    hub.publish(Update("alt:trades:A", {"n": 1}, 1, False), ts=3)
+    assert tight.outbox.drain().lagged == {"sim:trades:A": 2, "alt:trades:A": 1}
+    for n in range(3, 6):
+        hub.publish(trade(n), ts=n)
+    hub.unsubscribe(tight, ["sim:trades:A"], None)
+    assert tight.outbox.drain().lagged == {}
+
+
+def test_one_subscriber_overflowing_does_not_stop_the_fan_out() -> None:
+    hub = Hub(CATALOGUE.get, lambda c: Policy.DISCONNECT)
+    hub.add_source("sim", Listener())
+    slow, fine = FakeSession(max_messages=1), FakeSession()
+    for s in (slow, fine):
+        hub.subscribe(s, ["sim:trades:A"], None, OPEN)
+        s.messages()
+    hub.publish(trade(1), ts=1)
+    hub.publish(trade(2), ts=2)
+    assert slow.overflows == 1
+    assert [m["seq"] for m in fine.messages()] == [1, 2]
+
+
+def test_a_session_at_its_limit_may_subscribe_again_to_what_it_holds() -> None:
+    hub, _ = make_hub()
+    a = FakeSession()
+    one = Limits(max_subscriptions=1)
+    hub.subscribe(a, ["sim:trades:A"], 1, one)
+    hub.subscribe(a, ["sim:trades:A"], 2, one)
+    assert [(m["event"], m["id"]) for m in a.messages()] == [("subscribed", 1), ("subscribed", 2)]
+
+
+def test_unsubscribing_an_unknown_channel_is_an_exact_error_and_the_rest_goes_on() -> None:
+    hub, listener = make_hub()
+    a = FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], None, OPEN)
+    a.messages()
+    hub.unsubscribe(a, ["nope:x", "sim:trades:A"], 4)
+    assert a.messages() == [
+        {
+            "event": "error",
+            "data": {
+                "code": "unknown_channel",
+                "message": "no such channel: nope:x",
+                "channel": "nope:x",
+            },
+            "id": 4,
+        },
+        {"event": "unsubscribed", "data": {"channel": "sim:trades:A"}, "id": 4},
+    ]
+    assert listener.events[-1] == ("unwant", "sim:trades:A")

@@ -9,20 +9,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.core import protocol
 from relay.core.protocol import (
+    BINARY_REFUSED,
+    MAX_CHANNEL_NAME,
+    MAX_CHANNELS_PER_COMMAND,
     ErrorCode,
     Lagged,
     Ping,
     ProtocolError,
+    Refusal,
     Since,
     Status,
     Subscribe,
     Unsubscribe,
     Welcome,
+    command_id,
     encode_envelope,
     encode_error,
     encode_event,
     parse_command,
+    refuse_binary,
 )
 
 
@@ -206,3 +213,162 @@ def test_unsubscribe_ignores_since() -> None:
         '{"action":"unsubscribe","channel":"a:b","since":{"seq":1,"epoch":"e"}}'
     )
     assert command == Unsubscribe(("a:b",))
+
+
+def subscribe_text(**fields: object) -> bytes:
+    return orjson.dumps({"action": "subscribe", "id": 9, **fields})
+
+
+def test_exactly_the_channel_limit_is_one_command_and_one_more_is_refused() -> None:
+    channels = [f"c{i}" for i in range(40)]
+    symbols = [f"s{i}" for i in range(25)]  # 40 x 25 = 1,000 channels: the limit
+    command = parse_command(subscribe_text(channels=channels, symbols=symbols))
+    assert isinstance(command, Subscribe) and len(command.channels) == MAX_CHANNELS_PER_COMMAND
+    over = parse_command(subscribe_text(channels=[f"c{i}" for i in range(1001)]))
+    assert over == ProtocolError(ErrorCode.BAD_REQUEST, "at most 1000 channels per command", 9)
+
+
+def test_a_name_of_exactly_the_limit_is_accepted_and_a_longer_one_is_bad_request() -> None:
+    longest = "sim:trades:" + "X" * (MAX_CHANNEL_NAME - len("sim:trades:"))
+    assert len(longest) == 200
+    assert parse_command(subscribe_text(channel=longest)) == Subscribe((longest,), 9)
+    for fields in ({"channel": longest + "X"}, {"channels": ["sim:trades", longest + "Y"]}):
+        assert parse_command(subscribe_text(**fields)) == ProtocolError(
+            ErrorCode.BAD_REQUEST, "channel names are at most 200 characters", 9
+        )
+
+
+def test_a_too_long_name_is_answered_bad_request_on_the_wire() -> None:
+    error = parse_command(subscribe_text(channel="x" * 201))
+    assert isinstance(error, ProtocolError)
+    assert orjson.loads(encode_error(error)) == {
+        "event": "error",
+        "data": {"code": "bad_request", "message": "channel names are at most 200 characters"},
+        "id": 9,
+    }
+
+
+def test_a_refusal_carries_its_status_code_and_message() -> None:
+    refusal = Refusal(429, "connection_rate", "slow down")
+    assert (refusal.status, refusal.code, refusal.message) == (429, "connection_rate", "slow down")
+    assert str(refusal) == "slow down"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"action":"subscribe","id":7}', 7),
+        (b'{"action":"ping","id":"x"}', "x"),
+        ('{"id":1.5}', None),
+        ('{"id":[1]}', None),
+        ('{"action":"ping"}', None),
+        ("[1,2]", None),
+        ('"id"', None),
+        ("{not json", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_command_id_is_the_usable_id_of_a_json_object(
+    message: str | bytes, expected: int | str | None
+) -> None:
+    assert command_id(message) == expected
+
+
+def test_a_binary_frame_is_refused_as_bad_request_with_its_commands_id() -> None:
+    assert refuse_binary(b'{"action":"ping","id":4}') == ProtocolError(
+        ErrorCode.BAD_REQUEST, "commands are JSON text frames: send this as text", 4
+    )
+    assert refuse_binary(b"\x00\x01") == ProtocolError(ErrorCode.BAD_REQUEST, BINARY_REFUSED)
+
+
+def test_snapshot_and_reorg_envelopes_carry_their_flag_and_nothing_else() -> None:
+    data = {"k": "v"}
+    assert orjson.loads(encode_envelope("a:b", 7, 1000, data, True)) == {
+        "channel": "a:b",
+        "seq": 7,
+        "ts": 1000,
+        "snapshot": True,
+        "data": data,
+    }
+    assert orjson.loads(encode_envelope("a:b", 8, 1001, data, False, reorg=True)) == {
+        "channel": "a:b",
+        "seq": 8,
+        "ts": 1001,
+        "reorg": True,
+        "data": data,
+    }
+    # A snapshot is never also flagged reorg: the snapshot replaces everything before it.
+    assert "reorg" not in orjson.loads(encode_envelope("a:b", 9, 1002, data, True, reorg=True))
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_the_converter_takes_only_exact_types(fresh: bool) -> None:
+    """Checked on the module's converter and on one built in the test: the module's is built
+    at import, and a converter's rules are the factory's."""
+    converter = protocol._make_converter() if fresh else protocol.converter
+    assert converter.structure("a", str) == "a"
+    assert converter.structure(5, int) == 5
+    assert converter.structure(["a", "b"], list[str]) == ["a", "b"]
+    assert converter.structure(None, int | str | None) is None
+    assert converter.structure(3, int | str | None) == 3
+    for value, kind, message in [
+        (5, str, "expected str, got int"),
+        ("5", int, "expected int, got str"),
+        (True, int, "expected int, got bool"),
+        ("abc", list[str], "expected a list, got str"),
+        (("a",), list[str], "expected a list, got tuple"),
+        (["a", 1], list[str], "expected str, got int"),
+    ]:
+        with pytest.raises(TypeError, match=f"^{message}$"):
+            converter.structure(value, kind)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1,2]", ProtocolError(ErrorCode.BAD_REQUEST, "a command is a JSON object")),
+        (
+            '{"action":5,"id":2}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "missing or non-string 'action'", 2),
+        ),
+        (
+            '{"action":"subscribe","id":3}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "missing 'channel' or 'channels'", 3),
+        ),
+        (
+            '{"action":"unsubscribe","channels":[],"id":4}',
+            ProtocolError(ErrorCode.BAD_REQUEST, "no channels given", 4),
+        ),
+        (
+            '{"action":"subscribe","channel":"a","symbols":["b"],"id":"5"}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "give either 'channel' or 'channels' (with optional 'symbols'), not both",
+                "5",
+            ),
+        ),
+        (
+            '{"action":"subscribe","channel":5,"id":6}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST, "invalid value for type, expected str | None @ $.channel", 6
+            ),
+        ),
+        (
+            '{"action":"subscribe","channels":"ab","symbols":[1],"id":9}',
+            ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "invalid value for type, expected list[str] | None @ $.channels; "
+                "invalid value for type, expected list[str] | None @ $.symbols",
+                9,
+            ),
+        ),
+    ],
+)
+def test_each_malformed_command_gets_its_exact_message_and_its_id(
+    text: str, expected: ProtocolError
+) -> None:
+    assert parse_command(text) == expected
+
+
+def test_unsubscribe_keeps_its_id() -> None:
+    assert parse_command('{"action":"unsubscribe","channel":"a","id":8}') == Unsubscribe(("a",), 8)

@@ -74,10 +74,43 @@ class RegistryMachine(RuleBasedStateMachine):
             assert set(self.registry.subscribers(channel)) == {
                 s for s, chans in self.model.items() if channel in chans
             }
-        for session, chans in self.model.items():
+        for session in range(6):
+            chans = self.model.get(session, set())
             assert set(self.registry.channels_of(session)) == chans
+            assert self.registry.count_of(session) == len(chans)
         assert len(self.registry) == sum(len(c) for c in self.model.values())
+
+    @invariant()
+    def counts_per_source_and_in_all_match(self) -> None:
+        """What the hub's metrics and status events read: channels held, the sessions of each
+        source, and the sessions holding anything."""
+        union = self._union()
+        assert self.registry.channel_count == len(union)
+        for source in {"sim", "alt", "none"}:
+            assert self.registry.sessions_of_source(source) == {
+                s for s, chans in self.model.items() if any(source_of(c) == source for c in chans)
+            }
+        assert set(self.registry.sessions()) == set(self.model)
 
 
 TestRegistry = RegistryMachine.TestCase
 TestRegistry.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_counts_follow_a_session_in_and_out_of_two_sources() -> None:
+    registry: SubscriptionRegistry[str] = SubscriptionRegistry()
+    assert (registry.channel_count, len(registry), registry.count_of("a")) == (0, 0, 0)
+    registry.add("a", "sim:trades:A")
+    registry.add("a", "alt:blocks")
+    registry.add("b", "sim:trades:A")
+    assert (registry.channel_count, len(registry)) == (2, 3)
+    assert (registry.count_of("a"), registry.count_of("b")) == (2, 1)
+    assert registry.sessions_of_source("sim") == {"a", "b"}
+    assert registry.sessions_of_source("alt") == {"a"}
+    assert list(registry.sessions()) == ["a", "b"]
+    # The holder map is the live dict-as-set the hub iterates: its values are None.
+    assert registry.subscribers("sim:trades:A") == {"a": None, "b": None}
+    assert registry.drop("a") == ["alt:blocks"]
+    assert (registry.channel_count, len(registry), registry.count_of("a")) == (1, 1, 0)
+    assert registry.sessions_of_source("alt") == set()
+    assert registry.subscribers("alt:blocks") == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -139,3 +140,53 @@ class TimersMachine(RuleBasedStateMachine):
 
 TestTimers = TimersMachine.TestCase
 TestTimers.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_a_second_ping_does_not_push_the_pong_deadline_later() -> None:
+    timers: SessionTimers[str] = SessionTimers(INTERVAL, IDLE, PONG)
+    timers.add("a", now=0.0)
+    timers.busy("a")
+    assert timers.pop_due(15.0).pings == ["a"]  # the next beat is at 30
+    timers.pinged("a", 15.0)
+    timers.pinged("a", 20.0)  # a ping while one is unanswered: its deadline stands at 25
+    assert timers.next_deadline() == 25.0
+    assert timers.pop_due(25.0).silent == ["a"]
+
+
+def test_pings_and_idle_clocks_of_sessions_that_left_are_ignored() -> None:
+    timers: SessionTimers[str] = SessionTimers(INTERVAL, IDLE, PONG)
+    timers.pinged("gone", 0.0)
+    timers.idle("gone", 0.0)
+    assert not timers.awaiting_pong("gone")
+    assert timers.next_deadline() == math.inf and len(timers) == 0
+
+
+@pytest.mark.parametrize(
+    ("interval", "idle_timeout", "pong_timeout"),
+    [(0.0, IDLE, PONG), (-1.0, IDLE, PONG), (INTERVAL, 0.0, PONG), (INTERVAL, IDLE, 0.0)],
+)
+def test_the_constructor_refuses_a_deadline_that_is_not_positive(
+    interval: float, idle_timeout: float, pong_timeout: float
+) -> None:
+    with pytest.raises(
+        ValueError, match=r"^interval, idle_timeout and pong_timeout must be positive$"
+    ):
+        SessionTimers(interval, idle_timeout, pong_timeout)
+
+
+def test_the_smallest_positive_deadlines_are_accepted_and_kept() -> None:
+    timers: SessionTimers[str] = SessionTimers(1e-9, 2e-9, 3e-9)
+    assert (timers.interval, timers.idle_timeout, timers.pong_timeout) == (1e-9, 2e-9, 3e-9)
+
+
+def test_a_pong_nobody_waits_for_changes_nothing() -> None:
+    """A pong may come unasked (clients may send one any time) or twice."""
+    timers: SessionTimers[str] = SessionTimers(INTERVAL, IDLE, PONG)
+    timers.add("a", now=0.0)
+    timers.answered("a")
+    timers.answered("stranger")
+    timers.pinged("a", 15.0)
+    timers.answered("a")
+    timers.answered("a")
+    assert not timers.awaiting_pong("a") and len(timers) == 1
+    assert timers.next_deadline() == 15.0

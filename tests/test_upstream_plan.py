@@ -42,6 +42,35 @@ def test_reconnect_subscribes_exactly_what_is_wanted() -> None:
     assert plan.plan(2.0).subscribe == ["a"]
 
 
+def test_a_plan_is_true_when_it_has_anything_to_send() -> None:
+    plan = UpstreamPlan(linger=LINGER)
+    assert not plan.plan(0.0)
+    plan.want("a")
+    only_subscribe = plan.plan(0.0)
+    assert only_subscribe and not only_subscribe.unsubscribe
+    plan.unwant("a", now=0.0)
+    only_unsubscribe = plan.plan(LINGER)
+    assert only_unsubscribe and not only_unsubscribe.subscribe
+
+
+def test_a_request_is_overdue_at_exactly_the_timeout() -> None:
+    plan = UpstreamPlan(linger=LINGER)
+    plan.want("a")
+    plan.plan(10.0)
+    assert plan.answer_deadline(3.0) == 13.0
+    assert plan.overdue(12.9, 3.0) == []
+    assert plan.overdue(13.0, 3.0) == ["a"]
+
+
+def test_answers_nobody_waits_for_change_nothing() -> None:
+    plan = UpstreamPlan(linger=LINGER)
+    plan.want("a")
+    plan.plan(0.0)
+    plan.answered(("a", "never-asked"))
+    plan.answered(("a",))
+    assert plan.answer_deadline(3.0) is None and plan.overdue(100.0, 3.0) == []
+
+
 class PlanMachine(RuleBasedStateMachine):
     """The upstream, as the sent plans leave it, converges to what clients want."""
 

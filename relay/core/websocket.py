@@ -38,6 +38,9 @@ from relay.core.protocol import Refusal
 MESSAGE_TOO_BIG: Final = 1009
 INVALID_PAYLOAD: Final = 1007
 
+_DONE: Final = (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING)
+"""States after the client's close frame: nothing it sends after that is read."""
+
 _CONTINUATION: Final = 0x0
 _BINARY: Final = 0x2
 """Opcodes up to this one (continuation, text, binary) make up messages; control frames don't."""
@@ -168,7 +171,7 @@ class ServerWebSocket:
         none of its payload is waited for.
         """
         conn = self._conn
-        if conn.state is ConnectionState.CLOSED or self._failed:
+        if conn.state in _DONE or self._failed:
             return []
         out: list[Received] = []
         cut = None if self._too_big else self._oversized(data)

@@ -117,6 +117,24 @@ def test_book_rejects_malformed_levels_and_stays_unchanged(bad: Any) -> None:
     assert book.levels() == before
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([[1.5, "1"]], "book price must be a decimal string, got 1.5"),
+        ([["1", 2]], "book size must be a decimal string, got 2"),
+        ([["abc", "1"]], "book price is not a decimal: 'abc'"),
+        ([["1", "x"]], "book size is not a decimal: 'x'"),
+        ([["NaN", "1"]], "book price must be finite, got 'NaN'"),
+        ([["1", "-1"]], "book size must not be negative, got '-1'"),
+        ([["1"]], "book level must be a [price, size] pair, got ['1']"),
+    ],
+)
+def test_a_malformed_level_is_refused_with_what_is_wrong_with_it(bad: Any, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        OrderBook().apply_snapshot(bad, [])
+    assert str(refused.value) == message
+
+
 # --- GapDetector ----------------------------------------------------------------------------
 
 # Mostly +1, sometimes a skip forward, a duplicate or a step back.
@@ -421,6 +439,118 @@ def test_bad_updates_raise_and_change_nothing(method: str, update: Update, state
 def test_max_buffer_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BookSync(CHANNEL, SYMBOL, max_buffer=0)
+
+
+def one_sided(side: str, seq: int, levels: Side) -> Update:
+    """A delta that changes one side only: the other key is absent, as upstreams send it."""
+    return Update(CHANNEL, {side: levels, "ts": ts_of(seq)}, seq, False)
+
+
+def live_sync() -> BookSync:
+    sync = BookSync(CHANNEL, SYMBOL)
+    snapshot = {"bids": [["100", "1"]], "asks": [["101", "1"]], "ts": ts_of(0)}
+    sync.on_snapshot(Update(CHANNEL, snapshot, 0, True))
+    return sync
+
+
+@pytest.mark.parametrize(("side", "other"), [("bids", "asks"), ("asks", "bids")])
+def test_a_live_one_sided_delta_changes_its_side_only_and_is_published_as_sent(
+    side: str, other: str
+) -> None:
+    sync = live_sync()
+    before = dict(zip(("bids", "asks"), sync.book.levels(), strict=True))
+    delta = one_sided(side, 1, [["100", "0"], ["101", "0"], ["99", "3"], ["102", "4"]])
+    assert sync.on_delta(delta) == BookStep([delta], False)
+    after = dict(zip(("bids", "asks"), sync.book.levels(), strict=True))
+    assert after[other] == before[other]
+    assert after[side] == (
+        [["102", "4"], ["99", "3"]] if side == "bids" else [["99", "3"], ["102", "4"]]
+    )
+    assert sync.last_seq == 1 and sync.state_data() == {
+        "symbol": SYMBOL,
+        **after,
+        "ts": ts_of(1),
+    }
+
+
+@pytest.mark.parametrize(("side", "other"), [("bids", "asks"), ("asks", "bids")])
+def test_a_buffered_one_sided_delta_is_replayed_on_its_side_only(side: str, other: str) -> None:
+    sync = BookSync(CHANNEL, SYMBOL)
+    assert sync.on_delta(one_sided(side, 1, [["100", "5"], ["101", "0"]])) == BookStep([], False)
+    assert sync.buffered == 1
+    snapshot = {"bids": [["100", "1"]], "asks": [["101", "1"]], "ts": ts_of(0)}
+    step = sync.on_snapshot(Update(CHANNEL, snapshot, 0, True))
+    (published,) = step.publish
+    expected = {"bids": [["100", "1"]], "asks": [["101", "1"]]}
+    expected[side] = [["100", "5"]]
+    assert published == Update(CHANNEL, {"symbol": SYMBOL, **expected, "ts": ts_of(1)}, 1, True)
+    assert published.data[other] == snapshot[other]
+
+
+@pytest.mark.parametrize(("side", "better"), [("bids", "100.5"), ("asks", "100.5")])
+def test_a_one_sided_delta_that_pushes_a_level_past_the_depth_publishes_it_removed(
+    side: str, better: str
+) -> None:
+    sync = BookSync(CHANNEL, SYMBOL, depth=1)
+    snapshot = {"bids": [["100", "1"]], "asks": [["101", "1"]], "ts": ts_of(0)}
+    sync.on_snapshot(Update(CHANNEL, snapshot, 0, True))
+    (published,) = sync.on_delta(one_sided(side, 1, [[better, "2"]])).publish
+    pushed_out = snapshot[side][0][0]
+    other = "asks" if side == "bids" else "bids"
+    assert published.data == {side: [[better, "2"], [pushed_out, "0"]], other: [], "ts": ts_of(1)}
+    assert dict(zip(("bids", "asks"), sync.book.levels(), strict=True))[side] == [[better, "2"]]
+
+
+def test_a_snapshot_without_bids_is_refused_like_one_without_asks() -> None:
+    sync = BookSync(CHANNEL, SYMBOL)
+    for side in ("bids", "asks"):
+        data = {"bids": [], "asks": [], "ts": 1}
+        del data[side]
+        with pytest.raises(ValueError, match=f"^book snapshot without '{side}'$"):
+            sync.on_snapshot(Update(CHANNEL, data, 1, True))
+    assert sync.state is SyncState.AWAITING_SNAPSHOT
+
+
+def test_a_taken_snapshot_is_the_new_state_and_asks_for_nothing() -> None:
+    sync = BookSync(CHANNEL, SYMBOL)
+    snapshot = {"bids": [["1", "1"]], "asks": [], "ts": 77}
+    step = sync.on_snapshot(Update(CHANNEL, snapshot, 3, True))
+    assert step.fetch_snapshot is False
+    assert sync.state_data() == {"symbol": SYMBOL, "bids": [["1", "1"]], "asks": [], "ts": 77}
+
+
+def test_buffered_deltas_are_replayed_to_the_depth_and_checked_against_their_checksum() -> None:
+    def count(bids: Side, asks: Side) -> int:
+        return len(bids) + len(asks)
+
+    snapshot = Update(CHANNEL, {"bids": [["1", "1"]], "asks": [["5", "1"]], "ts": 1}, 1, True)
+    better = {"bids": [["2", "1"]], "asks": [["4", "1"]], "ts": 2}
+    sync = BookSync(CHANNEL, SYMBOL, depth=1, checksum=count)
+    sync.on_delta(Update(CHANNEL, better, 2, False, checksum=2))  # right after the depth cut
+    (published,) = sync.on_snapshot(snapshot).publish
+    assert (published.data["bids"], published.data["asks"]) == ([["2", "1"]], [["4", "1"]])
+    wrong = BookSync(CHANNEL, SYMBOL, depth=1, checksum=count)
+    wrong.on_delta(Update(CHANNEL, better, 2, False, checksum=4))
+    assert wrong.on_snapshot(snapshot) == BookStep([], True)
+
+
+def test_an_update_checksum_is_ignored_without_a_checksum_function() -> None:
+    sync = live_sync()
+    delta = Update(CHANNEL, {"bids": [["99", "1"]], "ts": 5}, 1, False, checksum=12345)
+    assert sync.on_delta(delta) == BookStep([delta], False)
+
+
+@pytest.mark.parametrize("state", ["awaiting", "resyncing"])
+@pytest.mark.parametrize("bad", [[["1", "-2"]], [["x", "1"]], [["1"]], "1,2"])
+def test_a_malformed_ask_side_is_refused_before_it_is_buffered(state: str, bad: Any) -> None:
+    sync = live_sync() if state == "resyncing" else BookSync(CHANNEL, SYMBOL)
+    if state == "resyncing":
+        assert sync.on_delta(one_sided("bids", 3, [["98", "1"]])) == BookStep([], True)
+    before = (sync.state, sync.buffered)
+    delta = Update(CHANNEL, {"bids": [["100", "2"]], "asks": bad, "ts": 1}, 5, False)
+    with pytest.raises(ValueError):
+        sync.on_delta(delta)
+    assert (sync.state, sync.buffered) == before
 
 
 # --- BookSync: stateful ---------------------------------------------------------------------

@@ -611,3 +611,41 @@ class ChainMachine(RuleBasedStateMachine):
 
 ChainMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_chain_machine = ChainMachine.TestCase
+
+
+def test_a_height_backfill_stops_at_the_height() -> None:
+    follower = follower_at(4, max_backfill=5)
+    assert follower.on_height(6) == ChainStep([], FetchByNumber(5))
+    assert follower.on_fetched(FetchByNumber(5), A[5]).fetch == FetchByNumber(6)
+    assert follower.on_fetched(FetchByNumber(6), A[6]) == ChainStep(
+        [Published(A[6], Link.EXTENDS)], None
+    )
+    assert follower.fetching is None
+
+
+@pytest.mark.parametrize(("height", "fetch"), [(10, 5), (11, 11)])
+def test_a_height_exactly_max_backfill_ahead_is_backfilled_one_more_restarts(
+    height: int, fetch: int
+) -> None:
+    """From tip 4, height 10 leaves 5 blocks missing (5..9): exactly max_backfill."""
+    follower = follower_at(4, max_backfill=5)
+    assert follower.on_height(height) == ChainStep([], FetchByNumber(fetch))
+
+
+def test_a_wrong_answer_is_refused_with_what_was_asked_and_what_came() -> None:
+    follower = follower_at(4, max_backfill=5)
+    follower.on_height(6)
+    with pytest.raises(ValueError) as other_fetch:
+        follower.on_fetched(FetchByNumber(9), A[9])
+    assert str(other_fetch.value) == (
+        "answer to FetchByNumber(number=9), but FetchByNumber(number=5) is outstanding"
+    )
+    with pytest.raises(ValueError) as other_block:
+        follower.on_fetched(FetchByNumber(5), A[6])
+    assert str(other_block.value) == "asked for block 5, got block 6"
+    walking = follower_at(5)
+    fetch = walking.on_head(fork("b", A[3], 6)[6]).fetch
+    assert fetch == FetchByHash("0xb0005")
+    with pytest.raises(ValueError) as other_hash:
+        walking.on_fetched(fetch, A[5])
+    assert str(other_hash.value) == "asked for block 0xb0005, got block 0xa0005"

@@ -19,7 +19,7 @@ from relay.core.ratelimit import TokenBucket
 def test_the_constructor_refuses_a_rate_that_is_not_positive_or_a_burst_under_one(
     rate: float, burst: int
 ) -> None:
-    with pytest.raises(ValueError, match=r"rate must be > 0 and burst >= 1"):
+    with pytest.raises(ValueError, match=r"^rate must be > 0 and burst >= 1$"):
         TokenBucket(rate, burst, now=0.0)
 
 

@@ -218,3 +218,124 @@ def test_a_chain_outlives_its_connection_but_not_its_channel() -> None:
     pipeline.untrack(BLOCKS)
     pipeline.track(BLOCKS)  # a channel unsubscribed and subscribed again starts over
     assert pipeline.on_update(block(7)).publish[0].snapshot
+
+
+def test_a_missing_snapshot_answer_keeps_the_fetch_in_flight() -> None:
+    pipeline = live_pipeline()
+    pipeline.on_update(book(5))
+    with pytest.raises(ValueError, match=f"^no snapshot of {BOOK}$"):
+        pipeline.on_repaired(FetchSnapshot(BOOK), None)
+    assert pipeline.wants(FetchSnapshot(BOOK))
+
+
+def test_a_resubscribe_answered_without_a_snapshot_is_done_with() -> None:
+    """The shell answers a resubscription once it sent it; the snapshot comes on the feed."""
+    pipeline = SourcePipeline(Catalogue(RepairKind.RESUBSCRIBE))
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
+    assert pipeline.on_repaired(Resubscribe(BOOK), None) == SourceStep()
+    assert not pipeline.wants(Resubscribe(BOOK))
+
+
+def test_a_book_with_no_repair_only_waits_for_the_upstreams_snapshot() -> None:
+    pipeline = SourcePipeline(Catalogue(RepairKind.NONE))
+    pipeline.track(BOOK)
+    assert pipeline.on_update(book(3)) == SourceStep()
+    assert pipeline.on_update(book(4)) == SourceStep()
+    assert [u.seq for u in pipeline.on_update(book(3, snapshot=True)).publish] == [4]
+
+
+def test_a_head_for_a_channel_with_no_chain_is_nothing() -> None:
+    pipeline = live_pipeline()
+    assert pipeline.on_head(BLOCKS, 9) == SourceStep()
+    assert pipeline.on_head(TRADES, 9) == SourceStep()
+
+
+def test_a_block_without_a_number_is_refused() -> None:
+    pipeline = chain_pipeline()
+    numberless = Update(BLOCKS, {"hash": "a2", "parent_hash": "a1"}, None, False)
+    with pytest.raises(ValueError, match=r"^block on 'x:blocks' without a number$"):
+        pipeline.on_update(numberless)
+    assert pipeline.on_update(block(2)).publish == [block(2)]
+
+
+class RulesCatalogue(Catalogue):
+    def __init__(self, rules: BookRules) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def book_rules(self, channel: str) -> BookRules:
+        assert channel == "x:book:BTC-USD"
+        return self.rules
+
+
+def test_a_book_gets_its_symbol_depth_and_checksum_from_its_channel_and_rules() -> None:
+    channel = "x:book:BTC-USD"
+    rules = BookRules(depth=1, checksum=lambda bids, asks: len(bids) + len(asks))
+    pipeline = SourcePipeline(RulesCatalogue(rules))
+    pipeline.track(channel)
+    levels = {"bids": [["2", "1"], ["1", "1"]], "asks": [["3", "1"]], "ts": 1}
+    (published,) = pipeline.on_update(Update(channel, levels, 1, True)).publish
+    assert published.data == {
+        "symbol": "BTC-USD",
+        "bids": [["2", "1"]],  # kept to the depth
+        "asks": [["3", "1"]],
+        "ts": 1,
+    }
+    delta = {"bids": [["2.5", "1"]], "asks": [], "ts": 2}
+    wrong = Update(channel, delta, 2, False, checksum=3)  # 2 levels after it, not 3
+    assert pipeline.on_update(wrong).repairs == [FetchSnapshot(channel)]
+
+
+def test_a_resync_while_a_fetch_is_in_flight_names_no_second_fetch() -> None:
+    pipeline = live_pipeline()
+    assert pipeline.on_update(book(3)).repairs == [FetchSnapshot(BOOK)]
+    # The upstream's own snapshot comes meanwhile, older than the buffered delta: the book
+    # needs a newer one, which the fetch in flight will bring.
+    assert pipeline.on_update(book(1, snapshot=True)) == SourceStep()
+    assert pipeline.wants(FetchSnapshot(BOOK))
+
+
+def test_the_state_of_a_channel_without_a_book_is_none() -> None:
+    pipeline = live_pipeline()
+    assert pipeline.state(TRADES) is None and pipeline.state("x:book:B") is None
+    assert pipeline.state(BOOK) is not None
+
+
+def test_untracked_channels_of_every_kind_are_forgotten() -> None:
+    pipeline = live_pipeline()
+    pipeline.untrack(BOOK)
+    assert pipeline.state(BOOK) is None and pipeline.on_update(book(2)) == SourceStep()
+    chains = chain_pipeline()
+    chains.untrack(BLOCKS)
+    assert chains.on_update(block(2)) == SourceStep() and chains.on_head(BLOCKS, 9) == SourceStep()
+    chains.track(BLOCKS)
+    chains.on_update(block(1))
+    chains.connection_lost()  # resting: the next connection would go on from block 1
+    chains.untrack(BLOCKS)  # but the channel went meanwhile
+    chains.track(BLOCKS)
+    assert chains.on_update(block(7)).publish == [attrs.evolve(block(7), snapshot=True)]
+
+
+def test_a_head_ahead_of_the_chain_backfills_up_to_it() -> None:
+    pipeline = chain_pipeline()
+    step = pipeline.on_head(BLOCKS, 3)
+    assert step == SourceStep(repairs=[FetchItem(BLOCKS, FetchByNumber(2))])
+    assert pipeline.wants(FetchItem(BLOCKS, FetchByNumber(2)))
+    answered = pipeline.on_repaired(FetchItem(BLOCKS, FetchByNumber(2)), block(2))
+    assert answered.publish == [block(2)]
+    assert not pipeline.wants(FetchItem(BLOCKS, FetchByNumber(2)))
+
+
+def test_a_block_the_node_no_longer_has_ends_the_repair() -> None:
+    pipeline = chain_pipeline()
+    repair = pipeline.on_update(block(3)).repairs[0]
+    assert pipeline.on_repaired(repair, None) == SourceStep()
+    assert not pipeline.wants(repair)
+
+
+def test_a_resubscription_answered_with_a_stale_snapshot_resubscribes_again() -> None:
+    pipeline = live_pipeline(RepairKind.RESUBSCRIBE)
+    assert pipeline.on_update(book(3)).repairs == [Resubscribe(BOOK)]
+    step = pipeline.on_repaired(Resubscribe(BOOK), book(1, snapshot=True))
+    assert step == SourceStep(repairs=[Resubscribe(BOOK)])

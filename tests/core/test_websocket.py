@@ -93,6 +93,9 @@ def test_a_bad_handshake_is_refused_with_the_status_wsproto_advises(
     with pytest.raises(Refusal) as refused:
         accept(head, b"", CAP)
     assert refused.value.status == status
+    assert refused.value.code == {400: "bad_request", 426: "upgrade_required"}[status]
+    assert refused.value.message == str(refused.value.__context__ or refused.value)
+    assert refused.value.message not in ("", "None")
 
 
 messages = st.lists(
@@ -249,3 +252,145 @@ def test_a_close_without_a_code_is_answered_without_one() -> None:
     assert closed == Closed(1005, "", by_client=True)
     reply = server.close(1005, "closed by client")
     assert reply == b"\x88\x00"  # an empty close frame: no code, so no reason either
+
+
+def masked(first: int, payload: bytes, mask: bytes = b"abcd") -> bytes:
+    """A client frame with a short payload (under 126 bytes), masked as RFC 6455 requires."""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([first, 0x80 | len(payload)]) + mask + body
+
+
+def test_a_request_head_without_a_whole_request_is_refused() -> None:
+    with pytest.raises(Refusal) as refused:
+        accept(b"GET /ws HTTP/1.1\r\nHost: relay\r\n", b"", CAP)
+    assert (refused.value.status, refused.value.code, refused.value.message) == (
+        400,
+        "bad_request",
+        "expected a WebSocket upgrade request",
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (masked(0x81, b"ok\xff"), "invalid UTF-8 in a text frame"),
+        (masked(0x88, b"\x03\xe8bye\xff"), "invalid UTF-8 in a close reason"),
+    ],
+)
+def test_invalid_utf8_closes_with_1007_and_a_fixed_reason(frame: bytes, reason: str) -> None:
+    server, _ = pair()
+    assert server.receive(frame) == [Closed(1007, reason, by_client=False)]
+
+
+def test_a_violation_before_an_oversized_frame_keeps_its_own_code() -> None:
+    server, _ = pair()
+    oversized_header = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+    (closed,) = server.receive(b"\x81\x05hello" + oversized_header)
+    assert isinstance(closed, Closed) and closed.code == 1002
+
+
+@pytest.mark.parametrize("cuts", [[], [2], [5], [9]])
+def test_a_64_bit_length_is_read_from_all_eight_bytes(cuts: list[int]) -> None:
+    """Lengths of 65,536 bytes and up take the 8-byte form, whatever the cap; cut anywhere in
+    the header, it is read whole before the cap is applied."""
+    big = 70_000
+    server, client = pair(cap=big)
+    wire = client.send(BytesMessage(data=b"x" * big))
+    assert wire[1] & 0x7F == 127
+    assert feed(server, wire, cuts) == [b"x" * big]
+    over = b"\x82\xff" + (big + 1).to_bytes(8, "big") + b"abcd"
+    assert feed(server, over, cuts) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+OVERSIZED_HEADER = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+
+
+def test_nothing_after_the_clients_close_is_reported_not_even_an_oversized_frame() -> None:
+    """Found by mutation testing: an oversized frame's header after the client's close was
+    reported as a second close (1009), though the client had closed already."""
+    server, client = pair()
+    assert server.receive(client.send(CloseConnection(code=1000))) == [
+        Closed(1000, "", by_client=True)
+    ]
+    assert server.receive(OVERSIZED_HEADER) == []
+    assert server.receive(masked(0x81, b"hi")) == []
+    assert server.close(1000, "closed by client") is not None
+
+
+def test_nothing_after_a_violation_is_reported_not_even_an_oversized_frame() -> None:
+    server, _ = pair()
+    (closed,) = server.receive(b"\x81\x05hello")
+    assert isinstance(closed, Closed) and closed.code == 1002
+    assert server.receive(OVERSIZED_HEADER) == []
+
+
+def test_a_binary_message_is_handed_out_as_bytes() -> None:
+    server, client = pair()
+    whole = server.receive(client.send(BytesMessage(data=b"\x00\x01")))
+    parts = server.receive(
+        client.send(BytesMessage(data=b"a", message_finished=False))
+        + client.send(BytesMessage(data=b"b", message_finished=True))
+    )
+    assert whole == [b"\x00\x01"] and parts == [b"ab"]
+    assert type(whole[0]) is bytes and type(parts[0]) is bytes
+
+
+def test_a_clients_own_1007_close_keeps_its_reason() -> None:
+    server, client = pair()
+    received = server.receive(client.send(CloseConnection(code=1007, reason="bad data")))
+    assert received == [Closed(1007, "bad data", by_client=True)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 13, 64, 100])
+def test_payload_that_looks_like_headers_is_skipped_across_reads(chunk: int) -> None:
+    """Each frame's payload is skipped, however the reads cut it: payload bytes that would
+    read as the header of a huge frame (0x82 0x7f: binary, 64-bit length) are never taken for
+    one."""
+    server, client = pair()
+    payload = b"\x82\x7f" * 200
+    wire = b"".join(client.send(BytesMessage(data=payload)) for _ in range(3))
+    received = feed(server, wire, list(range(chunk, len(wire), chunk)))
+    assert received == [payload] * 3
+    # And the header after them is still read: one over the cap is refused at once.
+    over = client.send(BytesMessage(data=b"x" * (CAP + 1)))
+    received = feed(server, over, list(range(chunk, len(over), chunk)))
+    assert received == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+def test_messages_are_capped_one_by_one_not_together() -> None:
+    server, client = pair()
+    half = "x" * (CAP // 2 + 100)  # two of them are over the cap, each is not
+    ping = client.send(Ping(b"p" * 100))
+    wire = client.send(TextMessage(data=half)) + ping + client.send(TextMessage(data=half))
+    received = server.receive(wire)
+    assert [r for r in received if isinstance(r, str)] == [half, half]
+
+
+@pytest.mark.parametrize("cut", range(1, 8))
+def test_an_oversized_header_cut_after_another_frame_is_still_read_whole(cut: int) -> None:
+    """The header of the frame over the cap starts mid-read, behind a whole frame, and the
+    read ends inside it (at each of its 8 bytes)."""
+    server, client = pair()
+    small = client.send(TextMessage(data="hi"))
+    over = b"\x82\xfe" + (CAP + 1).to_bytes(2, "big") + b"abcd"
+    assert server.receive(small + over[:cut]) == ["hi"]
+    assert server.receive(over[cut:]) == [
+        Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)
+    ]
+
+
+def test_a_64_bit_length_over_2_to_the_56_is_read_from_its_first_byte() -> None:
+    server, _ = pair()
+    header = b"\x82\xff" + (2**56).to_bytes(8, "big") + b"abcd"
+    assert server.receive(header) == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
+
+
+def test_nothing_arrived_with_the_handshake_means_nothing_early() -> None:
+    _, server = accept(request(), b"", CAP)
+    assert server.early == []
+
+
+def test_a_continuation_frame_first_is_a_protocol_violation() -> None:
+    server, _ = pair()
+    (closed,) = server.receive(masked(0x80, b"x" * 10))  # continuation of no message
+    assert isinstance(closed, Closed) and closed.code == 1002 and not closed.by_client
