@@ -449,58 +449,140 @@ UPDATE0 = ("events", 0, "updates", 0)
 TRADE0 = ("events", 0, "trades", 0)
 TICKER0 = ("events", 0, "tickers", 0)
 
-MALFORMED = [
-    "not json",
-    "[1, 2]",
-    '{"type": "subscribe"}',
-    mutated(GOOD_L2, ("channel",), 7),
-    mutated(GOOD_L2, ("sequence_num",), KeyError),
-    mutated(GOOD_L2, ("sequence_num",), -1),
-    mutated(GOOD_L2, ("sequence_num",), True),
-    mutated(GOOD_L2, ("sequence_num",), "5"),
-    mutated(GOOD_L2, ("events",), {}),
-    mutated(GOOD_L2, ("timestamp",), "yesterday"),
-    mutated(GOOD_L2, ("events", 0), "update"),
-    mutated(GOOD_L2, ("events", 0, "type"), "delta"),
-    mutated(GOOD_L2, ("events", 0, "product_id"), "SOL-USD"),
-    mutated(GOOD_L2, ("events", 0, "product_id"), None),
-    mutated(GOOD_L2, ("events", 0, "updates"), None),
-    mutated(GOOD_L2, (*UPDATE0, "side"), "ask"),
-    mutated(GOOD_L2, (*UPDATE0, "price_level"), 21921.73),
-    mutated(GOOD_L2, (*UPDATE0, "price_level"), "1e3"),
-    mutated(GOOD_L2, (*UPDATE0, "new_quantity"), "-1"),
-    mutated(GOOD_L2, (*UPDATE0, "new_quantity"), KeyError),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-13-09T20:32:50Z"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50.1234567891Z"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50+24:00"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:60Z"),
-    mutated(GOOD_TRADES, ("events", 0, "trades"), "x"),
-    mutated(GOOD_TRADES, (*TRADE0, "side"), "buy"),
-    mutated(GOOD_TRADES, (*TRADE0, "side"), "UNKNOWN_ORDER_SIDE"),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), KeyError),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), ""),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 1.5),
-    mutated(GOOD_TRADES, (*TRADE0, "size"), 0.11),
-    mutated(GOOD_TRADES, (*TRADE0, "time"), 1675974770),
-    mutated(GOOD_TICKER, ("events", 0, "tickers"), None),
-    mutated(GOOD_TICKER, (*TICKER0, "best_bid_quantity"), KeyError),
-    mutated(GOOD_TICKER, (*TICKER0, "best_ask"), ""),
-    mutated(GOOD_TICKER, (*TICKER0, "price"), None),
-    frame("heartbeats", 0, [{"heartbeat_counter": "many"}]),
-    frame("heartbeats", 0, ["beat"]),
-    frame("subscriptions", 0, [{"subscriptions": ["level2"]}]),
-    frame("subscriptions", 0, [{"subscriptions": {"level2": "BTC-USD"}}]),
-    frame("subscriptions", 0, [{"subscriptions": {"level2": [1]}}]),
-    orjson.dumps({"type": "error", "message": "x", "sequence_num": "1"}).decode(),
+MALFORMED: list[tuple[str, str]] = [
+    ("[1, 2]", "not a JSON object"),
+    ('{"type": "subscribe"}', "message without a channel: {'type': 'subscribe'}"),
+    (
+        mutated(GOOD_L2, ("channel",), 7),
+        "message without a channel: {'channel': 7, 'client_id': '', "
+        "'timestamp': '2023-02-09T20:32:50.714964855Z'...",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), KeyError),
+        "sequence_num must be a non-negative integer, got None",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), -1),
+        "sequence_num must be a non-negative integer, got -1",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), True),
+        "sequence_num must be a non-negative integer, got True",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), "5"),
+        "sequence_num must be a non-negative integer, got '5'",
+    ),
+    (mutated(GOOD_L2, ("events",), {}), "events must be a list, got {}"),
+    (
+        mutated(GOOD_L2, ("timestamp",), "yesterday"),
+        "timestamp must be an RFC 3339 time, got 'yesterday'",
+    ),
+    (mutated(GOOD_L2, ("events", 0), "update"), "level2 event must be an object, got 'update'"),
+    (
+        mutated(GOOD_L2, ("events", 0, "type"), "delta"),
+        "level2 event type must be snapshot or update, got 'delta'",
+    ),
+    (
+        mutated(GOOD_L2, ("events", 0, "product_id"), "SOL-USD"),
+        "level2 for a product this source does not serve: 'SOL-USD'",
+    ),
+    (
+        mutated(GOOD_L2, ("events", 0, "product_id"), None),
+        "level2 for a product this source does not serve: None",
+    ),
+    (mutated(GOOD_L2, ("events", 0, "updates"), None), "updates must be a list, got None"),
+    (mutated(GOOD_L2, (*UPDATE0, "side"), "ask"), "level2 side must be bid or offer, got 'ask'"),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "price_level"), 21921.73),
+        "price_level must be a decimal string, got 21921.73",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "price_level"), "1e3"),
+        "price_level must be a decimal string, got '1e3'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "new_quantity"), "-1"),
+        "new_quantity must be a decimal string, got '-1'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "new_quantity"), KeyError),
+        "new_quantity must be a decimal string, got None",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50"),
+        "event_time must be an RFC 3339 time, got '2023-02-09T20:32:50'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-13-09T20:32:50Z"),
+        "event_time is not a valid time: '2023-13-09T20:32:50Z'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50.1234567891Z"),
+        "event_time must be an RFC 3339 time, got '2023-02-09T20:32:50.1234567891Z'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50+24:00"),
+        "event_time is not a valid time: '2023-02-09T20:32:50+24:00'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:60Z"),
+        "event_time is not a valid time: '2023-02-09T20:32:60Z'",
+    ),
+    (mutated(GOOD_TRADES, ("events", 0, "trades"), "x"), "trades must be a list, got 'x'"),
+    (mutated(GOOD_TRADES, (*TRADE0, "side"), "buy"), "trade side must be BUY or SELL, got 'buy'"),
+    (
+        mutated(GOOD_TRADES, (*TRADE0, "side"), "UNKNOWN_ORDER_SIDE"),
+        "trade side must be BUY or SELL, got 'UNKNOWN_ORDER_SIDE'",
+    ),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), KeyError), "trade_id must be a string, got None"),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), ""), "trade_id must be a string, got ''"),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 1.5), "trade_id must be a string, got 1.5"),
+    (mutated(GOOD_TRADES, (*TRADE0, "size"), 0.11), "size must be a decimal string, got 0.11"),
+    (
+        mutated(GOOD_TRADES, (*TRADE0, "time"), 1675974770),
+        "time must be an RFC 3339 time, got 1675974770",
+    ),
+    (mutated(GOOD_TICKER, ("events", 0, "tickers"), None), "tickers must be a list, got None"),
+    (
+        mutated(GOOD_TICKER, (*TICKER0, "best_bid_quantity"), KeyError),
+        "best_bid_quantity must be a decimal string, got None",
+    ),
+    (mutated(GOOD_TICKER, (*TICKER0, "best_ask"), ""), "best_ask must be a decimal string, got ''"),
+    (mutated(GOOD_TICKER, (*TICKER0, "price"), None), "price must be a decimal string, got None"),
+    (
+        frame("heartbeats", 0, [{"heartbeat_counter": "many"}]),
+        "heartbeat_counter must be a non-negative integer, got 'many'",
+    ),
+    (frame("heartbeats", 0, ["beat"]), "heartbeat event must be an object, got 'beat'"),
+    (
+        frame("subscriptions", 0, [{"subscriptions": ["level2"]}]),
+        "subscriptions must be an object, got ['level2']",
+    ),
+    (
+        frame("subscriptions", 0, [{"subscriptions": {"level2": "BTC-USD"}}]),
+        "subscriptions of level2 must be a list, got 'BTC-USD'",
+    ),
+    (
+        frame("subscriptions", 0, [{"subscriptions": {"level2": [1]}}]),
+        "product id must be a string: 1",
+    ),
+    (
+        orjson.dumps({"type": "error", "message": "x", "sequence_num": "1"}).decode(),
+        "sequence_num must be a non-negative integer, got '1'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("text", MALFORMED)
-def test_malformed_input_is_an_upstream_format_error(adapter: CoinbaseAdapter, text: str) -> None:
+@pytest.mark.parametrize(("text", "error"), MALFORMED)
+def test_malformed_input_is_an_upstream_format_error_naming_what_is_wrong(
+    adapter: CoinbaseAdapter, text: str, error: str
+) -> None:
+    """The error's text is all the log says of a bad frame: it names the field and value."""
     adapter.subscribe_frames([BOOK])
-    with pytest.raises(UpstreamFormatError):
+    with pytest.raises(UpstreamFormatError) as caught:
         adapter.parse(text)
+    assert str(caught.value) == error
 
 
 def test_the_good_messages_the_malformed_ones_come_from_are_good(adapter: CoinbaseAdapter) -> None:
@@ -553,3 +635,9 @@ def test_any_corruption_is_an_upstream_format_error_or_valid(
         if isinstance(event, Update):
             # Whatever got through is in the protocol's shape.
             assert isinstance(event.data["symbol"], str) and isinstance(event.data["ts"], int)
+
+
+def test_an_unknown_channel_is_named(adapter: CoinbaseAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.subscribe_frames(["cb:book:SOL-USD"])
+    assert caught.value.args == ("unknown channel 'cb:book:SOL-USD'",)
