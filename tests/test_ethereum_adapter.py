@@ -434,3 +434,47 @@ def test_an_unknown_channel_is_named(adapter: EthereumAdapter) -> None:
     with pytest.raises(KeyError) as caught:
         adapter.subscribe_frames(["eth:logs:0x12"])
     assert caught.value.args == ("unknown channel 'eth:logs:0x12'",)
+
+
+def test_defaults_and_request_ids() -> None:
+    adapter = EthereumAdapter("eth", RPC)
+    assert adapter.heartbeat_interval == 5.0
+    # Ids count from 1 on every kind of request; the probe has an empty params list.
+    assert request_of(adapter.probe_frame()) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "eth_blockNumber",
+        "params": [],
+    }
+    (subscribe,) = adapter.subscribe_frames(["eth:blocks"])
+    assert request_of(subscribe)["id"] == 2
+
+
+def test_a_log_is_removed_only_when_the_node_says_so(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, LOGS, "0x2")
+    without = {k: v for k, v in LOG.items() if k != "removed"}
+    (update,) = adapter.parse(notification("0x2", without))
+    assert isinstance(update, Update) and update.data["removed"] is False
+    (update,) = adapter.parse(notification("0x2", {**LOG, "removed": True}))
+    assert isinstance(update, Update) and update.data["removed"] is True
+
+
+def test_unsubscribing_an_unconfirmed_channel_still_unsubscribes_the_others(
+    adapter: EthereumAdapter,
+) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    adapter.subscribe_frames(["eth:pending"])  # not answered yet
+    (request,) = adapter.unsubscribe_frames(["eth:pending", "eth:blocks"])
+    assert request_of(request)["params"] == ["0x1"]
+
+
+def test_the_unsubscribe_sent_for_an_abandoned_subscribe_is_answered_for_its_channel(
+    adapter: EthereumAdapter,
+) -> None:
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    adapter.unsubscribe_frames(["eth:blocks"])
+    _ack, reply = adapter.parse(_answer(request, result="0x4"))
+    assert isinstance(reply, Reply)
+    assert adapter.parse(_answer(reply.frame, result=True)) == [
+        Ack(True, "unsubscribed eth:blocks")
+    ]

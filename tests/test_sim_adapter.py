@@ -442,3 +442,16 @@ def test_a_snapshot_url_quotes_every_character_of_the_topic() -> None:
     how = rest.http_repair(FetchSnapshot("sim:book:BTC/USD"))
     assert how is not None
     assert how.request.url == "http://127.0.0.1:9/api/snapshot?topic=depth.BTC%2FUSD"
+
+
+def test_defaults_are_the_markets_heartbeat_and_no_rest() -> None:
+    adapter = SimAdapter("sim", SYMBOLS)
+    assert adapter.heartbeat_interval == 1.0
+    assert adapter.http_repair(FetchSnapshot("sim:book:BTC-USD")) is None
+
+
+def test_only_the_trailing_slash_of_the_rest_url_is_dropped() -> None:
+    rest = SimAdapter("sim", SYMBOLS, rest_url="http://marketX/")
+    how = rest.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert how is not None
+    assert how.request.url == "http://marketX/api/snapshot?topic=depth.BTC-USD"

@@ -508,3 +508,15 @@ def test_an_unknown_channel_is_named(adapter: BinanceAdapter) -> None:
     with pytest.raises(KeyError) as caught:
         adapter.stream("binance:book:ETH-USDT")
     assert caught.value.args == ("unknown channel 'binance:book:ETH-USDT'",)
+
+
+def test_what_makes_a_message_an_event_an_answer_or_a_bare_error(adapter: BinanceAdapter) -> None:
+    # "e" makes an event, whatever else is missing.
+    assert adapter.parse(frame({"e": "serverShutdown"})) == []
+    # A combined stream needs both its keys, a bare error both of its own.
+    assert _error(adapter, {"stream": "bnbbtc@trade"}) == (
+        "neither an event nor an answer: {'stream': 'bnbbtc@trade'}"
+    )
+    assert _error(adapter, {"msg": "Invalid JSON"}) == (
+        "neither an event nor an answer: {'msg': 'Invalid JSON'}"
+    )

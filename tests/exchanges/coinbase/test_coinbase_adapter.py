@@ -551,6 +551,19 @@ MALFORMED: list[tuple[str, str]] = [
     (mutated(GOOD_TICKER, (*TICKER0, "best_ask"), ""), "best_ask must be a decimal string, got ''"),
     (mutated(GOOD_TICKER, (*TICKER0, "price"), None), "price must be a decimal string, got None"),
     (
+        mutated(GOOD_TICKER, (*TICKER0, "best_bid"), "1e3"),
+        "best_bid must be a decimal string, got '1e3'",
+    ),
+    (
+        mutated(GOOD_TICKER, (*TICKER0, "best_ask_quantity"), 1),
+        "best_ask_quantity must be a decimal string, got 1",
+    ),
+    (mutated(GOOD_TRADES, (*TRADE0, "price"), "-2"), "price must be a decimal string, got '-2'"),
+    (mutated(GOOD_L2, (*UPDATE0,), "bid"), "level2 update must be an object, got 'bid'"),
+    (mutated(GOOD_TICKER, TICKER0, "x"), "ticker must be an object, got 'x'"),
+    (mutated(GOOD_TRADES, TRADE0, 1), "trade must be an object, got 1"),
+    (frame("subscriptions", 0, ["level2"]), "subscriptions event must be an object, got 'level2'"),
+    (
         frame("heartbeats", 0, [{"heartbeat_counter": "many"}]),
         "heartbeat_counter must be a non-negative integer, got 'many'",
     ),
@@ -641,3 +654,30 @@ def test_an_unknown_channel_is_named(adapter: CoinbaseAdapter) -> None:
     with pytest.raises(KeyError) as caught:
         adapter.subscribe_frames(["cb:book:SOL-USD"])
     assert caught.value.args == ("unknown channel 'cb:book:SOL-USD'",)
+
+
+def test_an_integer_trade_id_is_published_as_text(adapter: CoinbaseAdapter) -> None:
+    message = mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 12345)
+    (update,) = adapter.parse(message)
+    assert isinstance(update, Update) and update.data["trade_id"] == "12345"
+
+
+def test_the_heartbeats_request_is_one_that_an_error_can_refuse(adapter: CoinbaseAdapter) -> None:
+    error = orjson.dumps({"type": "error", "message": "failure"}).decode()
+    assert orjson.loads(adapter.probe_frame() or "") == {
+        "type": "subscribe",
+        "product_ids": ["BTC-USD", "ETH-USD"],
+        "channel": "heartbeats",
+    }
+    assert adapter.parse(error) == [Ack(False, "subscribe heartbeats refused: 'failure'")]
+    adapter.reset()
+    adapter.subscribe_frames([TICKER])  # heartbeats first, on a new connection
+    assert adapter.parse(error) == [Ack(False, "subscribe heartbeats refused: 'failure'")]
+    assert adapter.parse(error) == [Ack(False, "subscribe ticker refused: 'failure'", (TICKER,))]
+
+
+def test_an_unsubscribe_is_a_request_that_an_error_can_refuse(adapter: CoinbaseAdapter) -> None:
+    adapter.unsubscribe_frames([BOOK])
+    error = orjson.dumps({"type": "error", "message": "failure", "sequence_num": 3}).decode()
+    assert adapter.parse(error) == [Ack(False, "unsubscribe level2 refused: 'failure'")]
+    assert adapter.parse(error) == [Ack(False, "error: 'failure'")]
