@@ -681,3 +681,46 @@ def test_an_unsubscribe_is_a_request_that_an_error_can_refuse(adapter: CoinbaseA
     error = orjson.dumps({"type": "error", "message": "failure", "sequence_num": 3}).decode()
     assert adapter.parse(error) == [Ack(False, "unsubscribe level2 refused: 'failure'")]
     assert adapter.parse(error) == [Ack(False, "error: 'failure'")]
+
+
+def test_a_duplicate_subscriptions_message_acknowledges_nothing(adapter: CoinbaseAdapter) -> None:
+    adapter.subscribe_frames([BOOK])
+    adapter.parse(l2(5, "snapshot", "BTC-USD", []))
+    assert adapter.parse(subscriptions(5, {"level2": ["BTC-USD"]})) == []
+
+
+def test_an_unknown_channels_number_counts_after_other_messages(adapter: CoinbaseAdapter) -> None:
+    adapter.parse(l2(1, "snapshot", "BTC-USD", []))
+    assert adapter.parse(frame("candles", 2, [])) == []
+    # In sequence: no gap, so the book's counter moves by one.
+    assert adapter.parse(l2(3, "update", "BTC-USD", []))[0].seq == 2  # type: ignore[union-attr]
+
+
+def test_trades_at_the_same_time_keep_their_order(adapter: CoinbaseAdapter) -> None:
+    trades = [trade("7", "BUY", T0), trade("8", "SELL", T0)]
+    events = adapter.parse(frame("market_trades", 0, [{"type": "update", "trades": trades}]))
+    assert [e.data["trade_id"] for e in events] == ["7", "8"]  # type: ignore[union-attr]
+
+
+def test_a_book_updates_time_is_its_newest_levels(adapter: CoinbaseAdapter) -> None:
+    levels = [
+        level("bid", "1", "2", "1970-01-01T00:00:02Z"),
+        level("bid", "2", "2", "1970-01-01T00:00:01Z"),
+    ]
+    (update,) = adapter.parse(l2(0, "update", "BTC-USD", levels))
+    assert isinstance(update, Update) and update.data["ts"] == 2000
+
+
+@pytest.mark.parametrize(
+    ("time", "ms"),
+    [("1970-01-01T23:00:00+23:00", 0), ("1970-01-01T00:59:00+00:59", 0)],
+)
+def test_the_largest_offsets_are_valid(adapter: CoinbaseAdapter, time: str, ms: int) -> None:
+    (update,) = adapter.parse(l2(0, "snapshot", "BTC-USD", [], timestamp=time))
+    assert isinstance(update, Update) and update.data["ts"] == ms
+
+
+def test_an_offset_of_sixty_minutes_is_not_a_time(adapter: CoinbaseAdapter) -> None:
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(l2(0, "snapshot", "BTC-USD", [], timestamp="1970-01-01T01:00:00+00:60"))
+    assert str(caught.value) == "timestamp is not a valid time: '1970-01-01T01:00:00+00:60'"
