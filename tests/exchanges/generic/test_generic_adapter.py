@@ -983,3 +983,29 @@ def test_acks_that_name_nothing_are_refused_unless_the_upstream_confirms_nothing
     ]
     table["data_acks"] = True
     load_spec(table)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"[1]", "not a JSON object"),
+        (b'{"ch": "quote:btc_usd", "data": {"l": NaN}}', "not JSON: NaN is not JSON"),
+    ],
+)
+def test_exact_numbers_refuse_what_is_not_a_json_object_or_not_json(
+    other: GenericJsonAdapter, frame: bytes, error: str
+) -> None:
+    with pytest.raises(UpstreamFormatError) as caught:
+        other.parse(frame)
+    assert str(caught.value) == error
+
+
+def test_trade_id_zero_is_a_trade_id(adapter: GenericJsonAdapter) -> None:
+    (update,) = parse(adapter, with_value(TRADE, "/body/id", 0))
+    assert update.data["trade_id"] == "0"
+
+
+def test_an_unknown_channel_is_named(adapter: GenericJsonAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.topic("sim:book:DOGE-USD")
+    assert caught.value.args == ("unknown channel 'sim:book:DOGE-USD'",)

@@ -654,3 +654,7 @@ def test_any_json_is_events_or_upstream_format_error(value: Any) -> None:
 def test_absurd_numbers_and_times_are_malformed(frame: str, error: str) -> None:
     adapter = KrakenAdapter("kraken", ["BTC-USD"])
     assert error_of(adapter, frame) == error
+
+
+def test_trade_id_zero_is_a_trade_id(adapter: KrakenAdapter) -> None:
+    assert traded(adapter, trade_with(trade_id=0))["trade_id"] == "0"
