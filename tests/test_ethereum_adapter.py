@@ -310,3 +310,171 @@ def test_a_channel_subscribed_again_before_the_first_answer_gets_one_subscriptio
 def test_a_subscription_id_that_is_not_a_string_is_malformed(adapter: EthereumAdapter) -> None:
     with pytest.raises(UpstreamFormatError):
         adapter.parse(notification([1], {}))  # type: ignore[arg-type]
+
+
+# What the log says -------------------------------------------------------------------------------
+# A refusal's Ack detail and a format error's text are all an operator sees of them.
+
+
+def _error(adapter: EthereumAdapter, text: str) -> str:
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(text)
+    return str(caught.value)
+
+
+def _answer(request: str, **fields: object) -> str:
+    return frame({"jsonrpc": "2.0", "id": request_of(request)["id"], **fields})
+
+
+def test_answers_name_what_is_wrong_with_them(adapter: EthereumAdapter) -> None:
+    assert _error(adapter, '{"jsonrpc": "2.0"}') == (
+        "neither a notification nor an answer: {'jsonrpc': '2.0'}"
+    )
+    assert (
+        _error(adapter, '{"id": 999, "result": "0x1"}') == "answer to no request of ours (id 999)"
+    )
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    assert _error(adapter, _answer(request)) == "answer 1 without result or error"
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    assert _error(adapter, _answer(request, result=5)) == "subscription id must be a string, got 5"
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    assert (
+        _error(adapter, _answer(request, result="")) == "subscription id must be a string, got ''"
+    )
+    assert _error(adapter, _answer(adapter.probe_frame(), result=16)) == (
+        "eth_blockNumber result must be a 0x quantity, got 16"
+    )
+
+
+def test_refusals_name_the_request_and_the_nodes_error(adapter: EthereumAdapter) -> None:
+    error = {"code": -32601, "message": "not supported"}
+    (request,) = adapter.subscribe_frames(["eth:pending"])
+    assert adapter.parse(_answer(request, error=error)) == [
+        Ack(False, f"subscribe eth:pending refused: {error!r}", ("eth:pending",))
+    ]
+    assert adapter.parse(_answer(adapter.probe_frame(), error={"code": -1})) == [
+        Ack(False, "probe  refused: {'code': -1}")
+    ]
+
+
+def test_notifications_name_what_is_wrong_with_them(adapter: EthereumAdapter) -> None:
+    without_result = {"jsonrpc": "2.0", "method": "eth_subscription", "params": {}}
+    assert _error(adapter, frame(without_result)) == "eth_subscription without params.result"
+    assert _error(adapter, notification([1], {})) == (  # type: ignore[arg-type]
+        "subscription id must be a string: [1]"
+    )
+    subscribed(adapter, "eth:pending", "0x3")
+    assert _error(adapter, notification("0x3", "0x12")) == (
+        "pending transaction hash must be a 32-byte 0x hash, got '0x12'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "text"),
+    [
+        ("number", 436, "block number must be a 0x quantity, got 436"),
+        ("hash", "0x12", "block hash must be a 32-byte 0x hash, got '0x12'"),
+        ("parentHash", None, "parentHash must be a 32-byte 0x hash, got None"),
+        ("timestamp", "-0x1", "timestamp must be a 0x quantity, got '-0x1'"),
+        ("gasUsed", "twelve", "gasUsed must be a 0x quantity, got 'twelve'"),
+        ("gasLimit", "0x01", "gasLimit must be a 0x quantity, got '0x01'"),
+        ("baseFeePerGas", 7, "baseFeePerGas must be a 0x quantity, got 7"),
+    ],
+)
+def test_a_malformed_block_names_its_field(
+    adapter: EthereumAdapter, field: str, value: object, text: str
+) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    assert _error(adapter, notification("0x1", {**HEAD, field: value})) == text
+
+
+def test_a_block_that_is_not_an_object_is_named(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    assert _error(adapter, notification("0x1", "x")) == "block must be an object, got 'x'"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "text"),
+    [
+        ("address", "0x12", "log address must be 0x hex, got '0x12'"),
+        ("topics", "x", "log topics must be a list"),
+        ("topics", ["x"], "log topic must be a 32-byte 0x hash, got 'x'"),
+        ("data", "0x1", "log data must be 0x hex, got '0x1'"),
+        ("removed", "no", "log removed must be a boolean"),
+        ("blockNumber", None, "log blockNumber must be a 0x quantity, got None"),
+        ("blockHash", 1, "log blockHash must be a 32-byte 0x hash, got 1"),
+        ("transactionHash", "", "log transactionHash must be a 32-byte 0x hash, got ''"),
+        ("logIndex", "1", "log logIndex must be a 0x quantity, got '1'"),
+    ],
+)
+def test_a_malformed_log_names_its_field(
+    adapter: EthereumAdapter, field: str, value: object, text: str
+) -> None:
+    subscribed(adapter, LOGS, "0x2")
+    assert _error(adapter, notification("0x2", {**LOG, field: value})) == text
+
+
+def test_a_log_that_is_not_an_object_is_named(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, LOGS, "0x2")
+    assert _error(adapter, notification("0x2", 1)) == "log must be an object, got 1"
+
+
+def test_a_block_fetch_names_a_refusal_and_a_missing_result(adapter: EthereumAdapter) -> None:
+    how = adapter.http_repair(FetchItem("eth:blocks", FetchByNumber(436)))
+    assert how is not None
+    with pytest.raises(UpstreamFormatError) as caught:
+        how.parse(b'{"jsonrpc": "2.0", "id": 1, "error": {"code": -32000}}')
+    assert str(caught.value) == "block fetch refused: {'code': -32000}"
+    with pytest.raises(UpstreamFormatError) as caught:
+        how.parse(b'{"jsonrpc": "2.0", "id": 1}')
+    assert str(caught.value) == "block fetch answer without result"
+
+
+def test_an_unknown_channel_is_named(adapter: EthereumAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.subscribe_frames(["eth:logs:0x12"])
+    assert caught.value.args == ("unknown channel 'eth:logs:0x12'",)
+
+
+def test_defaults_and_request_ids() -> None:
+    adapter = EthereumAdapter("eth", RPC)
+    assert adapter.heartbeat_interval == 5.0
+    # Ids count from 1 on every kind of request; the probe has an empty params list.
+    assert request_of(adapter.probe_frame()) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "eth_blockNumber",
+        "params": [],
+    }
+    (subscribe,) = adapter.subscribe_frames(["eth:blocks"])
+    assert request_of(subscribe)["id"] == 2
+
+
+def test_a_log_is_removed_only_when_the_node_says_so(adapter: EthereumAdapter) -> None:
+    subscribed(adapter, LOGS, "0x2")
+    without = {k: v for k, v in LOG.items() if k != "removed"}
+    (update,) = adapter.parse(notification("0x2", without))
+    assert isinstance(update, Update) and update.data["removed"] is False
+    (update,) = adapter.parse(notification("0x2", {**LOG, "removed": True}))
+    assert isinstance(update, Update) and update.data["removed"] is True
+
+
+def test_unsubscribing_an_unconfirmed_channel_still_unsubscribes_the_others(
+    adapter: EthereumAdapter,
+) -> None:
+    subscribed(adapter, "eth:blocks", "0x1")
+    adapter.subscribe_frames(["eth:pending"])  # not answered yet
+    (request,) = adapter.unsubscribe_frames(["eth:pending", "eth:blocks"])
+    assert request_of(request)["params"] == ["0x1"]
+
+
+def test_the_unsubscribe_sent_for_an_abandoned_subscribe_is_answered_for_its_channel(
+    adapter: EthereumAdapter,
+) -> None:
+    (request,) = adapter.subscribe_frames(["eth:blocks"])
+    adapter.unsubscribe_frames(["eth:blocks"])
+    _ack, reply = adapter.parse(_answer(request, result="0x4"))
+    assert isinstance(reply, Reply)
+    assert adapter.parse(_answer(reply.frame, result=True)) == [
+        Ack(True, "unsubscribed eth:blocks")
+    ]

@@ -364,3 +364,94 @@ def test_snapshot_requests_and_parse_snapshot(adapter: SimAdapter) -> None:
         adapter.parse_snapshot(eth_book, b'{"error": "no_snapshot"}')
     with pytest.raises(UpstreamFormatError):
         adapter.parse_snapshot(eth_book, b"<html>")
+
+
+# What the log says -------------------------------------------------------------------------------
+# A refusal's Ack detail and a format error's text are all an operator sees of them.
+
+
+def _error(adapter: SimAdapter, message: object) -> str:
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(orjson.dumps(message))
+    return str(caught.value)
+
+
+def test_acks_say_what_was_asked_and_name_only_known_channels(adapter: SimAdapter) -> None:
+    args = ["trade.BTC-USD", "trade.DOGE-USD"]
+    assert parse_one(adapter, {"op": "subscribe", "ok": True, "args": args}) == Ack(
+        True, f"subscribe {args!r}", ("sim:trades:BTC-USD",)
+    )
+    refused = {"op": "subscribe", "ok": False, "args": args, "error": "unknown_topic"}
+    assert parse_one(adapter, refused) == Ack(
+        False, "subscribe refused: 'unknown_topic'", ("sim:trades:BTC-USD",)
+    )
+    # Args that are not a list name no channel.
+    assert parse_one(adapter, {"op": "subscribe", "ok": True, "args": "trade.BTC-USD"}) == Ack(
+        True, "subscribe 'trade.BTC-USD'", ()
+    )
+    assert parse_one(adapter, {"op": "unsubscribe", "ok": True, "args": args[:1]}) == Ack(
+        True, "unsubscribe ['trade.BTC-USD']", ()
+    )
+    assert parse_one(adapter, {"op": "error", "error": "bad_json"}) == Ack(
+        False, "request rejected: 'bad_json'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        ({"op": "subscribe", "ok": "yes"}, "subscribe ack without a boolean 'ok'"),
+        ({"op": "dance"}, "unknown message op 'dance'"),
+        ({"op": "heartbeat"}, "'time' must be a non-negative integer, got None"),
+        ({**TRADE, "topic": "trade.DOGE-USD"}, "unknown topic 'trade.DOGE-USD'"),
+        ({**TRADE, "body": []}, "trade.BTC-USD: body is not an object"),
+        ({**TRADE, "kind": "snapshot"}, "trade.BTC-USD: trade kind must be 'update'"),
+        (_with(TRADE, ("body", "taker"), "X"), "trade.BTC-USD: taker must be 'B' or 'S'"),
+        ({**TICKER, "kind": "update"}, "ticker.BTC-USD: ticker kind must be 'snapshot'"),
+        (
+            {**DEPTH_UPDATE, "kind": "delta"},
+            "depth.ETH-USD: depth kind must be 'snapshot' or 'update'",
+        ),
+    ],
+)
+def test_format_errors_name_what_is_wrong(
+    adapter: SimAdapter, message: dict[str, Any], text: str
+) -> None:
+    assert _error(adapter, message) == text
+
+
+def test_a_snapshot_of_another_topic_or_kind_is_named(adapter: SimAdapter) -> None:
+    book = FetchSnapshot("sim:book:BTC-USD")
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse_snapshot(book, orjson.dumps(DEPTH_SNAPSHOT))
+    assert str(caught.value) == "snapshot for 'depth.ETH-USD', not depth.BTC-USD"
+    update = {**DEPTH_UPDATE, "topic": "depth.BTC-USD"}
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse_snapshot(book, orjson.dumps(update))
+    assert str(caught.value) == "REST snapshot without kind 'snapshot'"
+
+
+def test_an_unknown_channel_is_named(adapter: SimAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.topic("sim:book:DOGE-USD")
+    assert caught.value.args == ("unknown channel 'sim:book:DOGE-USD'",)
+
+
+def test_a_snapshot_url_quotes_every_character_of_the_topic() -> None:
+    rest = SimAdapter("sim", ["BTC/USD"], rest_url="http://127.0.0.1:9")
+    how = rest.http_repair(FetchSnapshot("sim:book:BTC/USD"))
+    assert how is not None
+    assert how.request.url == "http://127.0.0.1:9/api/snapshot?topic=depth.BTC%2FUSD"
+
+
+def test_defaults_are_the_markets_heartbeat_and_no_rest() -> None:
+    adapter = SimAdapter("sim", SYMBOLS)
+    assert adapter.heartbeat_interval == 1.0
+    assert adapter.http_repair(FetchSnapshot("sim:book:BTC-USD")) is None
+
+
+def test_only_the_trailing_slash_of_the_rest_url_is_dropped() -> None:
+    rest = SimAdapter("sim", SYMBOLS, rest_url="http://marketX/")
+    how = rest.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert how is not None
+    assert how.request.url == "http://marketX/api/snapshot?topic=depth.BTC-USD"

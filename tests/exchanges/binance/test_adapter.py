@@ -431,3 +431,92 @@ def test_only_books_have_something_to_fetch() -> None:
     assert adapter.http_repair(FetchSnapshot(TICKER)) is None
     assert adapter.http_repair(FetchItem(BOOK, FetchByNumber(1))) is None
     assert BinanceAdapter("binance", ["BNB-BTC"], None).http_repair(FetchSnapshot(BOOK)) is None
+
+
+# What the log says -------------------------------------------------------------------------------
+# A refused request's Ack detail and a format error's text are all an operator sees of them.
+
+
+def _error(adapter: BinanceAdapter, message: object) -> str:
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(frame(message))
+    return str(caught.value)
+
+
+def test_answers_name_what_is_wrong_with_them(adapter: BinanceAdapter) -> None:
+    assert _error(adapter, {"result": None, "id": "1"}) == "answer id must be an integer, got '1'"
+    assert _error(adapter, {"result": None, "id": 7}) == "answer to no request of ours (id 7)"
+    adapter.subscribe_frames([TRADES])
+    assert _error(adapter, {"id": 1}) == "answer 1 without result or error"
+    adapter.subscribe_frames([TRADES])
+    assert _error(adapter, {"result": [], "id": 2}) == "subscribe answered [], not null"
+    adapter.probe_frame()
+    assert _error(adapter, {"result": "x", "id": 3}) == (
+        "LIST_SUBSCRIPTIONS result must be a list of streams, got 'x'"
+    )
+    assert _error(adapter, {"foo": "bar"}) == "neither an event nor an answer: {'foo': 'bar'}"
+    assert _error(adapter, {"stream": "bnbbtc@trade", "data": [1]}) == (
+        "combined stream event without an object 'data'"
+    )
+
+
+def test_refusals_carry_binances_error_in_both_forms(adapter: BinanceAdapter) -> None:
+    error = {"code": 2, "msg": "Invalid request: invalid stream"}
+    adapter.subscribe_frames([BOOK])
+    assert adapter.parse(frame({"error": error, "id": 1})) == [
+        Ack(False, f"subscribe refused: {error!r}", (BOOK,))
+    ]
+    adapter.unsubscribe_frames([BOOK])
+    assert adapter.parse(frame({**error, "id": 2})) == [
+        Ack(False, f"unsubscribe refused: {error!r}")
+    ]
+    assert adapter.parse(frame(error)) == [Ack(False, f"request rejected: {error!r}")]
+
+
+def test_events_name_the_field_that_is_wrong(adapter: BinanceAdapter) -> None:
+    assert _error(adapter, {**DEPTH, "U": 161, "u": 160}) == "depthUpdate with U 161 after u 160"
+    assert _error(adapter, {**DEPTH, "s": "ETHBTC"}) == "event 'depthUpdate' for unknown 'ETHBTC'"
+    assert _error(adapter, {**TRADE, "m": "yes"}) == "'m' must be a boolean, got 'yes'"
+
+
+def test_the_first_event_time_is_kept_even_when_it_is_small(adapter: BinanceAdapter) -> None:
+    adapter.parse(frame({**TRADE, "E": 1}))
+    how = adapter.http_repair(FetchSnapshot(BOOK))
+    assert how is not None
+    snapshot = how.parse(orjson.dumps(DEPTH_SNAPSHOT))
+    assert snapshot.data["ts"] == 1
+
+
+def test_a_depth_snapshot_is_refused_only_for_a_code_without_an_update_id(
+    adapter: BinanceAdapter,
+) -> None:
+    how = adapter.http_repair(FetchSnapshot(BOOK))
+    assert how is not None
+    refusal = {"code": -1121, "msg": "Invalid symbol."}
+    with pytest.raises(UpstreamFormatError) as caught:
+        how.parse(orjson.dumps(refusal))
+    assert str(caught.value) == f"depth snapshot refused: {refusal!r}"
+    with pytest.raises(UpstreamFormatError) as caught:
+        how.parse(orjson.dumps({"bids": [], "asks": []}))
+    assert str(caught.value) == "'lastUpdateId' must be a non-negative integer, got None"
+    # A body with an update id is a snapshot, whatever else it carries.
+    body = orjson.dumps({**DEPTH_SNAPSHOT, "code": 0})
+    assert how.parse(body) == how.parse(orjson.dumps(DEPTH_SNAPSHOT))
+
+
+def test_an_unknown_channel_is_named(adapter: BinanceAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.stream("binance:book:ETH-USDT")
+    assert caught.value.args == ("unknown channel 'binance:book:ETH-USDT'",)
+
+
+def test_what_makes_a_message_an_event_an_answer_or_a_bare_error(adapter: BinanceAdapter) -> None:
+    # "e" makes an event, whatever else is missing.
+    assert adapter.parse(frame({"e": "serverShutdown"})) == []
+    # A combined stream needs both its keys, a bare error both of its own.
+    assert _error(adapter, {"stream": "bnbbtc@trade"}) == (
+        "neither an event nor an answer: {'stream': 'bnbbtc@trade'}"
+    )
+    assert _error(adapter, {"msg": "Invalid JSON"}) == (
+        "neither an event nor an answer: {'msg': 'Invalid JSON'}"
+    )

@@ -449,58 +449,153 @@ UPDATE0 = ("events", 0, "updates", 0)
 TRADE0 = ("events", 0, "trades", 0)
 TICKER0 = ("events", 0, "tickers", 0)
 
-MALFORMED = [
-    "not json",
-    "[1, 2]",
-    '{"type": "subscribe"}',
-    mutated(GOOD_L2, ("channel",), 7),
-    mutated(GOOD_L2, ("sequence_num",), KeyError),
-    mutated(GOOD_L2, ("sequence_num",), -1),
-    mutated(GOOD_L2, ("sequence_num",), True),
-    mutated(GOOD_L2, ("sequence_num",), "5"),
-    mutated(GOOD_L2, ("events",), {}),
-    mutated(GOOD_L2, ("timestamp",), "yesterday"),
-    mutated(GOOD_L2, ("events", 0), "update"),
-    mutated(GOOD_L2, ("events", 0, "type"), "delta"),
-    mutated(GOOD_L2, ("events", 0, "product_id"), "SOL-USD"),
-    mutated(GOOD_L2, ("events", 0, "product_id"), None),
-    mutated(GOOD_L2, ("events", 0, "updates"), None),
-    mutated(GOOD_L2, (*UPDATE0, "side"), "ask"),
-    mutated(GOOD_L2, (*UPDATE0, "price_level"), 21921.73),
-    mutated(GOOD_L2, (*UPDATE0, "price_level"), "1e3"),
-    mutated(GOOD_L2, (*UPDATE0, "new_quantity"), "-1"),
-    mutated(GOOD_L2, (*UPDATE0, "new_quantity"), KeyError),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-13-09T20:32:50Z"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50.1234567891Z"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50+24:00"),
-    mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:60Z"),
-    mutated(GOOD_TRADES, ("events", 0, "trades"), "x"),
-    mutated(GOOD_TRADES, (*TRADE0, "side"), "buy"),
-    mutated(GOOD_TRADES, (*TRADE0, "side"), "UNKNOWN_ORDER_SIDE"),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), KeyError),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), ""),
-    mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 1.5),
-    mutated(GOOD_TRADES, (*TRADE0, "size"), 0.11),
-    mutated(GOOD_TRADES, (*TRADE0, "time"), 1675974770),
-    mutated(GOOD_TICKER, ("events", 0, "tickers"), None),
-    mutated(GOOD_TICKER, (*TICKER0, "best_bid_quantity"), KeyError),
-    mutated(GOOD_TICKER, (*TICKER0, "best_ask"), ""),
-    mutated(GOOD_TICKER, (*TICKER0, "price"), None),
-    frame("heartbeats", 0, [{"heartbeat_counter": "many"}]),
-    frame("heartbeats", 0, ["beat"]),
-    frame("subscriptions", 0, [{"subscriptions": ["level2"]}]),
-    frame("subscriptions", 0, [{"subscriptions": {"level2": "BTC-USD"}}]),
-    frame("subscriptions", 0, [{"subscriptions": {"level2": [1]}}]),
-    orjson.dumps({"type": "error", "message": "x", "sequence_num": "1"}).decode(),
+MALFORMED: list[tuple[str, str]] = [
+    ("[1, 2]", "not a JSON object"),
+    ('{"type": "subscribe"}', "message without a channel: {'type': 'subscribe'}"),
+    (
+        mutated(GOOD_L2, ("channel",), 7),
+        "message without a channel: {'channel': 7, 'client_id': '', "
+        "'timestamp': '2023-02-09T20:32:50.714964855Z'...",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), KeyError),
+        "sequence_num must be a non-negative integer, got None",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), -1),
+        "sequence_num must be a non-negative integer, got -1",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), True),
+        "sequence_num must be a non-negative integer, got True",
+    ),
+    (
+        mutated(GOOD_L2, ("sequence_num",), "5"),
+        "sequence_num must be a non-negative integer, got '5'",
+    ),
+    (mutated(GOOD_L2, ("events",), {}), "events must be a list, got {}"),
+    (
+        mutated(GOOD_L2, ("timestamp",), "yesterday"),
+        "timestamp must be an RFC 3339 time, got 'yesterday'",
+    ),
+    (mutated(GOOD_L2, ("events", 0), "update"), "level2 event must be an object, got 'update'"),
+    (
+        mutated(GOOD_L2, ("events", 0, "type"), "delta"),
+        "level2 event type must be snapshot or update, got 'delta'",
+    ),
+    (
+        mutated(GOOD_L2, ("events", 0, "product_id"), "SOL-USD"),
+        "level2 for a product this source does not serve: 'SOL-USD'",
+    ),
+    (
+        mutated(GOOD_L2, ("events", 0, "product_id"), None),
+        "level2 for a product this source does not serve: None",
+    ),
+    (mutated(GOOD_L2, ("events", 0, "updates"), None), "updates must be a list, got None"),
+    (mutated(GOOD_L2, (*UPDATE0, "side"), "ask"), "level2 side must be bid or offer, got 'ask'"),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "price_level"), 21921.73),
+        "price_level must be a decimal string, got 21921.73",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "price_level"), "1e3"),
+        "price_level must be a decimal string, got '1e3'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "new_quantity"), "-1"),
+        "new_quantity must be a decimal string, got '-1'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "new_quantity"), KeyError),
+        "new_quantity must be a decimal string, got None",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50"),
+        "event_time must be an RFC 3339 time, got '2023-02-09T20:32:50'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-13-09T20:32:50Z"),
+        "event_time is not a valid time: '2023-13-09T20:32:50Z'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50.1234567891Z"),
+        "event_time must be an RFC 3339 time, got '2023-02-09T20:32:50.1234567891Z'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:50+24:00"),
+        "event_time is not a valid time: '2023-02-09T20:32:50+24:00'",
+    ),
+    (
+        mutated(GOOD_L2, (*UPDATE0, "event_time"), "2023-02-09T20:32:60Z"),
+        "event_time is not a valid time: '2023-02-09T20:32:60Z'",
+    ),
+    (mutated(GOOD_TRADES, ("events", 0, "trades"), "x"), "trades must be a list, got 'x'"),
+    (mutated(GOOD_TRADES, (*TRADE0, "side"), "buy"), "trade side must be BUY or SELL, got 'buy'"),
+    (
+        mutated(GOOD_TRADES, (*TRADE0, "side"), "UNKNOWN_ORDER_SIDE"),
+        "trade side must be BUY or SELL, got 'UNKNOWN_ORDER_SIDE'",
+    ),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), KeyError), "trade_id must be a string, got None"),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), ""), "trade_id must be a string, got ''"),
+    (mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 1.5), "trade_id must be a string, got 1.5"),
+    (mutated(GOOD_TRADES, (*TRADE0, "size"), 0.11), "size must be a decimal string, got 0.11"),
+    (
+        mutated(GOOD_TRADES, (*TRADE0, "time"), 1675974770),
+        "time must be an RFC 3339 time, got 1675974770",
+    ),
+    (mutated(GOOD_TICKER, ("events", 0, "tickers"), None), "tickers must be a list, got None"),
+    (
+        mutated(GOOD_TICKER, (*TICKER0, "best_bid_quantity"), KeyError),
+        "best_bid_quantity must be a decimal string, got None",
+    ),
+    (mutated(GOOD_TICKER, (*TICKER0, "best_ask"), ""), "best_ask must be a decimal string, got ''"),
+    (mutated(GOOD_TICKER, (*TICKER0, "price"), None), "price must be a decimal string, got None"),
+    (
+        mutated(GOOD_TICKER, (*TICKER0, "best_bid"), "1e3"),
+        "best_bid must be a decimal string, got '1e3'",
+    ),
+    (
+        mutated(GOOD_TICKER, (*TICKER0, "best_ask_quantity"), 1),
+        "best_ask_quantity must be a decimal string, got 1",
+    ),
+    (mutated(GOOD_TRADES, (*TRADE0, "price"), "-2"), "price must be a decimal string, got '-2'"),
+    (mutated(GOOD_L2, (*UPDATE0,), "bid"), "level2 update must be an object, got 'bid'"),
+    (mutated(GOOD_TICKER, TICKER0, "x"), "ticker must be an object, got 'x'"),
+    (mutated(GOOD_TRADES, TRADE0, 1), "trade must be an object, got 1"),
+    (frame("subscriptions", 0, ["level2"]), "subscriptions event must be an object, got 'level2'"),
+    (
+        frame("heartbeats", 0, [{"heartbeat_counter": "many"}]),
+        "heartbeat_counter must be a non-negative integer, got 'many'",
+    ),
+    (frame("heartbeats", 0, ["beat"]), "heartbeat event must be an object, got 'beat'"),
+    (
+        frame("subscriptions", 0, [{"subscriptions": ["level2"]}]),
+        "subscriptions must be an object, got ['level2']",
+    ),
+    (
+        frame("subscriptions", 0, [{"subscriptions": {"level2": "BTC-USD"}}]),
+        "subscriptions of level2 must be a list, got 'BTC-USD'",
+    ),
+    (
+        frame("subscriptions", 0, [{"subscriptions": {"level2": [1]}}]),
+        "product id must be a string: 1",
+    ),
+    (
+        orjson.dumps({"type": "error", "message": "x", "sequence_num": "1"}).decode(),
+        "sequence_num must be a non-negative integer, got '1'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("text", MALFORMED)
-def test_malformed_input_is_an_upstream_format_error(adapter: CoinbaseAdapter, text: str) -> None:
+@pytest.mark.parametrize(("text", "error"), MALFORMED)
+def test_malformed_input_is_an_upstream_format_error_naming_what_is_wrong(
+    adapter: CoinbaseAdapter, text: str, error: str
+) -> None:
+    """The error's text is all the log says of a bad frame: it names the field and value."""
     adapter.subscribe_frames([BOOK])
-    with pytest.raises(UpstreamFormatError):
+    with pytest.raises(UpstreamFormatError) as caught:
         adapter.parse(text)
+    assert str(caught.value) == error
 
 
 def test_the_good_messages_the_malformed_ones_come_from_are_good(adapter: CoinbaseAdapter) -> None:
@@ -553,3 +648,79 @@ def test_any_corruption_is_an_upstream_format_error_or_valid(
         if isinstance(event, Update):
             # Whatever got through is in the protocol's shape.
             assert isinstance(event.data["symbol"], str) and isinstance(event.data["ts"], int)
+
+
+def test_an_unknown_channel_is_named(adapter: CoinbaseAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.subscribe_frames(["cb:book:SOL-USD"])
+    assert caught.value.args == ("unknown channel 'cb:book:SOL-USD'",)
+
+
+def test_an_integer_trade_id_is_published_as_text(adapter: CoinbaseAdapter) -> None:
+    message = mutated(GOOD_TRADES, (*TRADE0, "trade_id"), 12345)
+    (update,) = adapter.parse(message)
+    assert isinstance(update, Update) and update.data["trade_id"] == "12345"
+
+
+def test_the_heartbeats_request_is_one_that_an_error_can_refuse(adapter: CoinbaseAdapter) -> None:
+    error = orjson.dumps({"type": "error", "message": "failure"}).decode()
+    assert orjson.loads(adapter.probe_frame() or "") == {
+        "type": "subscribe",
+        "product_ids": ["BTC-USD", "ETH-USD"],
+        "channel": "heartbeats",
+    }
+    assert adapter.parse(error) == [Ack(False, "subscribe heartbeats refused: 'failure'")]
+    adapter.reset()
+    adapter.subscribe_frames([TICKER])  # heartbeats first, on a new connection
+    assert adapter.parse(error) == [Ack(False, "subscribe heartbeats refused: 'failure'")]
+    assert adapter.parse(error) == [Ack(False, "subscribe ticker refused: 'failure'", (TICKER,))]
+
+
+def test_an_unsubscribe_is_a_request_that_an_error_can_refuse(adapter: CoinbaseAdapter) -> None:
+    adapter.unsubscribe_frames([BOOK])
+    error = orjson.dumps({"type": "error", "message": "failure", "sequence_num": 3}).decode()
+    assert adapter.parse(error) == [Ack(False, "unsubscribe level2 refused: 'failure'")]
+    assert adapter.parse(error) == [Ack(False, "error: 'failure'")]
+
+
+def test_a_duplicate_subscriptions_message_acknowledges_nothing(adapter: CoinbaseAdapter) -> None:
+    adapter.subscribe_frames([BOOK])
+    adapter.parse(l2(5, "snapshot", "BTC-USD", []))
+    assert adapter.parse(subscriptions(5, {"level2": ["BTC-USD"]})) == []
+
+
+def test_an_unknown_channels_number_counts_after_other_messages(adapter: CoinbaseAdapter) -> None:
+    adapter.parse(l2(1, "snapshot", "BTC-USD", []))
+    assert adapter.parse(frame("candles", 2, [])) == []
+    # In sequence: no gap, so the book's counter moves by one.
+    assert adapter.parse(l2(3, "update", "BTC-USD", []))[0].seq == 2  # type: ignore[union-attr]
+
+
+def test_trades_at_the_same_time_keep_their_order(adapter: CoinbaseAdapter) -> None:
+    trades = [trade("7", "BUY", T0), trade("8", "SELL", T0)]
+    events = adapter.parse(frame("market_trades", 0, [{"type": "update", "trades": trades}]))
+    assert [e.data["trade_id"] for e in events] == ["7", "8"]  # type: ignore[union-attr]
+
+
+def test_a_book_updates_time_is_its_newest_levels(adapter: CoinbaseAdapter) -> None:
+    levels = [
+        level("bid", "1", "2", "1970-01-01T00:00:02Z"),
+        level("bid", "2", "2", "1970-01-01T00:00:01Z"),
+    ]
+    (update,) = adapter.parse(l2(0, "update", "BTC-USD", levels))
+    assert isinstance(update, Update) and update.data["ts"] == 2000
+
+
+@pytest.mark.parametrize(
+    ("time", "ms"),
+    [("1970-01-01T23:00:00+23:00", 0), ("1970-01-01T00:59:00+00:59", 0)],
+)
+def test_the_largest_offsets_are_valid(adapter: CoinbaseAdapter, time: str, ms: int) -> None:
+    (update,) = adapter.parse(l2(0, "snapshot", "BTC-USD", [], timestamp=time))
+    assert isinstance(update, Update) and update.data["ts"] == ms
+
+
+def test_an_offset_of_sixty_minutes_is_not_a_time(adapter: CoinbaseAdapter) -> None:
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(l2(0, "snapshot", "BTC-USD", [], timestamp="1970-01-01T01:00:00+00:60"))
+    assert str(caught.value) == "timestamp is not a valid time: '1970-01-01T01:00:00+00:60'"

@@ -265,57 +265,154 @@ def test_book_snapshot_and_delta_are_normalized_exactly(adapter: GenericJsonAdap
 
 
 @pytest.mark.parametrize(
-    ("message", "path", "value"),
+    ("message", "path", "value", "error"),
     [
-        (TRADE, "/topic", "trade.DOGE-USD"),
-        (TRADE, "/topic", 5),
-        (TRADE, "/topic", MISSING),
-        (TRADE, "/kind", "snapshot"),
-        (TRADE, "/seq", -1),
-        (TRADE, "/seq", True),
-        (TRADE, "/seq", "41"),
-        (TRADE, "/seq", MISSING),
-        (TRADE, "/body", [1]),
-        (TRADE, "/body/px", 43000.5),
-        (TRADE, "/body/px", "4.3e4"),
-        (TRADE, "/body/px", "-1"),
-        (TRADE, "/body/qty", MISSING),
-        (TRADE, "/body/taker", "X"),
-        (TRADE, "/body/taker", None),
-        (TRADE, "/body/id", True),
-        (TRADE, "/body/id", -3),
-        (TRADE, "/body/id", ""),
-        (TRADE, "/body/time", "soon"),
-        (TRADE, "/body/time", -5),
-        (TRADE, "/body/time", MISSING),
-        (TICKER, "/kind", "update"),
-        (TICKER, "/body/bid", "2300.00"),
-        (TICKER, "/body/last", MISSING),
-        (DEPTH_UPDATE, "/kind", "partial"),
-        (DEPTH_UPDATE, "/body/bids", {"42999.50": "0"}),
-        (DEPTH_UPDATE, "/body/bids/0", ["42999.50"]),
-        (DEPTH_UPDATE, "/body/bids/0", "42999.50"),
-        (DEPTH_UPDATE, "/body/asks/0/1", None),
-        (DEPTH_UPDATE, "/body/asks", MISSING),
-        (DEPTH_SNAPSHOT, "/body/bids/1/0", "NaN"),
+        (TRADE, "/topic", "trade.DOGE-USD", "unknown topic 'trade.DOGE-USD'"),
+        (
+            TRADE,
+            "/topic",
+            5,
+            "neither data, an ack nor a heartbeat: "
+            "{'topic': 5, 'seq': 41, 'kind': 'update', 'body': {'px': '43000.50', 'qty': '...",
+        ),
+        (
+            TRADE,
+            "/topic",
+            MISSING,
+            "neither data, an ack nor a heartbeat: "
+            "{'seq': 41, 'kind': 'update', 'body': {'px': '43000.50', 'qty': '0.0123', 'ta...",
+        ),
+        (TRADE, "/kind", "snapshot", "trade.BTC-USD: /kind is 'snapshot', not one expected"),
+        (TRADE, "/seq", -1, "trade.BTC-USD: seq must be a non-negative integer, got -1"),
+        (TRADE, "/seq", True, "trade.BTC-USD: seq must be a non-negative integer, got True"),
+        (TRADE, "/seq", "41", "trade.BTC-USD: seq must be a non-negative integer, got '41'"),
+        (
+            TRADE,
+            "/seq",
+            MISSING,
+            "trade.BTC-USD: seq must be a non-negative integer, got <missing>",
+        ),
+        (TRADE, "/body", [1], "trade.BTC-USD: payload is not an object"),
+        (
+            TRADE,
+            "/body/px",
+            43000.5,
+            "trade.BTC-USD: price must be a decimal string (a JSON number: see exact_numbers), "
+            "got 43000.5",
+        ),
+        (TRADE, "/body/px", "4.3e4", "trade.BTC-USD: price must be a decimal string, got '4.3e4'"),
+        (TRADE, "/body/px", "-1", "trade.BTC-USD: price must be a decimal string, got '-1'"),
+        (
+            TRADE,
+            "/body/qty",
+            MISSING,
+            "trade.BTC-USD: size must be a decimal string, got <missing>",
+        ),
+        (TRADE, "/body/taker", "X", "trade.BTC-USD: side 'X' is not a known side"),
+        (TRADE, "/body/taker", None, "trade.BTC-USD: side None is not a known side"),
+        (
+            TRADE,
+            "/body/id",
+            True,
+            "trade.BTC-USD: trade_id must be a string or an integer, got True",
+        ),
+        (TRADE, "/body/id", -3, "trade.BTC-USD: trade_id must be a string or an integer, got -3"),
+        (TRADE, "/body/id", "", "trade.BTC-USD: trade_id must be a string or an integer, got ''"),
+        (
+            TRADE,
+            "/body/time",
+            "soon",
+            "trade.BTC-USD: time must be a non-negative number of us, got 'soon'",
+        ),
+        (
+            TRADE,
+            "/body/time",
+            -5,
+            "trade.BTC-USD: time must be a non-negative number of us, got -5",
+        ),
+        (
+            TRADE,
+            "/body/time",
+            MISSING,
+            "trade.BTC-USD: time must be a non-negative number of us, got <missing>",
+        ),
+        (TICKER, "/kind", "update", "ticker.ETH-USD: /kind is 'update', not one expected"),
+        (
+            TICKER,
+            "/body/bid",
+            "2300.00",
+            "ticker.ETH-USD: bid must be a decimal string, got <missing>",
+        ),
+        (
+            TICKER,
+            "/body/last",
+            MISSING,
+            "ticker.ETH-USD: last must be a decimal string, got <missing>",
+        ),
+        (DEPTH_UPDATE, "/kind", "partial", "depth.BTC-USD: /kind is 'partial', not one expected"),
+        (
+            DEPTH_UPDATE,
+            "/body/bids",
+            {"42999.50": "0"},
+            "depth.BTC-USD: bids must be a list of levels",
+        ),
+        (
+            DEPTH_UPDATE,
+            "/body/bids/0",
+            ["42999.50"],
+            "depth.BTC-USD: bids size must be a decimal string, got <missing>",
+        ),
+        (
+            DEPTH_UPDATE,
+            "/body/bids/0",
+            "42999.50",
+            "depth.BTC-USD: bids price must be a decimal string, got <missing>",
+        ),
+        (
+            DEPTH_UPDATE,
+            "/body/asks/0/1",
+            None,
+            "depth.BTC-USD: asks size must be a decimal string, got None",
+        ),
+        (DEPTH_UPDATE, "/body/asks", MISSING, "depth.BTC-USD: asks must be a list of levels"),
+        (
+            DEPTH_SNAPSHOT,
+            "/body/bids/1/0",
+            "NaN",
+            "depth.BTC-USD: bids price must be a decimal string, got 'NaN'",
+        ),
     ],
 )
 def test_malformed_data_is_an_upstream_format_error(
-    adapter: GenericJsonAdapter, message: dict[str, Any], path: str, value: Any
+    adapter: GenericJsonAdapter, message: dict[str, Any], path: str, value: Any, error: str
 ) -> None:
-    with pytest.raises(UpstreamFormatError):
+    """The error's text is all the log says of a bad frame: it names where and what."""
+    with pytest.raises(UpstreamFormatError) as caught:
         parse(adapter, with_value(message, path, value))
+    assert str(caught.value) == error
 
 
 @pytest.mark.parametrize(
-    "frame",
-    [b"", b"not json", b"[1, 2]", b'"text"', b"{}", b'{"op": "bogus"}', b'{"topic": "trade.BTC'],
+    ("frame", "error"),
+    [
+        (b"", "not JSON: "),
+        (b"not json", "not JSON: "),
+        (b"[1, 2]", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+        (b"{}", "neither data, an ack nor a heartbeat: {}"),
+        (b'{"op": "bogus"}', "neither data, an ack nor a heartbeat: {'op': 'bogus'}"),
+        (b'{"topic": "trade.BTC', "not JSON: "),
+    ],
 )
 def test_frames_that_are_nothing_known_are_upstream_format_errors(
-    adapter: GenericJsonAdapter, frame: bytes
+    adapter: GenericJsonAdapter, frame: bytes, error: str
 ) -> None:
-    with pytest.raises(UpstreamFormatError):
+    with pytest.raises(UpstreamFormatError) as caught:
         adapter.parse(frame)
+    if error == "not JSON: ":  # the rest is the JSON parser's own words
+        assert str(caught.value).startswith(error)
+    else:
+        assert str(caught.value) == error
 
 
 # REST snapshots ----------------------------------------------------------------------------------
@@ -348,25 +445,34 @@ def test_http_repair_fetches_the_books_rest_snapshot(adapter: GenericJsonAdapter
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    ("path", "value", "error"),
     [
-        ("/topic", "depth.ETH-USD"),
-        ("/topic", MISSING),
-        ("/kind", "update"),
-        ("/seq", MISSING),
-        ("/body", None),
-        ("/body/asks", "none"),
-        ("/body/time", MISSING),
+        ("/topic", "depth.ETH-USD", "snapshot of depth.BTC-USD: it is about 'depth.ETH-USD'"),
+        ("/topic", MISSING, "snapshot of depth.BTC-USD: it is about <missing>"),
+        ("/kind", "update", "snapshot of depth.BTC-USD: /kind is 'update', not one expected"),
+        (
+            "/seq",
+            MISSING,
+            "snapshot of depth.BTC-USD: seq must be a non-negative integer, got <missing>",
+        ),
+        ("/body", None, "snapshot of depth.BTC-USD: payload is not an object"),
+        ("/body/asks", "none", "snapshot of depth.BTC-USD: asks must be a list of levels"),
+        (
+            "/body/time",
+            MISSING,
+            "snapshot of depth.BTC-USD: time must be a non-negative number of us, got <missing>",
+        ),
     ],
 )
 def test_a_bad_rest_snapshot_is_an_upstream_format_error(
-    adapter: GenericJsonAdapter, path: str, value: Any
+    adapter: GenericJsonAdapter, path: str, value: Any, error: str
 ) -> None:
     how = adapter.http_repair(FetchSnapshot("sim:book:BTC-USD"))
     assert how is not None
-    with pytest.raises(UpstreamFormatError):
+    with pytest.raises(UpstreamFormatError) as caught:
         how.parse(orjson.dumps(with_value(DEPTH_SNAPSHOT, path, value)))
-    with pytest.raises(UpstreamFormatError):
+    assert str(caught.value) == error
+    with pytest.raises(UpstreamFormatError, match=r"^not JSON: "):
         how.parse(b"<html>busy</html>")
 
 
@@ -877,3 +983,29 @@ def test_acks_that_name_nothing_are_refused_unless_the_upstream_confirms_nothing
     ]
     table["data_acks"] = True
     load_spec(table)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"[1]", "not a JSON object"),
+        (b'{"ch": "quote:btc_usd", "data": {"l": NaN}}', "not JSON: NaN is not JSON"),
+    ],
+)
+def test_exact_numbers_refuse_what_is_not_a_json_object_or_not_json(
+    other: GenericJsonAdapter, frame: bytes, error: str
+) -> None:
+    with pytest.raises(UpstreamFormatError) as caught:
+        other.parse(frame)
+    assert str(caught.value) == error
+
+
+def test_trade_id_zero_is_a_trade_id(adapter: GenericJsonAdapter) -> None:
+    (update,) = parse(adapter, with_value(TRADE, "/body/id", 0))
+    assert update.data["trade_id"] == "0"
+
+
+def test_an_unknown_channel_is_named(adapter: GenericJsonAdapter) -> None:
+    with pytest.raises(KeyError) as caught:
+        adapter.topic("sim:book:DOGE-USD")
+    assert caught.value.args == ("unknown channel 'sim:book:DOGE-USD'",)

@@ -57,6 +57,13 @@ def refusal(req_id: int | None, pair: str | None, method: str = "subscribe") -> 
     return json.dumps({**message, **TIMES})
 
 
+def error_of(adapter: KrakenAdapter, frame: str | bytes) -> str:
+    """The text of the format error a frame raises: all the log says of a bad frame."""
+    with pytest.raises(UpstreamFormatError) as caught:
+        adapter.parse(frame)
+    return str(caught.value)
+
+
 def subscribed_book(adapter: KrakenAdapter, channel: str = BOOK) -> None:
     (frame,) = adapter.subscribe_frames([channel])
     request = request_of(frame)
@@ -395,12 +402,22 @@ def test_numbers_keep_their_digits_in_plain_notation(
 
 
 @pytest.mark.parametrize(
-    "wire", ["-1.5", "-0.0", "NaN", "Infinity", "true", "null", '"1.5e3"', '"abc"', "[1]"]
+    ("wire", "error"),
+    [
+        ("-1.5", "'qty' must be a non-negative number, got Decimal('-1.5')"),
+        ("-0.0", "'qty' must be a non-negative number, got Decimal('-0.0')"),
+        ("NaN", "not JSON: NaN is not a number"),
+        ("Infinity", "not JSON: Infinity is not a number"),
+        ("true", "'qty' must be a non-negative number, got True"),
+        ("null", "'qty' must be a non-negative number, got None"),
+        ('"1.5e3"', "'qty' must be a non-negative number, got '1.5e3'"),
+        ('"abc"', "'qty' must be a non-negative number, got 'abc'"),
+        ("[1]", "'qty' must be a non-negative number, got [1]"),
+    ],
 )
-def test_bad_numbers_are_malformed(adapter: KrakenAdapter, wire: str) -> None:
+def test_bad_numbers_are_malformed(adapter: KrakenAdapter, wire: str, error: str) -> None:
     frame = trade_with(qty=0).replace('"qty": 0', f'"qty": {wire}')
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(frame)
+    assert error_of(adapter, frame) == error
 
 
 @pytest.mark.parametrize(
@@ -422,75 +439,108 @@ def test_rfc3339_times_become_integer_milliseconds(
 
 
 @pytest.mark.parametrize(
-    "stamp",
+    ("stamp", "error"),
     [
-        "2023-10-04 07:48:26Z",
-        "2023-10-04T07:48:26",
-        "2023-02-30T07:48:26Z",
-        "2023-10-04T24:00:00Z",
-        "2023-10-04T07:48:61Z",
-        "1696405706",
-        1696405706,
-        None,
+        (
+            "2023-10-04 07:48:26Z",
+            "'timestamp' must be an RFC 3339 time, got '2023-10-04 07:48:26Z'",
+        ),
+        ("2023-10-04T07:48:26", "'timestamp' must be an RFC 3339 time, got '2023-10-04T07:48:26'"),
+        ("2023-02-30T07:48:26Z", "'timestamp' is not a valid time: '2023-02-30T07:48:26Z'"),
+        ("2023-10-04T24:00:00Z", "'timestamp' is not a valid time: '2023-10-04T24:00:00Z'"),
+        ("2023-10-04T07:48:61Z", "'timestamp' is not a valid time: '2023-10-04T07:48:61Z'"),
+        ("1696405706", "'timestamp' must be an RFC 3339 time, got '1696405706'"),
+        (1696405706, "'timestamp' must be an RFC 3339 time, got 1696405706"),
+        (None, "'timestamp' must be an RFC 3339 time, got None"),
     ],
 )
-def test_bad_times_are_malformed(adapter: KrakenAdapter, stamp: object) -> None:
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(trade_with(timestamp=stamp))
+def test_bad_times_are_malformed(adapter: KrakenAdapter, stamp: object, error: str) -> None:
+    assert error_of(adapter, trade_with(timestamp=stamp)) == error
 
 
 # Malformed input ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "frame",
+    ("frame", "error"),
     [
-        "not json",
-        b"\xff\xfe",
-        "[1, 2]",
-        '"heartbeat"',
-        "{}",
-        '{"channel": "ohlc", "type": "update", "data": []}',
-        '{"method": "add_order", "success": true}',
-        '{"method": "subscribe", "result": {"channel": "trade", "symbol": "BTC/USD"}}',
-        '{"method": "subscribe", "success": "yes"}',
-        '{"method": "subscribe", "success": true}',
-        '{"method": "subscribe", "success": true, "result": {"channel": "trade"}}',
-        '{"method": "subscribe", "success": true,'
-        ' "result": {"channel": "trade", "symbol": "XBT/USD"}}',
-        '{"method": "error", "success": true, "result": {"channel": "trade", "symbol": "BTC/USD"}}',
-        '{"channel": "status", "type": "update"}',
-        '{"channel": "trade", "type": "partial", "data": []}',
-        '{"channel": "trade", "type": "update", "data": {}}',
-        '{"channel": "trade", "type": "update", "data": [7]}',
-        '{"channel": "ticker", "type": "update", "data": [{"symbol": "BTC/USD"}]}',
-        '{"channel": "book", "type": "update",'
-        ' "data": [{"symbol": "BTC/USD", "bids": [], "asks": []}]}',
-        "[" * 100_000,
+        ("not json", "not JSON: "),
+        (b"\xff\xfe", "not JSON: "),
+        ("[1, 2]", "not a JSON object"),
+        ('"heartbeat"', "not a JSON object"),
+        ("{}", "neither data nor an answer: {}"),
+        ('{"channel": "ohlc", "type": "update", "data": []}', "message on unknown channel 'ohlc'"),
+        (
+            '{"method": "add_order", "success": true}',
+            "neither data nor an answer: {'method': 'add_order', 'success': True}",
+        ),
+        (
+            '{"method": "subscribe", "result": {"channel": "trade", "symbol": "BTC/USD"}}',
+            "subscribe answer without a boolean 'success'",
+        ),
+        (
+            '{"method": "subscribe", "success": "yes"}',
+            "subscribe answer without a boolean 'success'",
+        ),
+        ('{"method": "subscribe", "success": true}', "'result' must be an object, got None"),
+        (
+            '{"method": "subscribe", "success": true, "result": {"channel": "trade"}}',
+            "'symbol' must be a string, got None",
+        ),
+        (
+            '{"method": "subscribe", "success": true,'
+            ' "result": {"channel": "trade", "symbol": "XBT/USD"}}',
+            "trade for unknown symbol 'XBT/USD'",
+        ),
+        (
+            '{"method": "error", "success": true,'
+            ' "result": {"channel": "trade", "symbol": "BTC/USD"}}',
+            "an error answer with success true",
+        ),
+        ('{"channel": "status", "type": "update"}', "'data' must be a list, got None"),
+        (
+            '{"channel": "trade", "type": "partial", "data": []}',
+            "type must be 'snapshot' or 'update', got 'partial'",
+        ),
+        ('{"channel": "trade", "type": "update", "data": {}}', "'data' must be a list, got {}"),
+        ('{"channel": "trade", "type": "update", "data": [7]}', "data item is not an object: 7"),
+        (
+            '{"channel": "ticker", "type": "update", "data": [{"symbol": "BTC/USD"}]}',
+            "'bid' must be a non-negative number, got None",
+        ),
+        (
+            '{"channel": "book", "type": "update",'
+            ' "data": [{"symbol": "BTC/USD", "bids": [], "asks": []}]}',
+            "book checksum must be a CRC32, got None",
+        ),
+        ("[" * 100_000, "not JSON: "),
     ],
 )
-def test_malformed_frames_raise_upstream_format_error(adapter: KrakenAdapter, frame: Any) -> None:
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(frame)
+def test_malformed_frames_raise_upstream_format_error(
+    adapter: KrakenAdapter, frame: Any, error: str
+) -> None:
+    if error == "not JSON: ":  # the rest is the JSON parser's own words
+        assert error_of(adapter, frame).startswith(error)
+    else:
+        assert error_of(adapter, frame) == error
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "error"),
     [
-        {"side": "long"},
-        {"side": None},
-        {"trade_id": True},
-        {"trade_id": -1},
-        {"trade_id": "77001"},
-        {"trade_id": 1.5},
-        {"symbol": "DOGE/USD"},
-        {"symbol": 5},
-        {"price": None},
+        ({"side": "long"}, "trade side must be buy or sell, got 'long'"),
+        ({"side": None}, "trade side must be buy or sell, got None"),
+        ({"trade_id": True}, "trade_id must be an integer, got True"),
+        ({"trade_id": -1}, "trade_id must be an integer, got -1"),
+        ({"trade_id": "77001"}, "trade_id must be an integer, got '77001'"),
+        ({"trade_id": 1.5}, "trade_id must be an integer, got Decimal('1.5')"),
+        ({"symbol": "DOGE/USD"}, "trade for unknown symbol 'DOGE/USD'"),
+        ({"symbol": 5}, "'symbol' must be a string, got 5"),
+        ({"price": None}, "'price' must be a non-negative number, got None"),
     ],
 )
-def test_malformed_trades(adapter: KrakenAdapter, fields: dict[str, Any]) -> None:
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(trade_with(**fields))
+def test_malformed_trades(adapter: KrakenAdapter, fields: dict[str, Any], error: str) -> None:
+    assert error_of(adapter, trade_with(**fields)) == error
 
 
 def book_update_with(**fields: Any) -> str:
@@ -518,23 +568,22 @@ def test_book_update_shape(adapter: KrakenAdapter) -> None:
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "error"),
     [
-        {"checksum": -1},
-        {"checksum": 2**32},
-        {"checksum": "12345"},
-        {"checksum": True},
-        {"checksum": None},
-        {"bids": None},
-        {"bids": [[1.5, 2]]},
-        {"bids": [{"price": 1.5}]},
-        {"asks": [{"price": "x", "qty": 1}]},
-        {"timestamp": "yesterday"},
+        ({"checksum": -1}, "book checksum must be a CRC32, got -1"),
+        ({"checksum": 2**32}, "book checksum must be a CRC32, got 4294967296"),
+        ({"checksum": "12345"}, "book checksum must be a CRC32, got '12345'"),
+        ({"checksum": True}, "book checksum must be a CRC32, got True"),
+        ({"checksum": None}, "book checksum must be a CRC32, got None"),
+        ({"bids": None}, "'bids' must be a list, got None"),
+        ({"bids": [[1.5, 2]]}, "'bids': a level must be an object, got [Decimal('1.5'), 2]"),
+        ({"bids": [{"price": 1.5}]}, "'qty' must be a non-negative number, got None"),
+        ({"asks": [{"price": "x", "qty": 1}]}, "'price' must be a non-negative number, got 'x'"),
+        ({"timestamp": "yesterday"}, "'timestamp' must be an RFC 3339 time, got 'yesterday'"),
     ],
 )
-def test_malformed_book_updates(adapter: KrakenAdapter, fields: dict[str, Any]) -> None:
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(book_update_with(**fields))
+def test_malformed_book_updates(adapter: KrakenAdapter, fields: dict[str, Any], error: str) -> None:
+    assert error_of(adapter, book_update_with(**fields)) == error
 
 
 JSON = st.recursive(
@@ -588,17 +637,24 @@ def test_any_json_is_events_or_upstream_format_error(value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "frame",
+    ("frame", "error"),
     [
-        # 11 bytes on the wire would be 100 MB written out.
-        '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1e100000000,'
-        '"bid_qty":1,"ask":2,"ask_qty":1,"last":1,"timestamp":"2023-10-06T17:35:55.440295Z"}]}',
-        # A time before 1970 would publish a negative ts.
-        '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1,"bid_qty":1,'
-        '"ask":2,"ask_qty":1,"last":1,"timestamp":"0001-01-01T00:00:00Z"}]}',
+        (
+            '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1e100000000,'
+            '"bid_qty":1,"ask":2,"ask_qty":1,"last":1,"timestamp":"2023-10-06T17:35:55.440295Z"}]}',
+            "'bid' must be a non-negative number, got Decimal('1E+100000000')",
+        ),
+        (
+            '{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":1,"bid_qty":1,'
+            '"ask":2,"ask_qty":1,"last":1,"timestamp":"0001-01-01T00:00:00Z"}]}',
+            "'timestamp' is before 1970: '0001-01-01T00:00:00Z'",
+        ),
     ],
 )
-def test_absurd_numbers_and_times_are_malformed(frame: str) -> None:
+def test_absurd_numbers_and_times_are_malformed(frame: str, error: str) -> None:
     adapter = KrakenAdapter("kraken", ["BTC-USD"])
-    with pytest.raises(UpstreamFormatError):
-        adapter.parse(frame)
+    assert error_of(adapter, frame) == error
+
+
+def test_trade_id_zero_is_a_trade_id(adapter: KrakenAdapter) -> None:
+    assert traded(adapter, trade_with(trade_id=0))["trade_id"] == "0"
