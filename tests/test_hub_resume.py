@@ -170,3 +170,73 @@ def test_history_is_not_encoded_for_channels_without_it_or_without_subscribers()
 
 def test_each_hub_has_its_own_epoch() -> None:
     assert Hub(CATALOGUE.get).epoch != Hub(CATALOGUE.get).epoch
+
+
+def test_an_epoch_is_sixteen_hex_digits() -> None:
+    epoch = Hub(CATALOGUE.get).epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+
+
+def test_a_resume_on_a_channel_without_history_is_not_recovered() -> None:
+    hub, _ = make_hub()
+    publish(hub, "alt:trades:A", 4)  # alt:* keeps no history
+    a = FakeSession()
+    hub.subscribe(a, ["alt:trades:A"], 1, OPEN, Since(2, "e1"))
+    assert acks(a.messages())[0]["recovered"] is False
+
+
+def test_a_channel_already_held_does_not_stop_the_others_in_the_command() -> None:
+    hub, _ = make_hub()
+    a = FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], 1, OPEN)
+    hub.subscribe(a, ["sim:trades:A", "sim:ticker:A"], 2, OPEN)
+    assert [d["channel"] for d in acks(a.messages())] == [
+        "sim:trades:A",
+        "sim:trades:A",
+        "sim:ticker:A",
+    ]
+    assert hub.registry.channels_of(a) == ["sim:trades:A", "sim:ticker:A"]
+
+
+def test_a_coalescing_replay_of_a_state_channel_asks_for_a_fresh_snapshot() -> None:
+    # A state channel's replayed messages may be deltas on each other (blocks), so a replay
+    # that does not fit coalesces into a resnapshot mark, never into its latest message alone.
+    hub, _ = make_hub(policy=Policy.COALESCE)
+    publish(hub, "sim:ticker:A", 8)
+    small = FakeSession(max_messages=3)
+    hub.subscribe(small, ["sim:ticker:A"], 1, OPEN, Since(0, "e1"))
+    drained = small.outbox.drain()
+    assert drained.resnapshot == ["sim:ticker:A"]
+    assert len(drained.frames) == 3
+
+
+def test_an_overflowing_replay_still_wants_the_channel_and_wakes_the_session() -> None:
+    hub, listener = make_hub(policy=Policy.DISCONNECT)
+    publish(hub, "sim:trades:A", 8)
+    small = FakeSession(max_messages=3)
+    hub.subscribe(small, ["sim:trades:A", "sim:ticker:A"], 1, OPEN, Since(0, "e1"))
+    assert small.overflows == 1 and small.wakes == 1
+    assert ("want", "sim:trades:A") in listener.events
+    assert ("want", "sim:ticker:A") in listener.events
+
+
+def test_revoking_a_channel_forgets_what_was_dropped_on_it() -> None:
+    hub, _ = make_hub()
+    small = FakeSession(max_messages=2)
+    hub.subscribe(small, ["sim:trades:A"], 1, OPEN)
+    publish(hub, "sim:trades:A", 5)  # the queue holds the ack and one message; 4 dropped
+    hub.revoke(small, "sim:trades:A", "gone")
+    assert small.outbox.drain().lagged == {}
+
+
+def test_without_a_time_the_history_is_aged_at_time_zero() -> None:
+    hub = Hub(CATALOGUE.get, lambda _: Policy.DROP, lambda _: HistoryBounds(10, 1), epoch="e1")
+    hub.add_source("sim", Listener())
+    for n in range(3):
+        hub.publish(Update("sim:trades:A", {"n": n}, n, False), 0)
+    a = FakeSession()
+    hub.subscribe(a, ["sim:trades:A"], 1, OPEN, Since(1, "e1"))  # at time 0: all still young
+    assert acks(a.messages())[0]["recovered"] is True
+    b = FakeSession()
+    hub.subscribe(b, ["sim:trades:A"], 1, OPEN, Since(1, "e1"), now=1)  # 1 ms: too old
+    assert acks(b.messages())[0]["recovered"] is False
