@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core.credentials import (
+    JWT_ALGORITHMS,
     Credentials,
     Grant,
     JwtVerifier,
@@ -120,7 +121,7 @@ def test_a_key_whose_tier_is_not_defined_is_refused() -> None:
 
 
 def test_two_keys_with_one_secret_are_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="same secret"):
+    with pytest.raises(ValueError, match=r"^two keys with the same secret: 'b'$"):
         Credentials(
             [StoredKey("a", "pro", hash_secret("s")), StoredKey("b", "pro", hash_secret("s"))],
             TIERS,
@@ -260,20 +261,6 @@ def test_without_jwt_configured_a_jwt_is_just_an_unknown_key() -> None:
     assert refused(creds, hs256(claims())).message == "unknown API key"
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"algorithms": ()},
-        {"algorithms": ("none",)},
-        {"algorithms": ("HS256",), "secret": None},
-        {"algorithms": ("RS256",), "public_key": None},
-    ],
-)
-def test_the_verifier_refuses_an_incomplete_setup(options: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        verifier(**options)
-
-
 @settings(max_examples=300, deadline=None)
 @given(position=st.integers(min_value=0), replacement=st.sampled_from("AQgw_-.xyz0"))
 def test_changing_any_character_of_a_token_never_grants_anything_else(
@@ -376,3 +363,108 @@ def test_the_owner_of_private_channels_is_a_named_key_or_a_tokens_subject() -> N
     assert named.resolve("k1", NOW).owner == "alice"
     assert named.resolve("k2", NOW).owner is None
     assert named.resolve(None, NOW).owner is None
+
+
+# Exact refusals and boundaries ----------------------------------------------------------------
+
+FAR = 4_000_000_000  # seconds since the epoch, in 2096: later than any real clock reads today
+
+
+def test_only_the_now_passed_in_is_compared_with_exp_nbf_and_iat() -> None:
+    """A token valid at ``now`` but not yet valid by the real clock passes: PyJWT's own checks
+    against the system clock are off."""
+    token = hs256(claims(exp=FAR + 100, nbf=FAR, iat=FAR))
+    assert credentials().resolve(token, FAR + 1).expires == FAR + 100
+
+
+def test_nbf_is_checked_with_the_leeway_to_the_boundary() -> None:
+    creds = credentials(leeway=5.0)
+    assert creds.resolve(hs256(claims(nbf=NOW + 5)), NOW).name == "carol"
+    assert creds.resolve(hs256(claims(nbf=NOW + 4)), NOW).name == "carol"
+    assert refused(creds, hs256(claims(nbf=NOW + 5.5))).message == "token not valid yet"
+
+
+def test_an_audience_claim_is_not_checked_when_none_is_configured() -> None:
+    assert credentials().resolve(hs256(claims(aud="someone")), NOW).name == "carol"
+
+
+@pytest.mark.parametrize(
+    ("token_claims", "message"),
+    [
+        (claims(exp=True), "token claim 'exp' must be a number"),
+        (claims(exp=float("inf")), "token claim 'exp' must be a number"),
+        (claims(nbf="soon"), "token claim 'nbf' must be a number"),
+        (claims(nbf=False), "token claim 'nbf' must be a number"),
+        (claims(sub=""), "token claim 'sub' must not be empty"),
+        (claims(tier="gold"), "unknown tier 'gold' in token"),
+        (claims(channels=[1]), "token claim 'channels' must be a list of non-empty strings"),
+        ({"sub": "carol"}, 'token rejected: Token is missing the "exp" claim'),
+    ],
+)
+def test_each_bad_claim_is_refused_with_its_own_message(
+    token_claims: dict[str, Any], message: str
+) -> None:
+    refusal = refused(credentials(), hs256(token_claims))
+    assert (refusal.status, refusal.code, refusal.message) == (401, "invalid_credentials", message)
+
+
+def test_a_bad_signature_or_algorithm_is_refused_with_its_own_message() -> None:
+    wrong_key = hs256(claims(), key=b"another secret of at least 32 bytes!!")
+    assert refused(credentials(), wrong_key).message == (
+        "token rejected: Signature verification failed"
+    )
+    hs512 = jwt.encode(claims(), SECRET * 2, algorithm="HS512")
+    assert refused(credentials(), hs512).message == "token algorithm 'HS512' is not accepted"
+
+
+def test_a_token_credential_that_is_not_a_jwt_is_refused_on_renewal() -> None:
+    grant = Grant("sub:carol", "default", "carol", "not-a-jwt", expires=NOW + 60)
+    with pytest.raises(Refusal) as caught:
+        credentials().renew(grant, NOW)
+    assert (caught.value.code, caught.value.message) == ("invalid_credentials", "not a valid JWT")
+
+
+def test_a_secret_with_two_dots_that_is_no_jwt_is_an_api_key() -> None:
+    creds = Credentials([StoredKey("dotted", "pro", hash_secret("a.b.c"))], TIERS, None, verifier())
+    assert creds.resolve("a.b.c", NOW).name == "dotted"
+
+
+def test_an_unnamed_key_is_named_for_logs_and_has_no_private_channels() -> None:
+    creds = Credentials([StoredKey("", "pro", hash_secret("s"))], TIERS, None)
+    grant = creds.resolve("s", NOW)
+    assert grant == Grant(f"key:{hash_secret('s')}", "pro", "unnamed key", hash_secret("s"))
+    assert credentials().resolve(ALICE, NOW).owner == "alice"
+
+
+def test_anonymous_access_is_one_shared_identity_with_no_credential() -> None:
+    assert credentials(anonymous="default").resolve(None, NOW) == Grant(
+        "anonymous", "default", "anonymous", ""
+    )
+    assert refused(credentials(), None).message == "an API key is required"
+    key = Credentials([StoredKey("x", "gone", hash_secret("x"))], TIERS, None)
+    assert refused(key, "x").message == "the key's tier 'gone' is not defined"
+    assert refused(credentials(), "rk_nobody").message == "unknown API key"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"algorithms": ()}, f"algorithms must be among {sorted(JWT_ALGORITHMS)}"),
+        ({"algorithms": ("none",)}, f"algorithms must be among {sorted(JWT_ALGORITHMS)}"),
+        ({"algorithms": ("HS256", "none")}, f"algorithms must be among {sorted(JWT_ALGORITHMS)}"),
+        ({"algorithms": ("HS256",), "secret": None}, "HMAC algorithms need a secret"),
+        ({"algorithms": ("HS256",), "secret": b""}, "HMAC algorithms need a secret"),
+        ({"algorithms": ("RS256",), "public_key": None}, "RSA algorithms need a public key"),
+    ],
+)
+def test_an_incomplete_verifier_setup_says_what_is_missing(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        verifier(**options)
+    assert str(caught.value) == message
+
+
+def test_a_verifier_needs_only_the_key_of_its_own_algorithms() -> None:
+    assert JwtVerifier(("HS256",), secret=SECRET).claims(hs256(claims()), NOW)["sub"] == "carol"
+    assert JwtVerifier(("RS256",), public_key=PUBLIC).claims(rs256(claims()), NOW)["sub"] == "carol"

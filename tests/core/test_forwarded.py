@@ -118,12 +118,27 @@ def test_parse_address() -> None:
     assert parse_address("example.com") is None
 
 
+def test_every_port_up_to_65535_is_read_and_none_above() -> None:
+    assert parse_address("192.0.2.1:65535") == ipaddress.ip_address("192.0.2.1")
+    assert parse_address("[::1]:65535") == ipaddress.ip_address("::1")
+    assert parse_address("192.0.2.1:65536") is None
+    assert parse_address("[::1]:65536") is None
+
+
+def test_parse_keeps_the_header_it_is_given() -> None:
+    proxies = TrustedProxies.parse(["10.0.0.0/8"], "forwarded")
+    assert proxies.header == "forwarded"
+    assert proxies.client_address(PROXY, {"forwarded": f"for={CLIENT}"}) == CLIENT
+    assert proxies.client_address(PROXY, {"x-forwarded-for": CLIENT}) == PROXY
+    assert TrustedProxies.parse(["10.0.0.0/8"]).header == "x-forwarded-for"
+
+
 def test_parse_refuses_what_is_not_a_network() -> None:
     with pytest.raises(ValueError):
         TrustedProxies.parse(["10.0.0.1/8"])
     with pytest.raises(ValueError):
         TrustedProxies.parse(["proxy.example"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown forwarding header 'x-real-ip'$"):
         TrustedProxies.parse([], "x-real-ip")
 
 

@@ -19,7 +19,7 @@ def test_bounds_are_checked() -> None:
         HistoryBounds(-1, 1000)
     with pytest.raises(ValueError):
         HistoryBounds(1, 0)
-    with pytest.raises(ValueError, match="max_messages >= 1"):
+    with pytest.raises(ValueError, match=r"^a history needs max_messages >= 1$"):
         ChannelHistory(HistoryBounds(0, 1000))
     assert not HistoryBounds(0, 1).enabled
     assert HistoryBounds(1, 1).enabled
