@@ -14,6 +14,7 @@ from relay.core.protocol import (
     BINARY_REFUSED,
     MAX_CHANNEL_NAME,
     MAX_CHANNELS_PER_COMMAND,
+    Auth,
     ErrorCode,
     Lagged,
     Ping,
@@ -22,6 +23,7 @@ from relay.core.protocol import (
     Since,
     Status,
     Subscribe,
+    Subscribed,
     Unsubscribe,
     Welcome,
     command_id,
@@ -372,3 +374,39 @@ def test_each_malformed_command_gets_its_exact_message_and_its_id(
 
 def test_unsubscribe_keeps_its_id() -> None:
     assert parse_command('{"action":"unsubscribe","channel":"a","id":8}') == Unsubscribe(("a",), 8)
+
+
+# Auth and the subscribed event ------------------------------------------------------------------
+
+
+def test_an_auth_command_carries_its_token_and_id() -> None:
+    assert parse_command('{"action":"auth","token":"a.b.c","id":4}') == Auth("a.b.c", 4)
+    assert parse_command('{"action":"auth","token":"a.b.c"}') == Auth("a.b.c", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"action":"auth","token":"","id":4}', "'token' is empty"),
+        ('{"action":"auth","id":4}', "required field missing"),
+        ('{"action":"auth","token":7,"id":4}', "expected str"),
+    ],
+)
+def test_an_auth_command_without_a_token_is_a_bad_request(text: str, message: str) -> None:
+    error = parse_command(text)
+    assert isinstance(error, ProtocolError)
+    assert (error.code, error.id) == (ErrorCode.BAD_REQUEST, 4)
+    assert message in error.message
+
+
+def test_a_resume_from_seq_zero_is_accepted() -> None:
+    command = parse_command('{"action":"subscribe","channel":"a:b","since":{"seq":0,"epoch":"e"}}')
+    assert command == Subscribe(("a:b",), None, Since(0, "e"))
+
+
+def test_subscribed_says_recovered_only_in_answer_to_a_resume() -> None:
+    plain = orjson.loads(encode_event("subscribed", Subscribed("a:b", 3, "e")))
+    assert plain == {"event": "subscribed", "data": {"channel": "a:b", "seq": 3, "epoch": "e"}}
+    for recovered in (True, False):
+        resumed = orjson.loads(encode_event("subscribed", Subscribed("a:b", 3, "e", recovered)))
+        assert resumed["data"]["recovered"] is recovered
