@@ -4,8 +4,9 @@ stalling and skipping, the application publishing, and time passing; each runs o
 MockClock against the real shell (front door, sessions, hub, supervisor) over in-memory
 streams and a fake upstream.
 
-Checked after every step: the upstream's wanted set is the union of what live sessions hold,
-and every outbox is within its bounds; in every client's view of every channel, no message
+Checked after every step: no session outlives its client's connection and at most one upstream
+connection is open; the upstream's wanted set is the union of what live sessions hold, and every
+outbox is within its bounds; in every client's view of every channel, no message
 comes twice and no jump in ``seq`` goes unannounced (by ``lagged``, a snapshot, or a
 ``subscribed`` that starts the channel afresh). At the end, once every client is gone, no task
 the relay started for them or for the upstream is left.
@@ -304,6 +305,10 @@ class Scenario:
 
     def check(self) -> None:
         relay, hub = self.relay, self.relay.hub
+        # No session outlives its client's connection, and no upstream connection outlives
+        # the next one: at most one is open.
+        assert len(relay.sessions) <= sum(c is not None for c in self.clients)
+        assert sum(not c.closed for c in self.transport.connections) <= 1
         held = {c for s in relay.sessions for c in hub.registry.channels_of(s)}
         assert relay.upstreams["sim"].plan.wanted == {c for c in held if c.startswith("sim:")}
         assert hub.registry.wanted("sim") == relay.upstreams["sim"].plan.wanted

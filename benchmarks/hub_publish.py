@@ -1,0 +1,79 @@
+"""What one channel message costs the hub's fan-out, with and without its history, measured
+in-process (no sockets): the per-message path alone, where the harness's end-to-end figures
+swing by more than the difference.
+
+    python benchmarks/hub_publish.py        # best of 7 runs each, A/B interleaved
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from relay.core.history import HistoryBounds
+from relay.core.hub import Hub, Limits
+from relay.core.model import StreamKind, Update
+from relay.core.outbox import Outbox, Policy
+
+CHANNEL = "sim:trades:BTC-USD"
+DATA = {"symbol": "BTC-USD", "price": "100.5", "size": "0.1", "side": "buy", "trade_id": "1"}
+
+
+class Subscriber:
+    __slots__ = ("outbox",)
+
+    def __init__(self) -> None:
+        self.outbox = Outbox(1 << 30, 1 << 40)
+
+    def wake(self) -> None:
+        pass
+
+    def overflow(self) -> None:
+        pass
+
+
+class Source:
+    def want(self, channel: str) -> None:
+        pass
+
+    def unwant(self, channel: str) -> None:
+        pass
+
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        return None
+
+
+def microseconds_per_message(history: bool, subscribers: int, messages: int) -> float:
+    bounds: Callable[[str], HistoryBounds | None] = (
+        (lambda _: HistoryBounds(1000, 300_000)) if history else (lambda _: None)
+    )
+    hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, bounds, epoch="bench")
+    hub.add_source("sim", Source())
+    subs = [Subscriber() for _ in range(subscribers)]
+    for sub in subs:
+        hub.subscribe(sub, [CHANNEL], None, Limits(10))
+    started = time.perf_counter()
+    for i in range(messages):
+        hub.publish(Update(CHANNEL, DATA, i, False), 1_700_000_000_000 + i)
+        if i % 100 == 99:  # the writers drain the queues now and then
+            for sub in subs:
+                sub.outbox.drain()
+    return (time.perf_counter() - started) / messages * 1e6
+
+
+def main() -> None:
+    for subscribers, messages in ((1, 20_000), (100, 20_000), (1000, 3_000)):
+        without, with_history = [], []
+        for _ in range(7):
+            without.append(microseconds_per_message(False, subscribers, messages))
+            with_history.append(microseconds_per_message(True, subscribers, messages))
+        a, b = min(without), min(with_history)
+        print(
+            f"{subscribers:5d} subscribers: {a:8.2f} us/message without history, "
+            f"{b:8.2f} with it ({(b - a) / a:+.1%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
