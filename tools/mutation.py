@@ -223,6 +223,8 @@ def make_workdir(
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "node_modules", "mutants")
     shutil.copytree(root / "relay", workdir / "relay", ignore=ignore)
     shutil.copytree(root / "tests", workdir / "tests", ignore=ignore)
+    # Files some tests read (the example configurations); mutmut copies them on (also_copy).
+    shutil.copytree(root / "examples", workdir / "examples", ignore=ignore)
     pyproject = dict(settings.pyproject)
     tool = dict(pyproject.get("tool", {}))
     tool["mutmut"] = {
