@@ -675,6 +675,7 @@ class RelayConfig:
                 )
             )
         first_index: dict[str, int] = {}
+        named: dict[str, int] = {}
         for i, api_key in enumerate(self.keys):
             if api_key.tier not in self.tiers:
                 issues.append(
@@ -687,28 +688,6 @@ class RelayConfig:
                 )
             else:
                 first_index[api_key.key] = i
-        issues.extend(
-            Issue(
-                f"sources.{_key(name)}",
-                "source name must match [a-z0-9_-]+ (it starts every channel name)",
-            )
-            for name in self.sources
-            if not _SOURCE_NAME.fullmatch(name)
-        )
-        for name in self.published:
-            if not _SOURCE_NAME.fullmatch(name):
-                issues.append(
-                    Issue(
-                        f"published.{_key(name)}",
-                        "source name must match [a-z0-9_-]+ (it starts every channel name)",
-                    )
-                )
-            elif name in self.sources:
-                issues.append(
-                    Issue(f"published.{_key(name)}", f"{name!r} is also an upstream in [sources]")
-                )
-        named: dict[str, int] = {}
-        for i, api_key in enumerate(self.keys):
             if api_key.name in named:
                 # A key's name is what {key} in a tier's patterns stands for: two keys with one
                 # name would share each other's private channels.
@@ -717,6 +696,20 @@ class RelayConfig:
                 )
             elif api_key.name:
                 named[api_key.name] = i
+        for table, names in (("sources", self.sources), ("published", self.published)):
+            issues.extend(
+                Issue(
+                    f"{table}.{_key(name)}",
+                    "source name must match [a-z0-9_-]+ (it starts every channel name)",
+                )
+                for name in names
+                if not _SOURCE_NAME.fullmatch(name)
+            )
+        issues.extend(
+            Issue(f"published.{_key(name)}", f"{name!r} is also an upstream in [sources]")
+            for name in self.published
+            if name in self.sources
+        )
         if not issues:
             for name, source in self.sources.items():
                 # What only the adapter knows (an exchange's symbol rules, a generic spec
