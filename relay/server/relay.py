@@ -19,7 +19,6 @@ import attrs
 import httpx
 import orjson
 import trio
-from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
@@ -36,6 +35,7 @@ from relay.core.channels import matches_any, source_of
 from relay.core.credentials import Grant
 from relay.core.forwarded import TrustedProxies
 from relay.core.hub import Hub, Limits
+from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind
 from relay.core.outbox import Policy
 from relay.core.protocol import (
@@ -156,12 +156,8 @@ class Relay:
         self._key_file_configured = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
         self.metrics = make_registry(self)
-        self.fanout_latency = Histogram(
-            "relay_fanout_latency_seconds",
-            "Upstream receipt to socket write, for the oldest message of each write",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.metrics,
-        )
+        self.fanout_latency = LatencyHistogram()
+        """Upstream receipt to socket write, for the oldest message of each write."""
         self.port: int | None = None
 
     def _kind_of(self, channel: str) -> StreamKind | None:

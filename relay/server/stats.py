@@ -41,6 +41,12 @@ class RelayStats:
     bytes_out: int
     writes: int
     write_rounds: int
+    rested_seconds: float
+    """Time the write rounds rested after loaded rounds (to let batches grow)."""
+    fanout_latency: tuple[tuple[float, int], ...]
+    """Upstream receipt to socket write, per write for its oldest message: (upper bound in
+    ms, writes at or below it), cumulative, ending with infinity."""
+    fanout_latency_sum_ms: int
     upstreams: Mapping[str, UpstreamStatsSnapshot]
 
 
@@ -58,6 +64,9 @@ def take_stats(relay: Relay) -> RelayStats:
         bytes_out=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
         writes=relay.writes + sum(s.writes for s in relay.sessions),
         write_rounds=relay.rounds.rounds,
+        rested_seconds=relay.rounds.rested,
+        fanout_latency=tuple(relay.fanout_latency.cumulative()),
+        fanout_latency_sum_ms=relay.fanout_latency.sum_ms,
         upstreams={
             name: UpstreamStatsSnapshot(
                 supervisor.state.value,
