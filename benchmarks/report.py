@@ -348,6 +348,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## Must-show targets (relay)", ""]
     for t in results["targets"]:
         lines.append(f"- **{t['verdict']}** {t['name']}: {t['detail']}")
+    if not results["targets"]:
+        lines.append("- none checked: the relay did not run the workloads they need")
     failed = [
         f"- run {k + 1}, {name}: {entry['status']}"
         for k, run in enumerate(results["runs"])
