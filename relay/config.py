@@ -213,6 +213,9 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    listen_backlog: int = 4096
+    """Connections the kernel queues before the relay accepts them (capped by the kernel's
+    ``net.core.somaxconn``): what a reconnect storm can pile up without SYNs being dropped."""
     handshake_timeout: float = 5.0
     """Deadline for reading the HTTP request head and completing the upgrade."""
     heartbeat: float = 15.0
@@ -269,6 +272,7 @@ class ServerConfig:
         ):
             _positive(issues, name, getattr(self, name))
         for name in (
+            "listen_backlog",
             "max_connections",
             "max_message_size",
             "max_head_bytes",

@@ -78,6 +78,14 @@ class RelayCollector(Collector):
             value=stats.write_rounds,
         )
         yield CounterMetricFamily(
+            "relay_tcp_accepts", "TCP connections accepted", value=stats.tcp_accepts
+        )
+        yield CounterMetricFamily(
+            "relay_accept_wakeups",
+            "Accept loop wake-ups; tcp_accepts / accept_wakeups is connections taken per wake-up",
+            value=stats.accept_wakeups,
+        )
+        yield CounterMetricFamily(
             "relay_write_rest_seconds",
             "Time the write rounds rested after rounds that carried a backlog",
             value=stats.rested_seconds,

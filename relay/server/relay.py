@@ -12,7 +12,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import attrs
@@ -64,6 +63,7 @@ from relay.server.frontdoor import (
     error_response,
     read_request_head,
 )
+from relay.server.listener import Listener
 from relay.server.metrics import make_registry, render
 from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
@@ -159,6 +159,7 @@ class Relay:
         self.fanout_latency = LatencyHistogram()
         """Upstream receipt to socket write, for the oldest message of each write."""
         self.port: int | None = None
+        self.listener: Listener | None = None
 
     def _kind_of(self, channel: str) -> StreamKind | None:
         source = source_of(channel)
@@ -198,10 +199,9 @@ class Relay:
                 await nursery.start(supervisor.run, HttpTransport(http))
             nursery.start_soon(self.run_timers)
             nursery.start_soon(self.rounds.run)
-            listeners = await nursery.start(
-                partial(trio.serve_tcp, self._handle_tcp, server.port, host=server.host)
-            )
-            self.port = listeners[0].socket.getsockname()[1]
+            self.listener = Listener(server.host, server.port, server.listen_backlog)
+            nursery.start_soon(self.listener.serve, self._handle_tcp)
+            self.port = self.listener.port
             scheme = "ws" if self._tls is None else "wss"
             log.info("relay listening on %s://%s:%d/ws", scheme, server.host, self.port)
             nursery.start_soon(self.watch_key_file)

@@ -41,6 +41,11 @@ class RelayStats:
     bytes_out: int
     writes: int
     write_rounds: int
+    tcp_accepts: int
+    """TCP connections accepted (before any handshake)."""
+    accept_wakeups: int
+    """Times the accept loop woke to a readable listening socket; tcp_accepts /
+    accept_wakeups is how many connections each wake-up took from the backlog."""
     rested_seconds: float
     """Time the write rounds rested after loaded rounds (to let batches grow)."""
     fanout_latency: tuple[tuple[float, int], ...]
@@ -64,6 +69,8 @@ def take_stats(relay: Relay) -> RelayStats:
         bytes_out=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
         writes=relay.writes + sum(s.writes for s in relay.sessions),
         write_rounds=relay.rounds.rounds,
+        tcp_accepts=0 if relay.listener is None else relay.listener.accepted,
+        accept_wakeups=0 if relay.listener is None else relay.listener.wakeups,
         rested_seconds=relay.rounds.rested,
         fanout_latency=tuple(relay.fanout_latency.cumulative()),
         fanout_latency_sum_ms=relay.fanout_latency.sum_ms,
