@@ -232,3 +232,39 @@ async def test_after_a_loaded_round_a_light_one_does_not_rest(
     ]
     # Only the rounds after a loaded one wait (for the end of its 5 ms rest).
     assert delays == [0.0, 0.002, 0.0, 0.0, 0.002]
+
+
+async def test_replies_are_written_by_the_reader_without_a_write_round(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The welcome and the answer to a command go out from the session's own task: no write
+    round runs in this test at all (a round in a storm can be a long scheduler pass away)."""
+    f = Fixture(0)
+    ours, theirs = trio.socket.socketpair()
+    session = Session(
+        trio.SocketStream(ours),
+        ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
+        f.hub,
+        Limits(10),
+        SETTINGS,
+        SessionTimers(15.0, 60.0, 10.0),
+        f.rounds,
+    )
+    connection = trio.CancelScope()
+
+    async def serve() -> None:
+        with connection:
+            async with trio.open_nursery() as conn:
+                await session.run(conn)
+
+    nursery.start_soon(serve)
+    peer = Peer(theirs)
+    with trio.fail_after(1):  # virtual time: nothing else would ever write them
+        assert (await peer.messages(1))[0]["event"] == "welcome"
+        client = FrameProtocol(client=True, extensions=[])
+        command = orjson.dumps({"action": "subscribe", "channels": [CHANNEL], "id": 7})
+        await theirs.send(client.send_data(command.decode(), fin=True))
+        reply = (await peer.messages(1))[0]
+    assert (reply["event"], reply["id"]) == ("subscribed", 7)
+    assert f.rounds.rounds == 0
+    connection.cancel()

@@ -362,6 +362,7 @@ class Session:
         try:
             early, self._ws.early = self._ws.early, []
             self._on(early)
+            self._answer()
             await self._read()
         finally:
             self._timers.remove(self)
@@ -381,6 +382,16 @@ class Session:
                 self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
                 return
             self._on(ws.receive(data))
+            self._answer()
+
+    def _answer(self) -> None:
+        """Write the replies to what was just read now, with whatever was queued before them,
+        rather than at the next write round: an answer never waits for other clients' writes,
+        and in a reconnect storm, when every scheduler pass carries thousands of handshakes,
+        a round can be a pass or two away. (Still in the round's list, this session then
+        writes nothing there unless more has been queued.)"""
+        if self._requested and not self._writing and self.closing is None:
+            self.release()
 
     def _on(self, received: list[Received]) -> None:
         """Act on what the client sent; nothing more once the session is closing."""
