@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import io
 import logging
 import re
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from relay import cli, logs
+from relay.cli import GC_THRESHOLDS, _tune_gc
 from relay.config import load_config
 from relay.tail import refusal, url_problem
 
@@ -315,3 +317,14 @@ def test_url_problems() -> None:
     assert problem is not None and "ws://127.0.0.1:8765/ws" in problem
     assert url_problem("ws:///ws") is not None
     assert url_problem("ws://h:port/ws") is not None
+
+
+def test_a_serving_process_collects_garbage_less_often_and_never_its_startup_objects() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        _tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # modules, classes: never traversed again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
