@@ -41,6 +41,16 @@ class RelayStats:
     bytes_out: int
     writes: int
     write_rounds: int
+    tcp_connections: int
+    """TCP connections open: sessions and connections still in the front door."""
+    handshakes: Mapping[str, int]
+    """Upgrade requests by outcome: completed, refused, abandoned."""
+    deflate_sessions: int
+    """Sessions accepted with permessage-deflate (closed ones included)."""
+    compressions: int
+    """Messages compressed: once per message (and window size), however many clients."""
+    compressed_deliveries: int
+    """Compressed frames offered to client queues."""
     upstreams: Mapping[str, UpstreamStatsSnapshot]
 
 
@@ -58,6 +68,13 @@ def take_stats(relay: Relay) -> RelayStats:
         bytes_out=relay.bytes_out + sum(s.bytes_out for s in relay.sessions),
         writes=relay.writes + sum(s.writes for s in relay.sessions),
         write_rounds=relay.rounds.rounds,
+        tcp_connections=relay.tcp_connections,
+        handshakes={
+            outcome: relay.handshakes[outcome] for outcome in ("completed", "refused", "abandoned")
+        },
+        deflate_sessions=relay.deflate_sessions,
+        compressions=hub.compressions,
+        compressed_deliveries=hub.compressed_deliveries,
         upstreams={
             name: UpstreamStatsSnapshot(
                 supervisor.state.value,
