@@ -73,7 +73,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Relay and peers side by side (`nox -s bench -- --quick` for a short run)."""
+    """Relay and peers side by side, three runs, then the independent latency check on the
+    same flags (`nox -s bench -- --quick --runs 1` for a short run; flags in
+    benchmarks/README.md)."""
     session.install("-e", ".[bench]")
     if shutil.which("node") and shutil.which("npm"):
         session.run(
@@ -85,7 +87,10 @@ def bench(session: nox.Session) -> None:
             "benchmarks/peers/node",
             external=True,
         )
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    # Defaults first: a --runs among the arguments comes later and wins.
+    flags = ["--runs", "3", *session.posargs]
+    session.run("python", "benchmarks/run.py", *flags)
+    session.run("python", "benchmarks/latency_check.py", *flags)
 
 
 @nox.session

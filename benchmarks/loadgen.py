@@ -26,7 +26,8 @@ Why it looks the way it does:
   130 KB.
 
 Commands (all carry ``"cmd"``; most take a ``"group"`` name):
-``open`` (n, channel or null, sample), ``open_stalled`` (n, channels), ``arm``
+``open`` (n, channel or null, sample), ``storm`` (n, channel, limit), ``open_stalled``
+(n, channels), ``arm``
 (target), ``wait`` (limit, stall), ``measure`` (seconds), ``status``,
 ``close``, ``exit``. Every command gets one reply line with ``"ok"``; the first
 line the process prints (``"ready"``) says it is listening for commands.
@@ -42,12 +43,12 @@ import os
 import resource
 import socket
 import struct
-import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from command_loop import serve_commands  # sibling module: the harness runs this as a script
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
@@ -121,10 +122,17 @@ class Client(WSListener):
         self.closed = False
         self.welcomed: asyncio.Future[None] = loop.create_future()
         self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.first_data: asyncio.Future[None] = loop.create_future()
         self.transport: WSTransport | None = None
+        # When the 101 arrived, the subscription was confirmed and the first data frame came
+        # (monotonic seconds, 0.0 until then): the storm's timeline, client by client.
+        self.t_connected = 0.0
+        self.t_subscribed = 0.0
+        self.t_data = 0.0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.t_connected = time.monotonic()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # Reading frame.msg_type builds an enum object (about 130 ns); the payload's
@@ -135,8 +143,8 @@ class Client(WSListener):
             return
         self.count += 1
         group = self.group
-        if self.count == 1 and not group.t_first:
-            group.t_first = time.monotonic()
+        if self.count == 1:
+            self.on_first_data()
         if self.count == group.target:
             group.t_last = time.monotonic()
             group.pending -= 1
@@ -148,6 +156,15 @@ class Client(WSListener):
             group.latencies.append(now - envelope["ts"])
             group.sampled_bytes += len(payload)
             group.e2e.append(now - envelope["data"]["ts"])
+
+    def on_first_data(self) -> None:
+        """The first data frame since the group was armed (and, once, since connecting)."""
+        now = time.monotonic()
+        if not self.group.t_first:
+            self.group.t_first = now
+        if not self.t_data:
+            self.t_data = now
+            self.first_data.set_result(None)
 
     def on_other(self, transport: WSTransport, frame: WSFrame, payload: bytes) -> None:
         """Everything but data: close frames, pongs, and server events."""
@@ -166,6 +183,7 @@ class Client(WSListener):
                 self.welcomed.set_result(None)
         elif kind == "subscribed":
             if not self.subscribed.done():
+                self.t_subscribed = time.monotonic()
                 self.subscribed.set_result(None)
         elif kind == "lagged":
             self.group.lagged_events += 1
@@ -179,12 +197,25 @@ class Client(WSListener):
         if not self.closed:
             self.closed = True
             self.group.closed_by_server += 1
-        for fut in (self.welcomed, self.subscribed):
+        for fut in (self.welcomed, self.subscribed, self.first_data):
             if not fut.done():
                 fut.set_exception(ConnectionError("disconnected during setup"))
             # Mark the exception retrieved so asyncio does not log it at exit.
             if fut.done() and not fut.cancelled():
                 fut.exception()
+
+
+def failure_kind(exc: BaseException) -> str:
+    """How a storm client failed, in the words of the report."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "reset"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionError):
+        return "closed"
+    return "other"
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -251,27 +282,36 @@ class LoadGen:
         return self.groups[name]
 
     async def _open_one(
-        self, sem: asyncio.Semaphore, group: Group, channel: str | None, sample: bool
+        self,
+        group: Group,
+        channel: str | None,
+        sample: bool,
+        *,
+        limit: float = HANDSHAKE_TIMEOUT,
+        first_data: bool = False,
     ) -> Client:
-        async with sem:
-            client = Client(group, sample)
-            transport, _ = await ws_connect(
-                lambda: client,
-                self.url,
-                websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
-                read_buffer_init_size=65536 if channel is not None else 1024,
-            )
-            try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                    await client.welcomed
-                    if channel is not None:
-                        msg = {"action": "subscribe", "channel": channel, "id": 1}
-                        transport.send(TEXT, orjson.dumps(msg))
-                        await client.subscribed
-            except BaseException:
-                transport.disconnect(graceful=False)
-                raise
-            return client
+        """Connect, wait for the welcome, subscribe to ``channel`` (if any) and, for
+        ``first_data``, wait for the first data frame; the client is closed on any failure."""
+        client = Client(group, sample)
+        transport, _ = await ws_connect(
+            lambda: client,
+            self.url,
+            websocket_handshake_timeout=limit,
+            read_buffer_init_size=65536 if channel is not None and not first_data else 1024,
+        )
+        try:
+            async with asyncio.timeout(limit):
+                await client.welcomed
+                if channel is not None:
+                    msg = {"action": "subscribe", "channel": channel, "id": 1}
+                    transport.send(TEXT, orjson.dumps(msg))
+                    await client.subscribed
+                    if first_data:
+                        await client.first_data
+        except BaseException:
+            transport.disconnect(graceful=False)
+            raise
+        return client
 
     async def cmd_open(
         self, group: Group, n: int, channel: str | None, sample: int
@@ -279,24 +319,76 @@ class LoadGen:
         start = time.monotonic()
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
         base = len(group.clients)
-        tasks = [
-            self._open_one(sem, group, channel, sample > 0 and (base + i) % sample == 0)
-            for i in range(n)
-        ]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors: dict[str, int] = {}
-        for result in results:
-            if isinstance(result, Client):
-                group.clients.append(result)
-            else:
-                key = type(result).__name__ + ": " + str(result)[:80]
-                errors[key] = errors.get(key, 0) + 1
-        opened = sum(isinstance(r, Client) for r in results)
+
+        async def one(i: int) -> Client:
+            async with sem:
+                return await self._open_one(group, channel, sample > 0 and (base + i) % sample == 0)
+
+        results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+        clients, errors = self._adopt(group, results)
         return {
-            "opened": opened,
-            "failed": n - opened,
+            "opened": len(clients),
+            "failed": n - len(clients),
             "errors": errors,
             "seconds": time.monotonic() - start,
+        }
+
+    @staticmethod
+    def _adopt(
+        group: Group, results: list[Client | BaseException]
+    ) -> tuple[list[Client], dict[str, int]]:
+        """Add the clients that made it to ``group``; count the others' errors by message."""
+        clients = [r for r in results if isinstance(r, Client)]
+        group.clients.extend(clients)
+        errors: dict[str, int] = {}
+        for result in results:
+            if not isinstance(result, Client):
+                key = type(result).__name__ + ": " + str(result)[:80]
+                errors[key] = errors.get(key, 0) + 1
+        return clients, errors
+
+    async def cmd_storm(self, group: Group, n: int, channel: str, limit: float) -> dict[str, Any]:
+        """Open ``n`` clients all at once (no concurrency limit), each subscribing to
+        ``channel`` and waiting for its first data frame, all within ``limit`` seconds.
+
+        Reports, relative to the start, when the last client got its 101, its subscription
+        confirmed and its first data frame, the percentiles of each, and how many failed
+        and why (refused, reset, timed out).
+        """
+        start = time.monotonic()
+        cpu0 = time.process_time()
+        deadline = asyncio.get_running_loop().time() + limit
+
+        async def one() -> Client:
+            async with asyncio.timeout_at(deadline):
+                return await self._open_one(group, channel, False, limit=limit, first_data=True)
+
+        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        elapsed = time.monotonic() - start
+        clients, errors = self._adopt(group, results)
+        failures: dict[str, int] = {}
+        for result in results:
+            if not isinstance(result, Client):
+                kind = failure_kind(result)
+                failures[kind] = failures.get(kind, 0) + 1
+        timeline: dict[str, Any] = {}
+        for name in ("t_connected", "t_subscribed", "t_data"):
+            times = sorted(getattr(c, name) - start for c in clients)
+            timeline[name] = {
+                "last": times[-1] if times else None,
+                "p50": percentile(times, 50),
+                "p90": percentile(times, 90),
+                "p99": percentile(times, 99),
+            }
+        return {
+            "clients": n,
+            "succeeded": len(clients),
+            "failed": n - len(clients),
+            "failures": failures,
+            "errors": errors,
+            "seconds": elapsed,
+            "timeline": timeline,
+            "loadgen_cpu": (time.process_time() - cpu0) / elapsed,
         }
 
     async def cmd_open_stalled(self, group: Group, n: int, channels: list[str]) -> dict[str, Any]:
@@ -411,6 +503,8 @@ class LoadGen:
         group = self.group(cmd.get("group", "default"))
         if name == "open":
             return await self.cmd_open(group, cmd["n"], cmd.get("channel"), cmd.get("sample", 0))
+        if name == "storm":
+            return await self.cmd_storm(group, cmd["n"], cmd["channel"], cmd["limit"])
         if name == "open_stalled":
             return await self.cmd_open_stalled(group, cmd["n"], cmd["channels"])
         if name == "arm":
@@ -427,27 +521,10 @@ class LoadGen:
         raise ValueError(f"unknown command {name!r}")
 
 
-def reply(obj: dict[str, Any]) -> None:
-    sys.stdout.buffer.write(orjson.dumps(obj) + b"\n")
-    sys.stdout.buffer.flush()
-
-
 async def main(url: str) -> None:
-    """Read commands until ``exit`` or end of input; answer each with one line."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    """Answer the harness's commands until ``exit`` or end of input, then close every client."""
     gen = LoadGen(url)
-    reply({"ok": True, "ready": True, "pid": os.getpid(), "nofile": raise_nofile_limit()})
-    while line := await reader.readline():
-        cmd = orjson.loads(line)
-        if cmd.get("cmd") == "exit":
-            reply({"ok": True})
-            break
-        try:
-            reply({"ok": True, **await gen.dispatch(cmd)})
-        except Exception as exc:
-            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    await serve_commands(gen.dispatch, {"pid": os.getpid(), "nofile": raise_nofile_limit()})
     for name in list(gen.groups):
         gen.cmd_close(gen.groups[name])
 

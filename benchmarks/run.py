@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -47,6 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from report import (  # sibling module: the harness runs as a script
+    HELD_DELIVERY_FRACTION,
+    HELD_P99_MS,
+    KIB,
+    markdown,
+    plots,
+    summarize,
+    targets,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -58,8 +68,6 @@ FLOOD_CHANNEL = "sim:trades:ETH-USD"
 FLOOD_TOPIC = "trade.ETH-USD"
 SIM_SYMBOLS = "BTC-USD,ETH-USD"
 HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,8 +104,33 @@ class Profile:
     cleaned up) between workloads; the time it took is recorded."""
     flood_patience: float
     """Longest wait for the server to read one flood chunk from the market."""
+    storm_clients: int
+    """Clients that connect at once in the reconnect storm, each subscribing and waiting for
+    its first data message."""
+    storm_limit: float
+    """A storm client that has not got its first data message this long after the start
+    counts as timed out."""
+    comp_clients: int
+    """Compression workload: clients per group (one group on the book, one on trades)."""
+    comp_seconds: float
+    """Compression workload: the window in which book deltas are counted."""
+    check_clients: int
+    """Independent latency check: clients that read and check every message."""
+    check_warmup: float
+    check_seconds: float
     latency_samplers: int = 50
     """How many clients (spread evenly) parse every frame for latency."""
+    storm_rate: int = 10
+    """Market rate during the storm (msg/s on the channel): a message is always coming (one
+    every 100 ms), and with 11,000 subscribers it offers 110,000 deliveries/s, which every
+    peer but the trio-websocket loop carries, so the storm measures connecting, not a
+    saturated fan-out."""
+    comp_rate: int = 50
+    """Market rate while book deltas are counted (each market event is one delta)."""
+    comp_burst: int = 200
+    """Trades burst to each trades client in the compression workload."""
+    check_rates: tuple[int, ...] = (100, 250)
+    """Market rates of the independent latency check."""
 
 
 FULL = Profile(
@@ -116,6 +149,13 @@ FULL = Profile(
     iso_seconds=6.0,
     drain_limit=10.0,
     flood_patience=3.0,
+    storm_clients=10_000,
+    storm_limit=60.0,
+    comp_clients=100,
+    comp_seconds=3.0,
+    check_clients=1000,
+    check_warmup=2.0,
+    check_seconds=5.0,
 )
 QUICK = Profile(
     name="quick",
@@ -123,7 +163,7 @@ QUICK = Profile(
     burst_m=200,
     burst_reps=2,
     burst_budget=2.0,
-    paced_rates=(250, 1000),
+    paced_rates=(100, 250, 1000),
     paced_warmup=0.3,
     paced_seconds=0.8,
     idle=2_000,
@@ -133,14 +173,17 @@ QUICK = Profile(
     iso_seconds=1.0,
     drain_limit=2.0,
     flood_patience=1.5,
+    storm_clients=1_000,
+    storm_limit=30.0,
+    comp_clients=20,
+    comp_seconds=1.0,
+    check_clients=200,
+    check_warmup=0.5,
+    check_seconds=1.0,
 )
 
-HELD_P99_MS = 50.0
-HELD_DELIVERY_FRACTION = 0.95
 SATURATED_FRACTION = 0.8
 """Paced stepping stops after a rate at which less than this fraction was delivered."""
-ISO_ABS_FLOOR_MS = 2.0
-"""Envelope ``ts`` has millisecond resolution, so p99 changes under 2 ms are noise."""
 ISO_BOUNDED_FRACTION = 0.5
 """Memory counts as bounded when the server's RSS grew over the stalled window by less than
 this fraction of what was sent to the stalled clients meanwhile (a server that buffers
@@ -159,6 +202,8 @@ class Impl:
     script: str = ""
     history: bool = True
     """For the relay: keep each channel's history (the default), or run with it off."""
+    compression: bool | None = None
+    """For the relay: ``[compression] enabled``, or no ``[compression]`` table for None."""
     default: bool = True
     """Run without being named in ``--only``."""
 
@@ -166,7 +211,7 @@ class Impl:
         upstream = f"ws://{HOST}:{sim_port}/ws"
         if self.kind == "relay":
             config = workdir / "relay.toml"
-            config.write_text(relay_config(port, sim_port, history=self.history))
+            config.write_text(relay_config(port, sim_port, self.history, self.compression))
             return [PY, "-m", "relay", "--log-level", "warning", "serve", "--config", str(config)]
         if self.kind == "node":
             node = shutil.which("node") or "node"
@@ -194,13 +239,16 @@ IMPLS = [
 ]
 
 
-def relay_config(port: int, sim_port: int, history: bool = True) -> str:
+def relay_config(
+    port: int, sim_port: int, history: bool = True, compression: bool | None = None
+) -> str:
     """The relay's TOML for a benchmark run.
 
     ``idle_timeout`` is raised from its 60 s default so the idle-connection workload,
     which holds unsubscribed connections on purpose, measures memory and not the reaper.
     """
-    return f"""\
+    return (
+        f"""\
 [server]
 host = "{HOST}"
 port = {port}
@@ -225,7 +273,19 @@ max_bytes = 4194304
 kind = "sim"
 url = "ws://{HOST}:{sim_port}/ws"
 rest_url = "http://{HOST}:{sim_port}"
-""" + ("" if history else "[history]\nmax_messages = 0\n")
+"""
+        + ("" if history else "[history]\nmax_messages = 0\n")
+        + ("" if compression is None else f"[compression]\nenabled = {str(compression).lower()}\n")
+    )
+
+
+def relay_has_compression() -> bool:
+    """Whether this relay's configuration has a ``[compression]`` table (permessage-deflate)."""
+    import attrs
+
+    from relay.config import RelayConfig
+
+    return "compression" in attrs.fields_dict(RelayConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,12 +369,13 @@ def proc_cpu(pid: int) -> float:
 
 
 class LoadGen:
-    """The load-generator process, driven over JSON lines with a timeout on every answer."""
+    """A client process (the load generator, or another client program with the same
+    command loop), driven over JSON lines with a timeout on every answer."""
 
-    def __init__(self, url: str, logdir: Path) -> None:
-        self._err = (logdir / "loadgen.log").open("wb")
+    def __init__(self, url: str, logdir: Path, script: Path = HERE / "loadgen.py") -> None:
+        self._err = (logdir / f"{script.stem}.log").open("wb")
         self.popen = subprocess.Popen(
-            [PY, str(HERE / "loadgen.py"), "--url", url],
+            [PY, str(script), "--url", url],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -496,7 +557,12 @@ class Reporter:
 # Workloads
 
 
-WORKLOADS = ["upstream", "burst", "paced", "idle", "isolation"]
+WORKLOADS = ["upstream", "burst", "paced", "idle", "storm", "isolation"]
+"""The workloads of one session per implementation, in their fixed order."""
+SEPARATE_WORKLOADS = ["compression", "latency"]
+"""Each with processes of its own: ``compression`` (run.py, a session per server
+configuration) and ``latency`` (benchmarks/latency_check.py, run after run.py)."""
+BOOK_CHANNEL = "sim:book:BTC-USD"
 
 
 @dataclass
@@ -513,6 +579,7 @@ class Session:
     server: Proc | None = None
     market: Market | None = None
     lg: LoadGen | None = None
+    client_script: Path = HERE / "loadgen.py"
 
     @property
     def S(self) -> Proc:  # short accessors keep the workload code readable
@@ -533,7 +600,7 @@ class Session:
         t0 = time.monotonic()
         self.sim_port, self.port = free_port(), free_port()
         # Started first because it only connects when told to: its start-up overlaps the rest.
-        self.lg = LoadGen(f"ws://{HOST}:{self.port}/ws", self.workdir)
+        self.lg = LoadGen(f"ws://{HOST}:{self.port}/ws", self.workdir, self.client_script)
         self.sim = Proc(
             f"{self.impl.name}-sim",
             [PY, "-m", "relay", "--log-level", "warning", "simulate", "--port",
@@ -559,7 +626,11 @@ class Session:
                 self.S,
             )
         self.L.wait_ready()
-        return {"startup_s": time.monotonic() - t0, "rss_start": self.S.rss()}
+        return {
+            "startup_s": time.monotonic() - t0,
+            "rss_start": self.S.rss(),
+            "listen_backlog": listen_backlog(self.port),
+        }
 
     def stop(self) -> None:
         for proc in (self.server, self.sim, self.lg):  # the reverse of the start order
@@ -754,6 +825,97 @@ class Session:
             "cleanup_seconds": cleanup,
         }
 
+    def storm(self) -> dict[str, Any]:
+        """All storm clients at once, the market paced so a first message is always coming;
+        then they close and the server gets to settle before the next workload."""
+        p = self.profile
+        self.set_rate(p.storm_rate)
+        self.report.status(f"{self.impl.name}: storm of {p.storm_clients:,} clients")
+        got = storm_figures(self.L, self.S, p)
+        self.M.post("/control/pause")
+        self.L.call(120.0, cmd="close", group="storm")
+        got["rate"] = p.storm_rate
+        got["cleanup_seconds"] = self.quiesce(p.drain_limit)
+        return got
+
+    def compression(self, offer: bool) -> dict[str, Any]:
+        """Bytes on the wire and server CPU per delivery for book snapshots, book deltas and
+        trades, with clients that offer permessage-deflate or not (``deflate_clients.py``).
+
+        Each kind is measured in a phase of its own, so bytes and CPU belong to it alone:
+        book clients subscribe (a snapshot each; a peer keeps no book, so not for peers),
+        then the market runs at ``comp_rate`` (one book delta per event, nobody on trades
+        yet), then the trades clients subscribe and a burst of trades goes to them alone.
+        """
+        p = self.profile
+        phases: dict[str, Any] = {}
+        opened = [
+            self.L.call(120.0, cmd="open", group=group, n=p.comp_clients, deflate=offer)
+            for group in ("book", "trades")
+        ]
+
+        def subscribe(group: str, channel: str) -> None:
+            self.L.call(60.0, cmd="subscribe", group=group, channel=channel)
+
+        def snapshots() -> None:
+            subscribe("book", BOOK_CHANNEL)
+            self.L.call(60.0, cmd="wait", group="book", messages=1, limit=30.0)
+
+        def deltas() -> None:
+            self.set_rate(p.comp_rate)
+            time.sleep(p.comp_seconds)
+            self.M.post("/control/pause")
+            time.sleep(0.3)  # what the server already read reaches the clients
+
+        def trades() -> None:
+            self.M.post("/control/burst", n=p.comp_burst, topic=TOPIC)
+            self.L.call(60.0, cmd="wait", group="trades", messages=p.comp_burst, limit=30.0)
+
+        if self.impl.kind == "relay":
+            phases["snapshot"] = self.wire_phase("book", snapshots)
+        else:
+            subscribe("book", BOOK_CHANNEL)
+        phases["delta"] = self.wire_phase("book", deltas)
+        subscribe("trades", CHANNEL)
+        phases["trade"] = self.wire_phase("trades", trades)
+        return {
+            "offered": offer,
+            "clients_per_group": p.comp_clients,
+            "negotiated": sum(o["negotiated"] for o in opened),
+            "phases": phases,
+        }
+
+    def wire_phase(self, group: str, action: Callable[[], None]) -> dict[str, Any]:
+        """Run ``action`` and charge the bytes ``group`` received and the server's CPU
+        meanwhile to the data messages it received."""
+        self.quiesce(self.profile.drain_limit)
+        self.L.call(10.0, cmd="reset", group=group)
+        bytes_out0 = self.relay_bytes_out()
+        cpu0 = self.S.cpu()
+        action()
+        cpu = self.S.cpu() - cpu0
+        bytes_out1 = self.relay_bytes_out()
+        got = self.L.call(10.0, cmd="counters", group=group)
+        got.pop("ok", None)
+        messages = got["messages"]
+        got["server_cpu_seconds"] = cpu
+        got["bytes_per_message"] = got["wire_bytes"] / messages if messages else None
+        got["cpu_us_per_message"] = cpu * 1e6 / messages if messages else None
+        if bytes_out0 is not None and bytes_out1 is not None:
+            got["relay_bytes_out"] = bytes_out1 - bytes_out0
+        return got
+
+    def relay_bytes_out(self) -> int | None:
+        """The relay's own count of bytes written to clients (``/metrics``), as a cross-check
+        of what the clients counted; None for the peers."""
+        if self.impl.kind != "relay":
+            return None
+        text = httpx.get(f"http://{HOST}:{self.port}/metrics", timeout=5.0).text
+        for line in text.splitlines():
+            if line.startswith("relay_bytes_out_total ") or line.startswith("relay_bytes_out "):
+                return int(float(line.split()[1]))
+        return None
+
     def isolation(self) -> dict[str, Any]:
         p = self.profile
         self.set_rate(p.iso_rate)
@@ -820,18 +982,18 @@ class Session:
         }
 
 
-def run_impl(impl: Impl, profile: Profile, report: Reporter, logroot: Path) -> dict[str, Any]:
-    """All workloads for one implementation; each failure is recorded, never raised."""
-    workdir = logroot / impl.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"status": "ok", "workloads": {}, "errors": {}}
-    session = Session(impl, profile, report, workdir)
-    try:
-        report.status(f"{impl.name}: starting")
-        out["startup"] = session.start()
+def run_impl(
+    impl: Impl, profile: Profile, report: Reporter, logroot: Path, workloads: list[str]
+) -> dict[str, Any]:
+    """The selected ``workloads`` for one implementation, in their fixed order (``upstream``
+    always: it costs nothing); each failure is recorded, never raised."""
+    session = Session(impl, profile, report, logroot / impl.name)
+    selected = [w for w in WORKLOADS if w == "upstream" or w in workloads]
+
+    def body(out: dict[str, Any]) -> None:
         report.status(f"{impl.name}: connecting {profile.clients} clients")
         out["connect"] = session.connect()
-        for name in WORKLOADS:  # each is the Session method of that name
+        for name in selected:  # each is the Session method of that name
             step: Callable[[], dict[str, Any]] = getattr(session, name)
             report.status(f"{impl.name}: {name}")
             try:
@@ -845,15 +1007,148 @@ def run_impl(impl: Impl, profile: Profile, report: Reporter, logroot: Path) -> d
                 with contextlib.suppress(Exception):
                     session.M.post("/control/pause")
             report.advance()
+
+    return run_session(session, body)
+
+
+def run_session(session: Session, body: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Start the session's processes, run ``body`` on the result record, kill them all.
+
+    A failure is recorded in ``status`` with the tail of the server's log, never raised: one
+    implementation that breaks must not cost the others their results.
+    """
+    session.workdir.mkdir(parents=True, exist_ok=True)
+    name = session.impl.name
+    out: dict[str, Any] = {"status": "ok", "workloads": {}, "errors": {}}
+    try:
+        session.report.status(f"{name}: starting")
+        out["startup"] = session.start()
+        body(out)
     except Exception as exc:
         out["status"] = f"error: {type(exc).__name__}: {exc}"
-        report.log(f"{impl.name}: {out['status']}")
+        session.report.log(f"{name}: {out['status']}")
     finally:
         if session.server is not None:
             out["server_alive_at_end"] = session.server.alive()
             out["log_tail"] = session.server.tail(15)
         session.stop()
     return out
+
+
+COMPRESSION_VARIANTS = [
+    # row, implementation, the relay's [compression] enabled, whether clients offer deflate
+    ("relay, on, offered", "relay", True, True),
+    ("relay, on, not offered", "relay", True, False),
+    ("relay, off, offered", "relay", False, True),
+    ("websockets, offered", "websockets", None, True),
+    ("websockets, not offered", "websockets", None, False),
+]
+"""The compression workload's rows: each a fresh market, server and set of clients. The
+``websockets`` peer compresses for every client that offers it (the library's default)."""
+
+
+def run_compression(
+    profile: Profile, report: Reporter, logroot: Path, names: set[str]
+) -> dict[str, Any]:
+    """Every compression variant whose implementation is selected, one session each."""
+    impls = {i.name: i for i in IMPLS}
+    supported = relay_has_compression()
+    rows: dict[str, Any] = {}
+    for row, name, enabled, offer in COMPRESSION_VARIANTS:
+        if name not in names:
+            continue
+        if enabled and not supported:
+            rows[row] = {"status": "skipped: this relay has no [compression] setting"}
+            report.advance()
+            continue
+        impl = dataclasses.replace(impls[name], compression=enabled if supported else None)
+        workdir = logroot / ("compression-" + row.replace(", ", "-").replace(" ", "_"))
+        session = Session(impl, profile, report, workdir, client_script=HERE / "deflate_clients.py")
+
+        def body(
+            out: dict[str, Any], session: Session = session, offer: bool = offer, row: str = row
+        ) -> None:
+            report.status(f"compression: {row}")
+            out["workloads"]["compression"] = session.compression(offer)
+
+        rows[row] = run_session(session, body)
+        report.advance()
+    return rows
+
+
+def storm_figures(lg: LoadGen, server: Proc, p: Profile) -> dict[str, Any]:
+    """One storm of ``p.storm_clients`` from ``lg`` against ``server``, with the server's CPU
+    and the kernel's listen-queue counters over it."""
+    before = listen_counters()
+    cpu0 = server.cpu()
+    got = lg.call(
+        p.storm_limit + 120.0,
+        cmd="storm",
+        group="storm",
+        n=p.storm_clients,
+        channel=CHANNEL,
+        limit=p.storm_limit,
+    )
+    server.check()
+    got["server_cpu_seconds"] = server.cpu() - cpu0
+    after = listen_counters()
+    got["kernel"] = {k: v - before.get(k, 0) for k, v in after.items()}
+    got.pop("ok", None)
+    return got
+
+
+def storm_floor(profile: Profile, report: Reporter, logroot: Path) -> dict[str, Any]:
+    """The storm against ``storm_floor.py``, a server that does nothing else: how fast the
+    load generator itself can open, subscribe and hear from the storm's clients."""
+    workdir = logroot / "storm_floor"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    lg = LoadGen(f"ws://{HOST}:{port}/ws", workdir)
+    server = Proc("storm_floor", [PY, str(HERE / "storm_floor.py"), "--port", str(port)], workdir)
+    report.status(f"storm floor: {profile.storm_clients:,} clients against a trivial server")
+    try:
+        wait_until("storm floor server", lambda: tcp_open(port), 30.0, server)
+        lg.wait_ready()
+        got = storm_figures(lg, server, profile)
+        got["listen_backlog"] = listen_backlog(port)
+        return got
+    except Exception as exc:
+        return {"status": f"error: {type(exc).__name__}: {exc}", "log_tail": server.tail(15)}
+    finally:
+        server.kill()
+        lg.kill()
+
+
+def listen_backlog(port: int) -> int | None:
+    """The listening socket's backlog as the kernel applies it (``ss``: Send-Q of a
+    listening socket), None if ``ss`` cannot tell."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError, IndexError):
+        listing = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        return int(listing[2])
+    return None
+
+
+LISTEN_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+)
+"""Kernel-wide TcpExt counters that move when a listen queue overflows: handshakes dropped
+(the client's SYN is retransmitted after 1 s, then 3 s...) or answered with a SYN cookie."""
+
+
+def listen_counters() -> dict[str, int]:
+    """The machine's ``LISTEN_COUNTERS`` now (from /proc/net/netstat; empty if unreadable)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        names, values = (ln.split() for ln in lines if ln.startswith("TcpExt:"))
+        table = dict(zip(names[1:], (int(v) for v in values[1:]), strict=True))
+        return {k: table[k] for k in LISTEN_COUNTERS if k in table}
+    return {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -899,399 +1194,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def fmt_int(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def ratio(relay: float | None, other: float | None, name: str) -> str:
-    """The "vs relay" cell: "-" on the relay's own row and where either side is missing."""
-    if name == "relay" or relay is None or other is None or other <= 0:
-        return "-"
-    return f"relay / {name} = {relay / other:.1f}x"
-
-
-def md_row(*cells: object) -> str:
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
-
-
-def wl(results: dict[str, Any], impl: str, name: str) -> dict[str, Any] | None:
-    entry = results["implementations"].get(impl, {})
-    value: dict[str, Any] | None = entry.get("workloads", {}).get(name)
-    return value
-
-
-def why_missing(results: dict[str, Any], impl: str, name: str) -> str:
-    entry = results["implementations"].get(impl, {})
-    if entry.get("status", "ok") != "ok":
-        return str(entry["status"])
-    return str(entry.get("errors", {}).get(name, "not run"))
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """One table per workload, one row per implementation, ratios against the relay."""
-    profile = results["profile"]
-    meta = results["meta"]
-    names = results["order"]
-    lines = [
-        "# Relay benchmark results",
-        "",
-        f"Run `{results['profile']['name']}` at {meta['finished']} on {meta['machine']['cpu']} "
-        f"({meta['machine']['cores']} cores), git `{meta['machine']['git_commit']}`, "
-        f"{meta['seconds']:.0f} s. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["machine"]["versions"].items())
-        + ".",
-        "",
-        "Ratios are relay / peer for the column named; how to read them is in "
-        "benchmarks/README.md.",
-        "",
-    ]
-
-    def row_missing(impl: str, name: str, ncols: int) -> str:
-        return md_row(impl, why_missing(results, impl, name), *["-"] * (ncols - 2))
-
-    lines += [
-        f"## Burst fan-out: {profile['clients']:,} clients x {profile['burst_m']} messages "
-        "(higher is better)",
-        "",
-        "| implementation | deliveries/s (median) | best | lost | first delivery ms | vs relay |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    relay_burst = (wl(results, "relay", "burst") or {}).get("deliveries_per_s")
-    for impl in names:
-        b = wl(results, impl, "burst")
-        if b is None:
-            lines.append(row_missing(impl, "burst", 6))
-            continue
-        first = statistics.median(
-            [r["first_delivery_ms"] for r in b["reps"] if r["first_delivery_ms"] is not None] or [0]
-        )
-        lines.append(
-            md_row(
-                impl,
-                fmt_int(b["deliveries_per_s"]),
-                fmt_int(b["best_deliveries_per_s"]),
-                f"{b['lost']:,}",
-                f"{first:.1f}",
-                ratio(relay_burst, b["deliveries_per_s"], impl),
-            )
-        )
-    lines += [
-        "",
-        f"## Paced fan-out: {profile['clients']:,} clients (latency = receipt - envelope ts)",
-        "",
-        "| implementation | rate msg/s | offered/s | deliveries/s | p50 ms | p99 ms | p99.9 ms "
-        "| e2e p99 ms | server CPU | held |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for impl in names:
-        pc = wl(results, impl, "paced")
-        if pc is None:
-            lines.append(row_missing(impl, "paced", 10))
-            continue
-        run_rates = {s["rate"] for s in pc["steps"]}
-        skipped_rates = [r for r in profile["paced_rates"] if r not in run_rates]
-        for s in pc["steps"]:
-            lines.append(
-                md_row(
-                    impl,
-                    f"{s['rate']:,}",
-                    fmt_int(s["offered_per_s"]),
-                    fmt_int(s["deliveries_per_s"]),
-                    fmt_ms(s["p50_ms"]),
-                    fmt_ms(s["p99_ms"]),
-                    fmt_ms(s["p999_ms"]),
-                    fmt_ms(s["e2e_p99_ms"]),
-                    f"{s['cpu_server'] * 100:.0f}%",
-                    "yes" if s["held"] else "no",
-                )
-            )
-        if skipped_rates:
-            rates_text = ", ".join(str(r) for r in skipped_rates)
-            not_run = "not run: saturated at the previous rate"
-            lines.append(md_row(impl, rates_text, not_run, *["-"] * 7))
-    lines += [
-        "",
-        f"Highest rate held (p99 < {HELD_P99_MS:.0f} ms and >= "
-        f"{HELD_DELIVERY_FRACTION:.0%} of offered deliveries):",
-        "",
-        "| implementation | max rate held msg/s | deliveries/s there | vs relay |",
-        "|---|---:|---:|---|",
-    ]
-    relay_held = held_deliveries(wl(results, "relay", "paced"))
-    for impl in names:
-        pc = wl(results, impl, "paced")
-        if pc is None:
-            lines.append(row_missing(impl, "paced", 4))
-            continue
-        d = held_deliveries(pc)
-        lines.append(
-            md_row(impl, fmt_int(pc["max_rate_held"]), fmt_int(d), ratio(relay_held, d, impl))
-        )
-    lines += [
-        "",
-        f"## Idle connections: {profile['idle']:,} unsubscribed connections (lower is better)",
-        "",
-        "| implementation | connections | RSS before MiB | RSS after MiB | bytes/connection "
-        "| vs relay |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    relay_idle = (wl(results, "relay", "idle") or {}).get("bytes_per_connection")
-    for impl in names:
-        i = wl(results, impl, "idle")
-        if i is None:
-            lines.append(row_missing(impl, "idle", 6))
-            continue
-        lines.append(
-            md_row(
-                impl,
-                f"{i['connections']:,}",
-                f"{i['rss_before'] / MIB:.1f}",
-                f"{i['rss_after'] / MIB:.1f}",
-                fmt_int(i["bytes_per_connection"]),
-                ratio(relay_idle, i["bytes_per_connection"], impl),
-            )
-        )
-    lines += [
-        "",
-        f"## Slow-consumer isolation: {profile['clients']:,} clients at {profile['iso_rate']} "
-        f"msg/s, plus {profile['iso_stalled']} that never read",
-        "",
-        "| implementation | p99 before ms | p99 with stalled ms | change | deliveries/s before "
-        "| with stalled | RSS growth prefill MiB | RSS growth window MiB | bounded | flood |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for impl in names:
-        iso = wl(results, impl, "isolation")
-        if iso is None:
-            lines.append(row_missing(impl, "isolation", 10))
-            continue
-        change = "-" if iso["p99_change"] is None else f"{iso['p99_change'] * 100:+.0f}%"
-        lines.append(
-            md_row(
-                impl,
-                fmt_ms(iso["baseline"]["p99_ms"]),
-                fmt_ms(iso["with_stalled"]["p99_ms"]),
-                change,
-                fmt_int(iso["baseline"]["deliveries_per_s"]),
-                fmt_int(iso["with_stalled"]["deliveries_per_s"]),
-                f"{iso['rss_growth_prefill'] / MIB:.1f}",
-                f"{iso['rss_growth_window'] / MIB:.2f}",
-                "yes" if iso["memory_bounded"] else "no",
-                iso["prefill_note"],
-            )
-        )
-    lines += [
-        "",
-        "## Upstream connections",
-        "",
-        "| implementation | with subscribers | with idle connections too |",
-        "|---|---:|---:|",
-    ]
-    for impl in names:
-        u = wl(results, impl, "upstream")
-        i = wl(results, impl, "idle") or {}
-        if u is None:
-            lines.append(row_missing(impl, "upstream", 3))
-            continue
-        lines.append(md_row(impl, u["connections_open"], i.get("upstream_connections", "-")))
-    lines += ["", "## Must-show targets (relay)", ""]
-    for t in results["targets"]:
-        lines.append(f"- **{t['verdict']}** {t['name']}: {t['detail']}")
-    skipped = [
-        f"- {name}: {entry['status']}"
-        for name, entry in results["implementations"].items()
-        if entry.get("status", "ok") != "ok"
-    ]
-    if skipped:
-        lines += ["", "## Not run or failed", "", *skipped]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def held_deliveries(paced: dict[str, Any] | None) -> float | None:
-    if not paced or paced.get("max_rate_held") is None:
-        return None
-    for step in paced["steps"]:
-        if step["rate"] == paced["max_rate_held"]:
-            value: float = step["deliveries_per_s"]
-            return value
-    return None
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The relay's must-show targets; at quick scale they are indicative only."""
-    quick = results["profile"]["name"] == "quick"
-    scale = " [quick scale: indicative]" if quick else ""
-    out: list[dict[str, Any]] = []
-
-    def add(name: str, ok: bool | None, detail: str) -> None:
-        verdict = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
-        out.append({"name": name, "pass": ok, "verdict": verdict, "detail": detail + scale})
-
-    b = wl(results, "relay", "burst")
-    pb = wl(results, "picows", "burst")
-    if b is None:
-        add("burst", False, f"no result ({why_missing(results, 'relay', 'burst')})")
-    else:
-        rel = b["deliveries_per_s"]
-        pic = pb["deliveries_per_s"] if pb else None
-        x = rel / pic if pic else None
-        ok = rel >= 600_000 and b["lost"] == 0 and (x is None or x >= 3.0)
-        detail = (
-            f"{b['clients']:,}x{b['messages']}: {rel:,.0f} deliveries/s (need >= 600,000), "
-            + (f"{x:.1f}x picows (need >= 3x)" if x else "picows not measured")
-            + f", lost {b['lost']}"
-        )
-        add("burst", ok, detail)
-
-    pc = wl(results, "relay", "paced")
-    if pc is None:
-        add("paced", False, f"no result ({why_missing(results, 'relay', 'paced')})")
-    else:
-        max_offered = max(results["profile"]["paced_rates"]) * pc["clients"]
-        good = [s for s in pc["steps"] if s["deliveries_per_s"] >= 500_000 and s["held"]]
-        held = [s for s in pc["steps"] if s["held"]]
-        # Quote the step that decides: the best one that held the latency target, else the
-        # highest throughput seen (whatever its latency).
-        shown = max(held or pc["steps"], key=lambda s: s["deliveries_per_s"])
-        what = "held" if held else "best, not held,"
-        detail = (
-            f"{what} {shown['deliveries_per_s']:,.0f} deliveries/s at {shown['rate']} msg/s with "
-            f"p99 {fmt_ms(shown['p99_ms'])} ms (need >= 500,000/s with p99 < 50 ms)"
-        )
-        if good:
-            add("paced", True, detail)
-        elif max_offered < 500_000:
-            add("paced", None, f"this profile offers at most {max_offered:,.0f}/s; " + detail)
-        else:
-            add("paced", False, detail)
-
-    i = wl(results, "relay", "idle")
-    if i is None or i["bytes_per_connection"] is None:
-        add("idle", False, f"no result ({why_missing(results, 'relay', 'idle')})")
-    else:
-        per = i["bytes_per_connection"]
-        add(
-            "idle memory",
-            per < 16 * KIB,
-            f"{per / KIB:.1f} KiB per idle connection at {i['connections']:,} (need < 16 KiB)",
-        )
-
-    iso = wl(results, "relay", "isolation")
-    if iso is None:
-        add("isolation", False, f"no result ({why_missing(results, 'relay', 'isolation')})")
-    else:
-        change = iso["p99_change"]
-        before, after = iso["baseline"]["p99_ms"], iso["with_stalled"]["p99_ms"]
-        small = change is not None and (
-            change < 0.20 or (after is not None and after - before < ISO_ABS_FLOOR_MS)
-        )
-        ok = bool(small and iso["memory_bounded"] and iso["deliveries_held"])
-        detail = (
-            f"p99 {fmt_ms(before)} -> {fmt_ms(after)} ms "
-            f"({'-' if change is None else f'{change * 100:+.0f}%'}; need < +20% or "
-            f"< {ISO_ABS_FLOOR_MS:.0f} ms), deliveries/s "
-            f"{iso['baseline']['deliveries_per_s']:,.0f} -> "
-            f"{iso['with_stalled']['deliveries_per_s']:,.0f} of {iso['offered_per_s']:,} offered "
-            f"(need >= {HELD_DELIVERY_FRACTION:.0%} both), RSS "
-            f"{iso['rss_growth_window'] / MIB:+.2f} MiB over the window while "
-            f"{iso['sent_to_stalled_bytes'] / MIB:.2f} MiB went to stalled clients "
-            f"(need <= {iso['memory_bound_bytes'] / MIB:.2f} MiB)"
-        )
-        add("isolation", ok, detail)
-
-    u = wl(results, "relay", "upstream")
-    if u is None:
-        add("upstream", False, f"no result ({why_missing(results, 'relay', 'upstream')})")
-    else:
-        counts = [u["connections_open"]]
-        if i is not None:
-            counts.append(i["upstream_connections"])
-        add(
-            "upstream connections",
-            all(c == 1 for c in counts),
-            f"{counts} upstream connection(s) seen (need exactly 1)",
-        )
-    return out
-
-
-def plots(results: dict[str, Any], out: Path) -> list[str]:
-    """PNG charts; one line per implementation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    written: list[str] = []
-    paced: dict[str, dict[str, Any]] = {}
-    for impl in results["order"]:
-        if (pc := wl(results, impl, "paced")) is not None:
-            paced[impl] = pc
-    if paced:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for impl, pc in paced.items():
-            xs = [s["rate"] for s in pc["steps"]]
-            ax.plot(xs, [s["deliveries_per_s"] for s in pc["steps"]], marker="o", label=impl)
-        rates = results["profile"]["paced_rates"]
-        clients = results["profile"]["clients"]
-        ax.plot(rates, [r * clients for r in rates], "k--", linewidth=1, label="offered")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.set_xlabel("message rate on the channel (msg/s)")
-        ax.set_ylabel("deliveries per second")
-        ax.set_title(f"Paced fan-out, {results['profile']['clients']:,} clients")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "paced_deliveries.png", dpi=110)
-        plt.close(fig)
-        written.append("paced_deliveries.png")
-
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
-        for ax, key, title in zip(
-            axes, ("p50_ms", "p99_ms", "p999_ms"), ("p50", "p99", "p99.9"), strict=True
-        ):
-            for impl, pc in paced.items():
-                pts = [(s["rate"], s[key]) for s in pc["steps"] if s[key] is not None]
-                if pts:
-                    ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], marker="o",
-                            label=impl)  # fmt: skip
-            ax.axhline(HELD_P99_MS, color="k", linestyle=":", linewidth=1)
-            ax.set_yscale("log")
-            ax.set_xlabel("message rate (msg/s)")
-            ax.set_title(f"latency {title}")
-            ax.grid(True, alpha=0.3, which="both")
-        axes[0].set_ylabel("ms (client receipt - envelope ts)")
-        axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(out / "paced_latency.png", dpi=110)
-        plt.close(fig)
-        written.append("paced_latency.png")
-
-    bursts: dict[str, dict[str, Any]] = {}
-    for impl in results["order"]:
-        if (b := wl(results, impl, "burst")) is not None:
-            bursts[impl] = b
-    if bursts:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.bar(list(bursts), [b["deliveries_per_s"] for b in bursts.values()])
-        ax.set_ylabel("deliveries per second (median)")
-        ax.set_title(
-            f"Burst fan-out, {results['profile']['clients']:,} clients x "
-            f"{results['profile']['burst_m']} messages"
-        )
-        ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "burst.png", dpi=110)
-        plt.close(fig)
-        written.append("burst.png")
-    return written
-
-
 # ----------------------------------------------------------------------------------------------
 # Main
 
@@ -1301,15 +1203,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small, sub-minute run")
     parser.add_argument("--only", default="", help="comma-separated subset, e.g. relay,picows")
     parser.add_argument("--skip-node", action="store_true", help="do not run the Node peer")
+    parser.add_argument(
+        "--workloads",
+        default="",
+        help="comma-separated subset, run in the fixed order: "
+        + ",".join(WORKLOADS + SEPARATE_WORKLOADS),
+    )
+    parser.add_argument("--rates", default="", help="paced rates in msg/s, e.g. 100,250")
+    parser.add_argument("--runs", type=int, default=1, help="repeat everything N times")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep process logs in DIR")
     args = parser.parse_args(argv)
-    known = {i.name for i in IMPLS}
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if only - known:
-        parser.error(f"unknown implementation(s) {sorted(only - known)}; known: {sorted(known)}")
-    args.only = only
+    args.only = names_arg(parser, "--only", args.only, [i.name for i in IMPLS])
+    args.workloads = names_arg(
+        parser, "--workloads", args.workloads, WORKLOADS + SEPARATE_WORKLOADS
+    )
+    try:
+        args.rates = tuple(sorted({int(r) for r in args.rates.split(",") if r.strip()}))
+    except ValueError:
+        parser.error(f"--rates wants whole messages per second, like 100,250: {args.rates!r}")
+    if any(r <= 0 for r in args.rates):
+        parser.error(f"--rates must be positive: {args.rates}")
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, not {args.runs}")
     return args
+
+
+def names_arg(parser: argparse.ArgumentParser, flag: str, text: str, known: list[str]) -> set[str]:
+    """A comma-separated list of names, each one of ``known`` (empty: no selection)."""
+    names = {s.strip() for s in text.split(",") if s.strip()}
+    if names - set(known):
+        parser.error(f"{flag}: unknown name(s) {sorted(names - set(known))}; known: {known}")
+    return names
+
+
+def chosen_profile(args: argparse.Namespace) -> Profile:
+    profile = QUICK if args.quick else FULL
+    if args.rates:
+        profile = dataclasses.replace(profile, paced_rates=args.rates)
+    return profile
+
+
+def chosen_impls(args: argparse.Namespace) -> list[Impl]:
+    return [i for i in IMPLS if i.name in args.only or (not args.only and i.default)]
 
 
 @contextlib.contextmanager
@@ -1326,30 +1262,57 @@ def log_dir(keep: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def one_run(
+    k: int,
+    args: argparse.Namespace,
+    profile: Profile,
+    selected: list[Impl],
+    report: Reporter,
+    logs: Path,
+) -> dict[str, Any]:
+    """Run ``k``: every selected implementation once, each with fresh processes."""
+    wanted = args.workloads
+    session_workloads = [w for w in WORKLOADS if not wanted or w in wanted]
+    run: dict[str, Any] = {"run": k + 1, "implementations": {}}
+    logs = logs / f"run{k + 1}"
+    if set(session_workloads) - {"upstream"} or not wanted:
+        if "storm" in session_workloads:
+            run["storm_floor"] = storm_floor(profile, report, logs)
+        for impl in selected:
+            reason = impl.unavailable(args.skip_node)
+            if reason is not None:
+                run["implementations"][impl.name] = {"status": reason}
+                report.log(f"run {k + 1}, {impl.name}: {reason}")
+                continue
+            run["implementations"][impl.name] = run_impl(
+                impl, profile, report, logs, session_workloads
+            )
+            report.log(f"run {k + 1}, {impl.name}: done")
+    if not wanted or "compression" in wanted:
+        run["compression"] = run_compression(profile, report, logs, {i.name for i in selected})
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile = QUICK if args.quick else FULL
+    profile = chosen_profile(args)
     raise_nofile_limit()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [i for i in IMPLS if i.name in args.only or (not args.only and i.default)]
+    selected = chosen_impls(args)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     results: dict[str, Any] = {
         "profile": asdict(profile),
         "order": [i.name for i in selected],
-        "implementations": {},
+        "workloads": sorted(args.workloads) or "all",
+        "runs": [],
     }
     runnable = [i for i in selected if i.unavailable(args.skip_node) is None]
-    with log_dir(args.keep_logs) as logs, Reporter(len(runnable) * len(WORKLOADS)) as report:
-        for impl in selected:
-            reason = impl.unavailable(args.skip_node)
-            if reason is not None:
-                results["implementations"][impl.name] = {"status": reason}
-                report.log(f"{impl.name}: {reason}")
-                continue
-            results["implementations"][impl.name] = run_impl(impl, profile, report, logs)
-            report.log(f"{impl.name}: done")
+    steps = args.runs * (len(runnable) * len(WORKLOADS) + len(COMPRESSION_VARIANTS))
+    with log_dir(args.keep_logs) as logs, Reporter(steps) as report:
+        for k in range(args.runs):
+            results["runs"].append(one_run(k, args, profile, selected, report, logs))
     results["meta"] = {
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1357,6 +1320,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "argv": sys.argv[1:] if argv is None else argv,
     }
+    results["summary"] = summarize(results)
     results["targets"] = targets(results)
     results["plots"] = plots(results, out)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

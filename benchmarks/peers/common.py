@@ -1,12 +1,16 @@
 """What every Python peer shares: the synthetic market's topics and the relay's envelope
-data, so that the peers differ only in how they fan out."""
+data, so that the peers differ only in how they fan out.
+
+Book channels carry the market's deltas only: a peer keeps no book, so it has no snapshot to
+give a client that subscribes later (the compression workload measures deltas on them).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-STREAMS = {"trade": "trades", "ticker": "ticker"}
-TOPICS = {"trades": "trade", "ticker": "ticker"}
+STREAMS = {"trade": "trades", "ticker": "ticker", "depth": "book"}
+TOPICS = {"trades": "trade", "ticker": "ticker", "book": "depth"}
 
 
 def topic_for(channel: str) -> str | None:
@@ -41,6 +45,13 @@ def normalize(msg: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             "ask": body["ask"]["px"],
             "ask_size": body["ask"]["qty"],
             "last": body["last"],
+            "ts": body["time"] // 1000,
+        }
+    elif stream == "depth" and msg.get("kind") == "update":
+        data = {
+            "symbol": symbol,
+            "bids": body["bids"],
+            "asks": body["asks"],
             "ts": body["time"] // 1000,
         }
     else:

@@ -144,6 +144,17 @@ class Outbox:
         self._bytes += size
         return True
 
+    def take(self) -> list[bytes] | None:
+        """The queued frames, when that is all there is to hand out (the common case: no
+        :class:`Drained` to build); None when a slot, a resnapshot mark or a drop count waits
+        too, and :meth:`drain` must hand out everything."""
+        if self._held or self._dropped:
+            return None
+        frames = self._queue
+        self._queue = []
+        self._bytes = 0
+        return frames
+
     def drain(self) -> Drained:
         """Hand out everything and start empty; :attr:`overflowed` stays as it is."""
         frames = self._queue

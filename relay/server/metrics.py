@@ -11,7 +11,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -69,6 +74,20 @@ class RelayCollector(Collector):
             "relay_write_rounds",
             "Write rounds: times the waiting client writers were released together",
             value=stats.write_rounds,
+        )
+        yield CounterMetricFamily(
+            "relay_write_rest_seconds",
+            "Time the write rounds rested after rounds that carried a backlog",
+            value=stats.rested_seconds,
+        )
+        yield HistogramMetricFamily(
+            "relay_fanout_latency_seconds",
+            "Upstream receipt to socket write, for the oldest message of each write",
+            buckets=[
+                ("+Inf" if ms == float("inf") else f"{ms / 1000:g}", count)
+                for ms, count in stats.fanout_latency
+            ],
+            sum_value=stats.fanout_latency_sum_ms / 1000,
         )
         yield GaugeMetricFamily(
             "relay_tcp_connections",

@@ -37,6 +37,7 @@ from relay.core.credentials import Grant
 from relay.core.forwarded import TrustedProxies
 from relay.core.handshake import accept
 from relay.core.hub import Hub, Limits
+from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind
 from relay.core.outbox import Policy
 from relay.core.protocol import (
@@ -179,12 +180,8 @@ class Relay:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5),
             registry=self.metrics,
         )
-        self.fanout_latency = Histogram(
-            "relay_fanout_latency_seconds",
-            "Upstream receipt to socket write, for the oldest message of each write",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.metrics,
-        )
+        self.fanout_latency = LatencyHistogram()
+        """Upstream receipt to socket write, for the oldest message of each write."""
         self.port: int | None = None
 
     def _kind_of(self, channel: str) -> StreamKind | None:

@@ -20,11 +20,11 @@ from typing import Final
 
 import attrs
 import trio
-from prometheus_client import Histogram
 
 from relay.core.channels import matches_any
 from relay.core.credentials import Grant
 from relay.core.hub import Hub, Limits
+from relay.core.latency import LatencyHistogram
 from relay.core.outbox import Outbox
 from relay.core.protocol import (
     Auth,
@@ -137,7 +137,7 @@ class Session:
         timers: SessionTimers[Session],
         rounds: WriteRounds,
         key_name: str = "",
-        latency: Histogram | None = None,
+        latency: LatencyHistogram | None = None,
         grant: Grant | None = None,
         authenticate: Callable[[Session, Auth], None] | None = None,
     ) -> None:
@@ -303,7 +303,16 @@ class Session:
         delivery asks for a write round again."""
         self._requested = False
         outbox = self.outbox
-        ping, self._ping_frame = self._ping_frame, None
+        ping = self._ping_frame
+        if ping is None:
+            # The common case, on every write: queued frames and nothing else.
+            taken = outbox.take()
+            if taken is not None:
+                oldest, self._oldest_ms = self._oldest_ms, 0
+                if len(taken) == 1:
+                    return taken[0], oldest
+                return (b"".join(taken) if taken else None), oldest
+        self._ping_frame = None
         if not outbox.pending:
             return ping, 0
         hub = self._hub
@@ -325,7 +334,7 @@ class Session:
     def _wrote(self, oldest: int) -> None:
         self.writes += 1
         if oldest and self._latency is not None:
-            self._latency.observe(max(0, time.time_ns() // 1_000_000 - oldest) / 1000)
+            self._latency.record(max(0, time.time_ns() // 1_000_000 - oldest))
 
     def _queue(self, frame: bytes) -> None:
         """A frame of the relay's own (a reply or a pong), in order with the data."""

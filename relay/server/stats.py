@@ -51,6 +51,12 @@ class RelayStats:
     """Messages compressed: once per message (and window size), however many clients."""
     compressed_deliveries: int
     """Compressed frames offered to client queues."""
+    rested_seconds: float
+    """Time the write rounds rested after loaded rounds (to let batches grow)."""
+    fanout_latency: tuple[tuple[float, int], ...]
+    """Upstream receipt to socket write, per write for its oldest message: (upper bound in
+    ms, writes at or below it), cumulative, ending with infinity."""
+    fanout_latency_sum_ms: int
     upstreams: Mapping[str, UpstreamStatsSnapshot]
 
 
@@ -75,6 +81,9 @@ def take_stats(relay: Relay) -> RelayStats:
         deflate_sessions=relay.deflate_sessions,
         compressions=hub.compressions,
         compressed_deliveries=hub.compressed_deliveries,
+        rested_seconds=relay.rounds.rested,
+        fanout_latency=tuple(relay.fanout_latency.cumulative()),
+        fanout_latency_sum_ms=relay.fanout_latency.sum_ms,
         upstreams={
             name: UpstreamStatsSnapshot(
                 supervisor.state.value,

@@ -1,0 +1,35 @@
+"""The fan-out latency counts (relay/core/latency.py) export as a Prometheus histogram."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.core.latency import BOUNDS_MS, LatencyHistogram
+
+
+def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
+    latency = LatencyHistogram((1, 5, 10))
+    for ms in (0, 1, 2, 5, 6, 10, 11, 5000):
+        latency.record(ms)
+    assert latency.counts == [2, 2, 2, 2]
+    assert latency.cumulative() == [(1, 2), (5, 4), (10, 6), (float("inf"), 8)]
+    assert latency.sum_ms == 0 + 1 + 2 + 5 + 6 + 10 + 11 + 5000
+    assert latency.count == 8
+
+
+@given(st.lists(st.integers(0, 10_000)))
+def test_cumulative_counts_are_what_each_bound_covers(values: list[int]) -> None:
+    latency = LatencyHistogram()
+    for ms in values:
+        latency.record(ms)
+    expected = [(bound, sum(v <= bound for v in values)) for bound in BOUNDS_MS]
+    assert latency.cumulative() == [*expected, (float("inf"), len(values))]
+    assert latency.sum_ms == sum(values)
+
+
+@pytest.mark.parametrize("bounds", [(), (5, 1), (1, 1, 2)])
+def test_bounds_must_be_distinct_and_increasing(bounds: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        LatencyHistogram(bounds)

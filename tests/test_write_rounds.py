@@ -1,0 +1,234 @@
+"""The write rounds on trio's MockClock over real socket pairs, so the sessions' synchronous
+``os.write`` path runs: an idle relay writes a message at once, a backlog is written in one
+batch, and the rest after a round follows the backlog it carried, in both directions.
+
+MockClock (autojump) makes time stand still while anything can run, so "written at the same
+virtual instant it was published" is exact, and a round's cost is whatever the test makes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import trio
+import trio.testing
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+from relay.core.hub import Hub, Limits
+from relay.core.latency import LatencyHistogram
+from relay.core.model import StreamKind, Update
+from relay.core.outbox import Policy
+from relay.core.pacing import RoundPacer
+from relay.core.timers import SessionTimers
+from relay.core.websocket import ServerWebSocket
+from relay.server.rounds import WriteRounds
+from relay.server.session import Session, SessionSettings
+
+CHANNEL = "sim:trades:BTC-USD"
+SETTINGS = SessionSettings(
+    heartbeat=15.0,
+    heartbeat_timeout=10.0,
+    idle_timeout=60.0,
+    send_timeout=10.0,
+    close_timeout=1.0,
+    max_messages=4096,
+    max_bytes=4 << 20,
+    rate_limit=50.0,
+    rate_burst=100,
+)
+
+
+class Source:
+    def want(self, channel: str) -> None:
+        pass
+
+    def unwant(self, channel: str) -> None:
+        pass
+
+    def channel_state(self, channel: str) -> dict[str, Any] | None:
+        return None
+
+
+class Peer:
+    """The client end of a socket pair, reading server frames with wsproto's parser."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.frames = FrameProtocol(client=True, extensions=[])
+
+    async def messages(self, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` text messages, and the virtual time the last one arrived."""
+        out: list[dict[str, Any]] = []
+        while len(out) < count:
+            self.frames.receive_bytes(await self.sock.recv(1 << 16))
+            for frame in self.frames.received_frames():
+                assert frame.opcode is Opcode.TEXT
+                out.append(orjson.loads(frame.payload))
+        return out
+
+
+class Fixture:
+    def __init__(self, clients: int, pacer: RoundPacer | None = None) -> None:
+        self.hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="test")
+        self.hub.add_source("sim", Source())
+        self.rounds = WriteRounds(self.hub, pacer)
+        timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
+        self.sessions: list[Session] = []
+        self.peers: list[Peer] = []
+        for _ in range(clients):
+            ours, theirs = trio.socket.socketpair()
+            session = Session(
+                trio.SocketStream(ours),
+                ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
+                self.hub,
+                Limits(10),
+                SETTINGS,
+                timers,
+                self.rounds,
+                latency=LatencyHistogram(),
+            )
+            assert session._fd is not None  # the synchronous os.write path is the one tested
+            self.hub.subscribe(session, [CHANNEL], None, Limits(10))
+            self.sessions.append(session)
+            self.peers.append(Peer(theirs))
+        self.published = 0
+
+    def publish(self) -> None:
+        self.published += 1
+        self.hub.publish(Update(CHANNEL, {"n": self.published}, self.published, False), 1)
+
+    def writes(self) -> list[int]:
+        return [session.writes for session in self.sessions]
+
+    async def confirmed(self) -> None:
+        for peer in self.peers:
+            assert (await peer.messages(1))[0]["event"] == "subscribed"
+
+
+async def test_an_idle_relay_writes_a_message_the_moment_it_arrives(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    f = Fixture(3)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    for n in range(1, 4):
+        await trio.sleep(7.0)  # idle between messages
+        published_at = trio.current_time()
+        f.publish()
+        for peer in f.peers:
+            assert [m["seq"] for m in await peer.messages(1)] == [n]
+            assert trio.current_time() == published_at  # no settle delay, no rest
+        assert f.writes() == [1 + n] * 3  # the confirmation, then one write per message
+    assert f.rounds.rested == 0.0
+
+
+async def test_a_backlog_goes_out_in_one_write_per_client(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The ingest publishes eight queued messages, one per scheduler tick (as it does when
+    messages wait in the upstream socket): the round waits for the last and writes them all
+    in one system call per client."""
+    f = Fixture(3)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    rounds = f.rounds.rounds
+    for _ in range(8):
+        f.publish()
+        await trio.lowlevel.checkpoint()
+    for peer in f.peers:
+        assert [m["seq"] for m in await peer.messages(8)] == list(range(1, 9))
+    assert f.writes() == [2, 2, 2]
+    assert f.rounds.rounds == rounds + 1
+
+
+async def test_light_load_writes_each_message_and_a_backlog_batches_then_back_again(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    f = Fixture(2)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+
+    async def light(count: int) -> None:
+        for _ in range(count):
+            f.publish()
+            await trio.sleep(0.010)  # 100 msg/s
+
+    async def backlog(count: int) -> None:
+        for _ in range(count):
+            f.publish()
+            await trio.lowlevel.checkpoint()
+
+    await light(5)
+    assert f.writes() == [1 + 5] * 2
+    await backlog(20)
+    await trio.sleep(0.001)
+    assert f.writes() == [1 + 5 + 1] * 2
+    await light(5)
+    assert f.writes() == [1 + 5 + 1 + 5] * 2
+    for peer in f.peers:
+        assert [m["seq"] for m in await peer.messages(30)] == list(range(1, 31))
+
+
+class Counter:
+    messages_in = 0
+
+
+class CostlyWriter:
+    """A writer whose write takes ``cost`` seconds of (virtual) time."""
+
+    def __init__(self, clock: trio.testing.MockClock, cost: float) -> None:
+        self.clock = clock
+        self.cost = cost
+        self.released_at: list[float] = []
+
+    def release(self) -> None:
+        self.released_at.append(trio.current_time())
+        self.clock.jump(self.cost)
+
+
+@pytest.mark.parametrize(
+    ("batch", "rest"),
+    [(1, 0.0), (2, 0.010 * 0.5 / 3), (3, 0.010 * 0.5 * 2 / 3), (4, 0.005), (50, 0.005)],
+)
+async def test_the_rest_after_a_round_follows_its_backlog(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, batch: int, rest: float
+) -> None:
+    ingest = Counter()
+    rounds = WriteRounds(ingest, RoundPacer(pacing=0.5, full_batch=4))
+    writer = CostlyWriter(autojump_clock, 0.010)
+    nursery.start_soon(rounds.run)
+    ingest.messages_in += batch
+    rounds.request(writer)
+    await trio.sleep(0.001)  # the round runs (and costs 10 ms) meanwhile
+    assert len(writer.released_at) == 1
+    ended = writer.released_at[0] + 0.010
+    ingest.messages_in += 1  # the next message, written as soon as the rest allows
+    rounds.request(writer)
+    await trio.sleep(0.100)
+    assert writer.released_at[1] == pytest.approx(ended + rest)
+    assert rounds.rested == pytest.approx(rest)
+
+
+async def test_after_a_loaded_round_a_light_one_does_not_rest(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    ingest = Counter()
+    rounds = WriteRounds(ingest, RoundPacer(pacing=0.5, full_batch=4))
+    writer = CostlyWriter(autojump_clock, 0.010)
+    nursery.start_soon(rounds.run)
+    requested_at = []
+    for batch in (10, 1, 1, 10, 1):
+        ingest.messages_in += batch
+        requested_at.append(trio.current_time())
+        rounds.request(writer)
+        await trio.sleep(0.013)  # each round costs 10 ms; a full rest would end 2 ms later
+    delays = [
+        round(released - requested, 6)
+        for released, requested in zip(writer.released_at, requested_at, strict=True)
+    ]
+    # Only the rounds after a loaded one wait (for the end of its 5 ms rest).
+    assert delays == [0.0, 0.002, 0.0, 0.0, 0.002]
