@@ -1,6 +1,6 @@
-"""What one channel message costs the hub's fan-out, with and without its history, measured
-in-process (no sockets): the per-message path alone, where the harness's end-to-end figures
-swing by more than the difference.
+"""What one channel message costs the hub's fan-out, with and without its history, and with a
+tenth of the subscribers taking permessage-deflate frames, measured in-process (no sockets): the
+per-message path alone, where the harness's end-to-end figures swing by more than the difference.
 
     python benchmarks/hub_publish.py        # best of 7 runs each, A/B interleaved
 """
@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
 from relay.core.hub import Hub, Limits
 from relay.core.model import StreamKind, Update
@@ -18,13 +19,15 @@ from relay.core.outbox import Outbox, Policy
 
 CHANNEL = "sim:trades:BTC-USD"
 DATA = {"symbol": "BTC-USD", "price": "100.5", "size": "0.1", "side": "buy", "trade_id": "1"}
+"""An envelope of about 150 bytes: over the default ``min_bytes``, so compressed when asked."""
 
 
 class Subscriber:
-    __slots__ = ("outbox",)
+    __slots__ = ("deflate", "outbox")
 
-    def __init__(self) -> None:
+    def __init__(self, deflate: int = 0) -> None:
         self.outbox = Outbox(1 << 30, 1 << 40)
+        self.deflate = deflate
 
     def wake(self) -> None:
         pass
@@ -44,13 +47,21 @@ class Source:
         return None
 
 
-def microseconds_per_message(history: bool, subscribers: int, messages: int) -> float:
+def microseconds_per_message(
+    history: bool, subscribers: int, messages: int, deflated: int = 0
+) -> float:
     bounds: Callable[[str], HistoryBounds | None] = (
         (lambda _: HistoryBounds(1000, 300_000)) if history else (lambda _: None)
     )
-    hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, bounds, epoch="bench")
+    hub = Hub(
+        lambda _: StreamKind.EVENT,
+        lambda _: Policy.DROP,
+        bounds,
+        epoch="bench",
+        compression=CompressionPolicy(),
+    )
     hub.add_source("sim", Source())
-    subs = [Subscriber() for _ in range(subscribers)]
+    subs = [Subscriber(15 if i < deflated else 0) for i in range(subscribers)]
     for sub in subs:
         hub.subscribe(sub, [CHANNEL], None, Limits(10))
     started = time.perf_counter()
@@ -72,6 +83,18 @@ def main() -> None:
         print(
             f"{subscribers:5d} subscribers: {a:8.2f} us/message without history, "
             f"{b:8.2f} with it ({(b - a) / a:+.1%})"
+        )
+    for subscribers, messages in ((100, 20_000), (1000, 3_000)):
+        plain, deflated = [], []
+        for _ in range(7):
+            plain.append(microseconds_per_message(False, subscribers, messages))
+            deflated.append(
+                microseconds_per_message(False, subscribers, messages, subscribers // 10)
+            )
+        a, b = min(plain), min(deflated)
+        print(
+            f"{subscribers:5d} subscribers: {a:8.2f} us/message all plain, {b:8.2f} with a tenth "
+            f"taking deflate ({(b - a) / a:+.1%})"
         )
 
 

@@ -38,6 +38,7 @@ from relay.core.credentials import (
     MIN_HMAC_SECRET,
     RSA_ALGORITHMS,
 )
+from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
 from relay.issues import UNKNOWN_KEY as _UNKNOWN_KEY
 from relay.issues import ConfigError, Issue, raise_issues
@@ -51,6 +52,7 @@ __all__ = [
     "ApiKey",
     "AuthConfig",
     "BackpressureRule",
+    "CompressionConfig",
     "ConfigError",
     "HistoryConfig",
     "HistoryRule",
@@ -613,6 +615,37 @@ class HistoryConfig:
         raise_issues(issues)
 
 
+@attrs.frozen
+class CompressionConfig:
+    """permessage-deflate (RFC 7692) for clients that offer it: each message is compressed once
+    for all of them (see :mod:`relay.core.deflate`)."""
+
+    enabled: bool = True
+    min_bytes: int = 128
+    """Messages shorter than this go out plain. Below about a hundred bytes deflate's block
+    header and Huffman tables eat most of the gain on JSON, and compressing costs a few
+    microseconds per message that nothing pays back."""
+    level: int = 1
+    """zlib's level, 0 to 9. 1 (fastest) because the fan-out compresses on the ingest path:
+    on a trade message it is as small as level 6's, on a 1.7 KB book snapshot within 10 %."""
+    exclude: list[str] = attrs.Factory(list)
+    """Channel patterns (fnmatch, case-sensitive) always sent plain: latency-critical channels."""
+
+    @property
+    def policy(self) -> CompressionPolicy:
+        return CompressionPolicy(self.min_bytes, self.level, tuple(self.exclude))
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        _non_negative(issues, "min_bytes", self.min_bytes)
+        if not 0 <= self.level <= 9:
+            issues.append(Issue("level", f"must be a zlib level from 0 to 9, got {self.level}"))
+        issues.extend(
+            Issue(f"exclude[{i}]", "must not be empty") for i, p in enumerate(self.exclude) if not p
+        )
+        raise_issues(issues)
+
+
 def _millis(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -646,6 +679,7 @@ class RelayConfig:
     backpressure: list[BackpressureRule] = attrs.Factory(list)
     history: HistoryConfig = attrs.Factory(HistoryConfig)
     published: dict[str, PublishedSourceConfig] = attrs.Factory(dict)
+    compression: CompressionConfig = attrs.Factory(CompressionConfig)
 
     def policy_for(self, channel: str) -> PolicyName:
         """First matching rule wins, so specific patterns go before general ones."""

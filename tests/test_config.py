@@ -19,6 +19,7 @@ from relay.config import (
     ApiKey,
     AuthConfig,
     BackpressureRule,
+    CompressionConfig,
     ConfigError,
     HistoryConfig,
     HistoryRule,
@@ -144,6 +145,12 @@ max_age = 1.0
 
 [published.app]
 state = ["app:*:positions"]
+
+[compression]
+enabled = false
+min_bytes = 256
+level = 6
+exclude = ["md:ticker:*"]
 """
 
 
@@ -267,6 +274,7 @@ def test_docs_complete_example_sets_every_key() -> None:
         ("## `[history]`", HistoryConfig),
         ("## `[[history.rules]]`", HistoryRule),
         ("## `[published.NAME]`", PublishedSourceConfig),
+        ("## `[compression]`", CompressionConfig),
     ],
 )
 def test_docs_list_every_key(heading: str, cls: type[Any]) -> None:
@@ -331,6 +339,16 @@ def test_docs_list_every_key(heading: str, cls: type[Any]) -> None:
             "tiers.a.max_subscriptions: must be at least 1, got 0",
         ),
         ("[outbox]\nmax_bytes = -1", "outbox.max_bytes: must be at least 1, got -1"),
+        (
+            "[compression]\nlevel = 10",
+            "compression.level: must be a zlib level from 0 to 9, got 10",
+        ),
+        ("[compression]\nmin_bytes = -1", "compression.min_bytes: must be 0 or greater, got -1"),
+        ("[compression]\nexclude = ['']", "compression.exclude[0]: must not be empty"),
+        (
+            "[compression]\nenabled = 1",
+            "compression.enabled: expected a boolean (true or false), got 1",
+        ),
         (
             "[sources.sim]\nkind = 'sim'\nurl = 'ws://h/ws'\nbackoff_factor = 0.5",
             "sources.sim.backoff_factor: must be at least 1, got 0.5",

@@ -10,10 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
+from wsproto.extensions import PerMessageDeflate
 
+from relay.core.deflate import CompressionPolicy
+from relay.core.history import HistoryBounds
 from relay.core.hub import Hub, Limits
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
+from relay.core.protocol import Since
 
 CATALOGUE = {
     "sim:trades:A": StreamKind.EVENT,
@@ -27,6 +31,7 @@ OPEN = Limits(max_subscriptions=10)
 class FakeSession:
     def __init__(self, max_messages: int = 100, max_bytes: int = 1 << 20) -> None:
         self.outbox = Outbox(max_messages, max_bytes)
+        self.deflate = 0
         self.wakes = 0
         self.overflows = 0
         self._client = Connection(ConnectionType.CLIENT)
@@ -502,3 +507,133 @@ def test_unsubscribing_an_unknown_channel_is_an_exact_error_and_the_rest_goes_on
         {"event": "unsubscribed", "data": {"channel": "sim:trades:A"}, "id": 4},
     ]
     assert listener.events[-1] == ("unwant", "sim:trades:A")
+
+
+# Compressed fan-out (permessage-deflate subscribers) ----------------------------------------
+
+BIG = {"text": "compressible " * 20}
+"""A message over the default min_bytes."""
+
+
+class DeflateSession(FakeSession):
+    """A subscriber that agreed to permessage-deflate with ``bits`` as the server window."""
+
+    def __init__(self, bits: int = 15) -> None:
+        super().__init__()
+        self.deflate = bits
+        extension = PerMessageDeflate()
+        extension.finalize(
+            f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
+        )
+        self._client = Connection(ConnectionType.CLIENT, extensions=[extension])
+
+
+def compressing_hub(**policy: Any) -> Hub:
+    hub = Hub(
+        CATALOGUE.get, lambda _: Policy.DROP, compression=CompressionPolicy(**policy), epoch="e"
+    )
+    hub.add_source("sim", Listener())
+    return hub
+
+
+def big_trade(n: int) -> Update:
+    return Update("sim:trades:A", {**BIG, "n": n}, n, False)
+
+
+def queued(session: FakeSession) -> list[bytes]:
+    return list(session.outbox._queue)
+
+
+def test_deflate_subscribers_share_one_compressed_frame_and_plain_ones_the_plain_frame() -> None:
+    hub = compressing_hub()
+    plain, deflated, other = FakeSession(), DeflateSession(), DeflateSession()
+    for session in (plain, deflated, other):
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+        session.messages()
+    hub.publish(big_trade(1), ts=5)
+    (compressed,), (also,), (frame,) = queued(deflated), queued(other), queued(plain)
+    assert compressed is also  # compressed once, the same bytes for both
+    assert compressed[0] == 0xC1 and frame[0] == 0x81  # RSV1 on the compressed frame only
+    assert len(compressed) < len(frame)
+    assert hub.compressions == 1 and hub.compressed_deliveries == 2
+    expected = {"channel": "sim:trades:A", "seq": 1, "ts": 5, "data": {**BIG, "n": 1}}
+    assert deflated.messages() == other.messages() == plain.messages() == [expected]
+
+
+def test_each_window_size_is_compressed_once() -> None:
+    hub = compressing_hub()
+    sessions = [DeflateSession(15), DeflateSession(10), DeflateSession(15), DeflateSession(10)]
+    for session in sessions:
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+        session.messages()
+    hub.publish(big_trade(1), ts=5)
+    assert hub.compressions == 2
+    assert queued(sessions[0])[0] is queued(sessions[2])[0]
+    assert queued(sessions[1])[0] is queued(sessions[3])[0]
+    assert all(s.messages()[0]["data"]["n"] == 1 for s in sessions)
+
+
+def test_nothing_is_compressed_for_a_channel_without_deflate_subscribers() -> None:
+    hub = compressing_hub()
+    plain, deflated = FakeSession(), DeflateSession()
+    hub.subscribe(plain, ["sim:trades:A"], None, OPEN)
+    hub.subscribe(deflated, ["sim:ticker:A"], None, OPEN)
+    hub.publish(big_trade(1), ts=5)
+    assert hub.compressions == 0
+    hub.subscribe(deflated, ["sim:trades:A"], None, OPEN)
+    hub.publish(big_trade(2), ts=6)
+    assert hub.compressions == 1
+    hub.unsubscribe(deflated, ["sim:trades:A"], None)
+    hub.publish(big_trade(3), ts=7)
+    assert hub.compressions == 1
+    hub.subscribe(deflated, ["sim:trades:A"], None, OPEN)
+    hub.revoke(deflated, "sim:trades:A", "gone")
+    hub.publish(big_trade(4), ts=8)
+    assert hub.compressions == 1
+    hub.subscribe(deflated, ["sim:trades:A"], None, OPEN)
+    hub.drop(deflated)
+    hub.publish(big_trade(5), ts=9)
+    assert hub.compressions == 1
+    assert hub._deflated == {}
+
+
+def test_short_messages_and_excluded_channels_go_out_plain() -> None:
+    hub = compressing_hub(min_bytes=200, exclude=("sim:ticker:*",))
+    deflated = DeflateSession()
+    hub.subscribe(deflated, ["sim:trades:A", "sim:ticker:A"], None, OPEN)
+    deflated.messages()
+    hub.publish(trade(1), ts=1)  # short
+    hub.publish(Update("sim:ticker:A", BIG, 1, True), ts=2)  # excluded
+    hub.publish(big_trade(2), ts=3)
+    first, second, third = queued(deflated)
+    assert (first[0], second[0], third[0]) == (0x81, 0x81, 0xC1)
+    assert [m["seq"] for m in deflated.messages()] == [1, 1, 2]
+
+
+def test_a_deflate_subscriber_gets_its_snapshot_compressed_and_a_plain_one_plain() -> None:
+    hub = compressing_hub()
+    hub.publish(Update("sim:ticker:A", BIG, 1, True), ts=2)
+    plain, deflated = FakeSession(), DeflateSession()
+    hub.subscribe(plain, ["sim:ticker:A"], None, OPEN)
+    hub.subscribe(deflated, ["sim:ticker:A"], None, OPEN)
+    assert [f[0] for f in queued(plain)] == [0x81, 0x81]
+    assert [f[0] for f in queued(deflated)] == [0x81, 0xC1]  # the ack plain, the snapshot not
+    assert plain.messages() == deflated.messages()
+
+
+def test_a_deflate_subscriber_resuming_gets_the_historys_plain_frames() -> None:
+    hub = Hub(
+        CATALOGUE.get,
+        lambda _: Policy.DROP,
+        lambda _: HistoryBounds(100, 60_000),
+        compression=CompressionPolicy(),
+        epoch="e",
+    )
+    hub.add_source("sim", Listener())
+    for n in range(1, 4):
+        hub.publish(big_trade(n), ts=n)
+    deflated = DeflateSession()
+    hub.subscribe(deflated, ["sim:trades:A"], None, OPEN, Since(1, "e"), now=4)
+    ack, *replayed = deflated.messages()
+    assert ack["data"]["recovered"] is True
+    assert [m["seq"] for m in replayed] == [2, 3]

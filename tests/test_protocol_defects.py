@@ -29,15 +29,19 @@ from wsproto.events import (
 
 from relay.config import parse_config
 from relay.core import protocol
+from relay.core.handshake import accept
 from relay.core.protocol import ErrorCode
-from relay.core.websocket import MESSAGE_TOO_BIG, Closed, Received, ServerWebSocket, accept
+from relay.core.websocket import MESSAGE_TOO_BIG, Closed, Received, ServerWebSocket
 from relay.server.relay import Relay
 
 CAP = 1024
-KEY_REQUEST = (
-    b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n\r\n"
-)
+UPGRADE = {
+    "host": "relay",
+    "upgrade": "websocket",
+    "connection": "Upgrade",
+    "sec-websocket-version": "13",
+    "sec-websocket-key": "MDEyMzQ1Njc4OWFiY2RlZg==",
+}
 
 
 # Helpers -------------------------------------------------------------------------------------
@@ -143,7 +147,7 @@ def header(opcode: int, length: int, *, fin: bool = True) -> bytes:
 
 
 def server_socket(cap: int = CAP) -> ServerWebSocket:
-    _, server = accept(KEY_REQUEST, b"", cap)
+    _, server = accept("GET", UPGRADE, b"", cap, compression=False)
     return server
 
 

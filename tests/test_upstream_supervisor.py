@@ -25,6 +25,7 @@ LIMITS = Limits(max_subscriptions=100)
 class Subscriber:
     def __init__(self) -> None:
         self.outbox = Outbox(10_000, 1 << 24)
+        self.deflate = 0
 
     def wake(self) -> None:
         pass

@@ -1,8 +1,11 @@
 """Channels, subscribers and the fan-out: the relay's data path without any I/O.
 
 Each channel message is encoded once and framed once; the same ``bytes`` object is offered to
-every subscriber's outbox, synchronously. Nothing here awaits, so one slow client can only ever
-fill its own outbox, and what happens then is the outbox policy's decision.
+every subscriber's outbox, synchronously. Subscribers that agreed to permessage-deflate get a
+compressed frame instead, compressed once per message for all of them (once per window size
+they agreed to), and only when the channel has such a subscriber. Nothing here awaits, so one
+slow client can only ever fill its own outbox, and what happens then is the outbox policy's
+decision.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from relay.core.channels import matches_any, source_of
+from relay.core.deflate import CompressedFramer, CompressionPolicy
 from relay.core.history import ChannelHistory, HistoryBounds
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
@@ -44,6 +48,12 @@ class Subscriber(Protocol):
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def deflate(self) -> int:
+        """The server window bits of the compressed frames it takes; 0 for plain frames only.
+        Read when it subscribes or unsubscribes, and on deliveries to compressing channels."""
+        ...
 
     def __hash__(self) -> int: ...
 
@@ -101,6 +111,8 @@ class ChannelState:
     """The full state, for STATE channels (the last message is the state)."""
     history: ChannelHistory | None = None
     """The channel's recent frames, for clients resuming with ``since``; None when off."""
+    compress: bool = False
+    """Messages of this channel may go out compressed (compression on, channel not excluded)."""
 
 
 class Hub:
@@ -112,6 +124,7 @@ class Hub:
         policy_for: Callable[[str], Policy] = lambda _: Policy.DROP,
         history_for: Callable[[str], HistoryBounds | None] = lambda _: None,
         epoch: str | None = None,
+        compression: CompressionPolicy | None = None,
     ) -> None:
         self._kind_of = kind_of
         """A channel's stream kind, or None for a channel no source serves (asked once per
@@ -126,6 +139,14 @@ class Hub:
         self._listeners: dict[str, SourceListener] = {}
         self.registry: SubscriptionRegistry[Subscriber] = SubscriptionRegistry()
         self.framer = Framer()
+        self._compression = compression
+        self._compressed = CompressedFramer(0 if compression is None else compression.level)
+        self._deflated: dict[str, int] = {}
+        """Per channel, its subscribers that take compressed frames (only channels with some):
+        the fan-out of every other channel stays the plain loop."""
+        self.compressions = 0
+        """Messages compressed (once per message and window size, never per client)."""
+        self.compressed_deliveries = 0
         self.messages_in = 0
         self.deliveries = 0
         self.offer_results = [0, 0, 0, 0]
@@ -151,6 +172,8 @@ class Hub:
             if kind is None:
                 raise KeyError(f"no source serves {name!r}")
             state = ChannelState(name, kind, self._policy_for(name), kind is StreamKind.BOOK)
+            compression = self._compression
+            state.compress = compression is not None and compression.compresses(name)
             bounds = self._history_for(name)
             if bounds is not None and bounds.enabled:
                 state.history = ChannelHistory(bounds)
@@ -183,6 +206,8 @@ class Hub:
                 continue
             added, first = self.registry.add(sub, name)
             state = self.channel(name)
+            if added and sub.deflate:
+                self._deflated[name] = self._deflated.get(name, 0) + 1
             if not added:
                 # Already live on this channel: nothing to replay, nothing changes.
                 outbox.offer_control(self._subscribed(state, request_id, None))
@@ -198,9 +223,9 @@ class Hub:
                         sub.overflow()
                         break
             else:
-                snapshot = self.snapshot_frame(state)
+                snapshot = self._snapshot_payload(state)
                 if snapshot is not None:
-                    outbox.offer_control(snapshot)
+                    outbox.offer_control(self._frame_for(sub.deflate, state, snapshot))
             if first:
                 self._listeners[source_of(name)].want(name)
         sub.wake()
@@ -245,7 +270,7 @@ class Hub:
                 )
                 self._control(outbox, encode_error(error))
                 continue
-            removed, last = self.registry.remove(sub, name)
+            removed, last = self._remove(sub, name)
             if removed:
                 outbox.discard(name)
             outbox.offer_control(self._ack("unsubscribed", name, request_id))
@@ -257,7 +282,7 @@ class Hub:
         """Remove a subscription the client's credentials no longer allow, telling it why with
         an ``unsubscribed`` event carrying ``reason: forbidden`` (and no id: nobody asked).
         False when it did not hold the channel."""
-        removed, last = self.registry.remove(sub, channel)
+        removed, last = self._remove(sub, channel)
         if not removed:
             return False
         outbox = sub.outbox
@@ -271,8 +296,24 @@ class Hub:
             self._listeners[source_of(channel)].unwant(channel)
         return True
 
+    def _remove(self, sub: Subscriber, channel: str) -> tuple[bool, bool]:
+        removed, last = self.registry.remove(sub, channel)
+        if removed and sub.deflate:
+            self._uncount_deflated(channel)
+        return removed, last
+
+    def _uncount_deflated(self, channel: str) -> None:
+        left = self._deflated[channel] - 1
+        if left:
+            self._deflated[channel] = left
+        else:
+            del self._deflated[channel]
+
     def drop(self, sub: Subscriber) -> None:
         """A session ended: release everything it held."""
+        if sub.deflate:
+            for name in self.registry.channels_of(sub):
+                self._uncount_deflated(name)
         for name in self.registry.drop(sub):
             self._listeners[source_of(name)].unwant(name)
 
@@ -296,11 +337,10 @@ class Hub:
         history = state.history
         if not subscribers and history is None:
             return
-        frame = self.framer.text(
-            encode_envelope(
-                update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
-            )
+        payload = encode_envelope(
+            update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
         )
+        frame = self.framer.text(payload)
         if history is not None:
             # Kept while nobody listens too: the client that just dropped resumes from it.
             history.append(state.seq, ts, frame)
@@ -310,18 +350,66 @@ class Hub:
         # A state channel whose messages are not each a snapshot (blocks: each extends the
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.
         delta = state.delta or (not update.snapshot and state.kind is _STATE)
-        results = self.offer_results
         self.publish_ts = ts
-        for sub in subscribers:
-            result = sub.outbox.offer(name, frame, policy, delta)
-            if result is not _QUEUED:  # only the rare outcomes are counted here
-                results[result] += 1
-                if result is _OVERFLOW:
-                    sub.overflow()
-                    continue
-            sub.wake()
+        if name in self._deflated and self._compressible(state, payload):
+            self._fan_out_compressed(subscribers, state, payload, frame, delta)
+        else:
+            for sub in subscribers:
+                result = sub.outbox.offer(name, frame, policy, delta)
+                if result is _QUEUED:
+                    sub.wake()
+                else:
+                    self._not_queued(sub, result)
         self.publish_ts = 0
         self.deliveries += len(subscribers)
+
+    def _not_queued(self, sub: Subscriber, result: Offer) -> None:
+        """The rare outcomes of an offer, counted here (counting the common case would cost an
+        increment per delivery)."""
+        self.offer_results[result] += 1
+        if result is _OVERFLOW:
+            sub.overflow()
+        else:
+            sub.wake()
+
+    def _compressible(self, state: ChannelState, payload: bytes) -> bool:
+        compression = self._compression
+        return state.compress and compression is not None and len(payload) >= compression.min_bytes
+
+    def _fan_out_compressed(
+        self,
+        subscribers: Iterable[Subscriber],
+        state: ChannelState,
+        payload: bytes,
+        frame: bytes,
+        delta: bool,
+    ) -> None:
+        """The fan-out of a channel some of whose subscribers take compressed frames: each
+        window size's frame is compressed at its first subscriber, then shared."""
+        name, policy = state.name, state.policy
+        variants: dict[int, bytes] = {0: frame}
+        compressed = 0
+        for sub in subscribers:
+            bits = sub.deflate
+            chosen = variants.get(bits)
+            if chosen is None:
+                chosen = variants[bits] = self._compressed.text(payload, bits)
+                self.compressions += 1
+            compressed += bits != 0
+            result = sub.outbox.offer(name, chosen, policy, delta)
+            if result is _QUEUED:
+                sub.wake()
+            else:
+                self._not_queued(sub, result)
+        self.compressed_deliveries += compressed
+
+    def _frame_for(self, deflate: int, state: ChannelState, payload: bytes) -> bytes:
+        """One subscriber's frame of a message of its own (a snapshot on subscribing)."""
+        if deflate and self._compressible(state, payload):
+            self.compressions += 1
+            self.compressed_deliveries += 1
+            return self._compressed.text(payload, deflate)
+        return self.framer.text(payload)
 
     def offers(self) -> dict[Offer, int]:
         """Deliveries by outcome, for metrics."""
@@ -334,10 +422,14 @@ class Hub:
 
         It carries the seq of the last message it reflects, so the next message continues at
         seq + 1 for a client that starts from it."""
+        payload = self._snapshot_payload(state)
+        return None if payload is None else self.framer.text(payload)
+
+    def _snapshot_payload(self, state: ChannelState) -> bytes | None:
         data = self._state_data(state)
         if data is None:
             return None
-        return self.framer.text(encode_envelope(state.name, state.seq, state.ts, data, True))
+        return encode_envelope(state.name, state.seq, state.ts, data, True)
 
     def snapshot(self, name: str) -> tuple[int, int, dict[str, Any]] | None:
         """(seq, ts, data) of a channel's latest state, for the HTTP snapshot endpoint."""

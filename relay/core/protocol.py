@@ -45,11 +45,15 @@ class Refusal(Exception):
     """A request answered with an HTTP status and the protocol's error body,
     ``{"error": code, "message": message}``, instead of being served."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+        """Response headers the refusal needs (a 426's ``Sec-WebSocket-Version``)."""
 
 
 @attrs.frozen

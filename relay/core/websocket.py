@@ -5,10 +5,11 @@ trio-websocket's server connection. trio-websocket adds, per connection, a reade
 memory channel, three events, a stream lock and the handshake's h11 state, kept for the life
 of the connection: about 12 KiB of an idle client's memory (measured in docs/performance.md).
 The relay already has a reader task and a writer discipline of its own, so all it needs is
-what this module adds to wsproto: the handshake answered from the bytes the front door read,
-whole messages under a size cap (checked at each frame's header, which this module reads
-ahead of wsproto: only the lengths, never the payloads), and the frames to send for pings,
-pongs and closes.
+what this module adds to wsproto: whole messages under a size cap (checked at each frame's
+header, which this module reads ahead of wsproto: only the lengths, never the payloads; what
+compressed frames inflate to is checked by :class:`relay.core.deflate.InboundDeflate`), and
+the frames to send for pings, pongs and closes. The handshake that opens it is
+:mod:`relay.core.handshake`.
 
 Sans-IO: bytes in, results out; the session does every read and write.
 """
@@ -18,24 +19,12 @@ from __future__ import annotations
 from typing import Final, cast
 
 import attrs
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import RemoteProtocolError
-
-from relay.core.protocol import Refusal
 
 MESSAGE_TOO_BIG: Final = 1009
+_TOO_BIG: Final = "message too big"
 INVALID_PAYLOAD: Final = 1007
 
 _DONE: Final = (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING)
@@ -80,35 +69,6 @@ Received = str | bytes | Answer | PongReceived | Closed
 PONG_RECEIVED: Final = PongReceived()
 
 
-def accept(head: bytes, trailing: bytes, max_message_size: int) -> tuple[bytes, ServerWebSocket]:
-    """Answer an upgrade request: the 101 response and the connection it opens.
-
-    ``head`` is the request head exactly as read; ``trailing`` whatever the client sent after
-    it (frames may follow the request without waiting for the response). wsproto validates the
-    request; its advice on the status to refuse with (426 for a wrong version) is kept.
-    Raises :class:`Refusal` for a request that is not a valid handshake.
-    """
-    handshake = WSConnection(ConnectionType.SERVER)
-    try:
-        handshake.receive_data(head)
-        requests = [event for event in handshake.events() if isinstance(event, Request)]
-    except RemoteProtocolError as exc:
-        hint = exc.event_hint
-        if isinstance(hint, RejectConnection) and hint.status_code == 426:
-            raise Refusal(426, "upgrade_required", str(exc)) from None
-        raise Refusal(400, "bad_request", str(exc)) from None
-    if not requests:
-        raise Refusal(400, "bad_request", "expected a WebSocket upgrade request")
-    response = handshake.send(AcceptConnection())
-    connection = handshake.connection
-    assert connection is not None  # wsproto opens the connection when it accepts
-    # Only the opened connection is kept: the handshake's h11 state dies with this function.
-    websocket = ServerWebSocket(connection, max_message_size)
-    if trailing:
-        websocket.early = websocket.receive(trailing)
-    return response, websocket
-
-
 def _invalid_utf8(detail: str) -> str:
     """A fixed close reason for wsproto's 1007, whose own reason is Python's codec message
     (offsets and bytes of the client's text, meaningless to its user)."""
@@ -128,13 +88,17 @@ class ServerWebSocket:
         "_parts",
         "_skip",
         "_too_big",
+        "deflate",
         "early",
         "max_message_size",
     )
 
-    def __init__(self, connection: Connection, max_message_size: int) -> None:
+    def __init__(self, connection: Connection, max_message_size: int, deflate: int = 0) -> None:
         self._conn = connection
         self.max_message_size = max_message_size
+        self.deflate = deflate
+        """The server window bits of the permessage-deflate the client agreed to (the variant
+        of compressed frames it takes), 0 without it."""
         self._parts: list[str | bytes] = []
         # The frame headers, read here before wsproto (which hands out a data frame's payload
         # as it arrives and never says what its header announced), so that a message over the
@@ -186,7 +150,7 @@ class ServerWebSocket:
             return out  # a close or a violation came first: nothing after it counts
         self._too_big = True
         self._parts.clear()
-        out.append(Closed(MESSAGE_TOO_BIG, "message too big", by_client=False))
+        out.append(Closed(MESSAGE_TOO_BIG, _TOO_BIG, by_client=False))
         # The rest goes to wsproto unread for now: only the client's close frame matters any
         # more, and it can only come after the oversized frame's payload.
         conn.receive_data(bytes(data[cut:]))
@@ -220,6 +184,8 @@ class ServerWebSocket:
                 reason = event.reason or ""
                 if not by_client and event.code == INVALID_PAYLOAD:
                     reason = _invalid_utf8(reason)
+                elif not by_client and event.code == MESSAGE_TOO_BIG:
+                    reason = _TOO_BIG  # inflated past the cap (wsproto: "error in extension")
                 out.append(Closed(event.code, reason, by_client))
                 return True
         return False
@@ -228,7 +194,8 @@ class ServerWebSocket:
         """Where in ``data`` the header of the first frame that takes its message over
         ``max_message_size`` ends, or None. Follows the frame boundaries across reads: headers
         are read, payloads skipped (wsproto parses them, and reports a malformed header
-        itself). The relay accepts no extensions, so payload bytes are message bytes."""
+        itself). A compressed frame's payload bytes are counted as they are: what they inflate
+        to is bounded as it is inflated (:class:`relay.core.deflate.InboundDeflate`)."""
         end = len(data)
         i = min(self._skip, end)
         self._skip -= i

@@ -7,8 +7,8 @@ A prometheus-client Counter per message would put a lock and a float add on the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -35,12 +35,12 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "relay_connections_accepted", "Client connections accepted", value=stats.accepted
         )
-        rejected = CounterMetricFamily(
-            "relay_connections_rejected", "Handshakes refused, by HTTP status", labels=["status"]
+        yield _labelled(
+            "relay_connections_rejected",
+            "Handshakes refused, by HTTP status",
+            "status",
+            stats.rejected,
         )
-        for status, count in stats.rejected.items():
-            rejected.add_metric([str(status)], count)
-        yield rejected
         yield GaugeMetricFamily(
             "relay_subscriptions", "Client subscriptions", value=stats.subscriptions
         )
@@ -54,14 +54,12 @@ class RelayCollector(Collector):
             "Channel messages sequenced and fanned out",
             value=stats.messages_published,
         )
-        offers = CounterMetricFamily(
+        yield _labelled(
             "relay_deliveries",
             "Messages offered to client outboxes, by outcome",
-            labels=["outcome"],
+            "outcome",
+            stats.deliveries,
         )
-        for outcome, count in stats.deliveries.items():
-            offers.add_metric([outcome], count)
-        yield offers
         yield CounterMetricFamily(
             "relay_bytes_out",
             "Bytes written to clients (closed and open sessions)",
@@ -99,12 +97,39 @@ class RelayCollector(Collector):
             ],
             sum_value=stats.fanout_latency_sum_ms / 1000,
         )
-        closes = CounterMetricFamily(
-            "relay_disconnects", "Client connections closed, by close code", labels=["code"]
+        yield GaugeMetricFamily(
+            "relay_tcp_connections",
+            "TCP connections open: client sessions and connections still in the front door",
+            value=stats.tcp_connections,
         )
-        for code, count in stats.disconnects.items():
-            closes.add_metric([str(code)], count)
-        yield closes
+        yield _labelled(
+            "relay_handshakes",
+            "WebSocket upgrade requests by outcome: completed (101 written), refused, "
+            "abandoned (101 not written by the handshake deadline)",
+            "outcome",
+            stats.handshakes,
+        )
+        yield CounterMetricFamily(
+            "relay_connections_deflate",
+            "Client connections accepted with permessage-deflate",
+            value=stats.deflate_sessions,
+        )
+        yield CounterMetricFamily(
+            "relay_compressions",
+            "Messages compressed for permessage-deflate clients (once per message, not per client)",
+            value=stats.compressions,
+        )
+        yield CounterMetricFamily(
+            "relay_deliveries_compressed",
+            "Compressed frames offered to client outboxes",
+            value=stats.compressed_deliveries,
+        )
+        yield _labelled(
+            "relay_disconnects",
+            "Client connections closed, by close code",
+            "code",
+            stats.disconnects,
+        )
 
         up = GaugeMetricFamily(
             "relay_upstream_connected", "1 when the upstream connection is up", labels=["source"]
@@ -119,6 +144,15 @@ class RelayCollector(Collector):
                 family.add_metric([name], upstream.counters[key])
         yield up
         yield from families.values()
+
+
+def _labelled(
+    name: str, documentation: str, label: str, counts: Mapping[Any, int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([str(value)], count)
+    return family
 
 
 _UPSTREAM_METRICS = {

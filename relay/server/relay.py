@@ -18,6 +18,7 @@ import attrs
 import httpx
 import orjson
 import trio
+from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
@@ -33,6 +34,7 @@ from relay.core.admission import (
 from relay.core.channels import matches_any, source_of
 from relay.core.credentials import Grant
 from relay.core.forwarded import TrustedProxies
+from relay.core.handshake import accept
 from relay.core.hub import Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind
@@ -54,7 +56,7 @@ from relay.core.publish import (
     personal_patterns,
 )
 from relay.core.timers import SessionTimers
-from relay.core.websocket import ServerWebSocket, accept
+from relay.core.websocket import ServerWebSocket
 from relay.issues import ConfigError, Issue
 from relay.server.credentials import load_credentials
 from relay.server.frontdoor import (
@@ -78,7 +80,15 @@ KEY_FILE_POLL = 1.0
 """Seconds between looks at the key file for a change."""
 
 #: Sections a reload cannot apply to a running relay: a change there is logged, not applied.
-RESTART_SECTIONS = ("server", "sources", "outbox", "backpressure", "history", "published")
+RESTART_SECTIONS = (
+    "server",
+    "sources",
+    "outbox",
+    "backpressure",
+    "history",
+    "published",
+    "compression",
+)
 
 
 class Relay:
@@ -108,6 +118,7 @@ class Relay:
             self._kind_of,
             lambda channel: Policy(config.policy_for(channel)),
             config.history.bounds_for,
+            compression=config.compression.policy if config.compression.enabled else None,
         )
         self.upstreams = {
             name: UpstreamSupervisor(
@@ -156,6 +167,19 @@ class Relay:
         self._key_file_configured = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
         self.metrics = make_registry(self)
+        self.tcp_connections = 0
+        """TCP connections open: sessions, and those still in the front door."""
+        self.handshakes: Counter[str] = Counter()
+        """Upgrade requests by outcome: completed (101 written), refused, abandoned (the 101
+        could not be written before the handshake deadline)."""
+        self.deflate_sessions = 0
+        """Sessions accepted with permessage-deflate."""
+        self.handshake_seconds = Histogram(
+            "relay_handshake_seconds",
+            "TCP accept to the 101 response written (TLS handshake included), per accepted client",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5),
+            registry=self.metrics,
+        )
         self.fanout_latency = LatencyHistogram()
         """Upstream receipt to socket write, for the oldest message of each write."""
         self.port: int | None = None
@@ -249,25 +273,28 @@ class Relay:
         """Everything one connection does; its failures stay here."""
         # One deadline for the whole handshake, TLS included: a client that sends nothing, or
         # a byte a second, is cut off when it passes, however it spreads its bytes.
-        deadline = trio.current_time() + self.config.server.handshake_timeout
+        accepted_at = trio.current_time()
+        deadline = accepted_at + self.config.server.handshake_timeout
         peer = _peer_address(stream)
         if self._tls is not None:
             # The context in use now: a reload affects connections accepted after it.
             stream = trio.SSLStream(stream, self._tls, server_side=True, https_compatible=True)
+        self.tcp_connections += 1
         try:
             if isinstance(stream, trio.SSLStream) and not await _tls_handshake(
                 stream, peer, deadline
             ):
                 return
-            await self._handle(stream, peer, deadline)
+            await self._handle(stream, peer, accepted_at)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # one connection's bug must not take the listener down
             log.exception("connection failed")
         finally:
+            self.tcp_connections -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _handle(self, stream: trio.abc.Stream, peer: str, deadline: float) -> None:
+    async def _handle(self, stream: trio.abc.Stream, peer: str, accepted_at: float) -> None:
         """The request head, then HTTP or the WebSocket upgrade.
 
         Until the head is read the connection is known only by its TCP peer (a refused head is
@@ -275,6 +302,7 @@ class Relay:
         trusted proxy forwards: :class:`TrustedProxies`), which the per-address limits count
         and every log line names."""
         server = self.config.server
+        deadline = accepted_at + server.handshake_timeout
         head = None
         with trio.move_on_at(deadline):
             try:
@@ -299,28 +327,40 @@ class Relay:
             return
         admitted = self._admit(head, address)
         if isinstance(admitted, bytes):
+            self.handshakes["refused"] += 1
             await stream.send_all(admitted)
             return
         # Admitted: counted as open for its address from here until the connection ends.
         try:
             try:
-                response, websocket = accept(head.head, head.trailing, server.max_message_size)
+                response, websocket = accept(
+                    head.method,
+                    head.headers,
+                    head.trailing,
+                    server.max_message_size,
+                    self.config.compression.enabled,
+                )
             except Refusal as refused:
+                self.handshakes["refused"] += 1
                 await stream.send_all(self._refusal(head, refused, address))
                 return
             # The parsed head (and its h11 state) must not live as long as the connection.
             del head
             with trio.move_on_at(deadline) as handshake:
                 await stream.send_all(response)
-            if not handshake.cancelled_caught:
-                await self._serve_session(stream, websocket, admitted, address)
+            if handshake.cancelled_caught:
+                self.handshakes["abandoned"] += 1
+                return
+            self.handshakes["completed"] += 1
+            self.handshake_seconds.observe(trio.current_time() - accepted_at)
+            await self._serve_session(stream, websocket, admitted, address)
         finally:
             self.addresses.release(address)
 
     def _refusal(self, head: RequestHead, refused: Refusal, address: str) -> bytes:
         self.rejected[refused.status] += 1
         self._log_refusal(address, refused)
-        headers: list[tuple[str, str]] = []
+        headers = list(refused.headers)
         if isinstance(refused, RateRefusal):
             headers.append(("retry-after", str(refused.retry_after)))
         return head.response(
@@ -427,6 +467,7 @@ class Relay:
             self.sessions.add(session)
             self._per_identity[identity] += 1
             self.accepted += 1
+            self.deflate_sessions += websocket.deflate != 0
             log.info(
                 "client %s (%s) connected from %s",
                 session.id,

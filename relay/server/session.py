@@ -118,6 +118,7 @@ class Session:
         "_ws",
         "bytes_out",
         "closing",
+        "deflate",
         "expiry",
         "grant",
         "id",
@@ -153,6 +154,8 @@ class Session:
         # always go through the writer task.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self._ws = websocket
+        self.deflate = websocket.deflate
+        """The hub's :attr:`Subscriber.deflate`: which compressed frames this client takes."""
         self._hub = hub
         self._limits = limits
         self._settings = settings

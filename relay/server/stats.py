@@ -46,6 +46,16 @@ class RelayStats:
     accept_wakeups: int
     """Times the accept loop woke to a readable listening socket; tcp_accepts /
     accept_wakeups is how many connections each wake-up took from the backlog."""
+    tcp_connections: int
+    """TCP connections open: sessions and connections still in the front door."""
+    handshakes: Mapping[str, int]
+    """Upgrade requests by outcome: completed, refused, abandoned."""
+    deflate_sessions: int
+    """Sessions accepted with permessage-deflate (closed ones included)."""
+    compressions: int
+    """Messages compressed: once per message (and window size), however many clients."""
+    compressed_deliveries: int
+    """Compressed frames offered to client queues."""
     rested_seconds: float
     """Time the write rounds rested after loaded rounds (to let batches grow)."""
     fanout_latency: tuple[tuple[float, int], ...]
@@ -71,6 +81,13 @@ def take_stats(relay: Relay) -> RelayStats:
         write_rounds=relay.rounds.rounds,
         tcp_accepts=0 if relay.listener is None else relay.listener.accepted,
         accept_wakeups=0 if relay.listener is None else relay.listener.wakeups,
+        tcp_connections=relay.tcp_connections,
+        handshakes={
+            outcome: relay.handshakes[outcome] for outcome in ("completed", "refused", "abandoned")
+        },
+        deflate_sessions=relay.deflate_sessions,
+        compressions=hub.compressions,
+        compressed_deliveries=hub.compressed_deliveries,
         rested_seconds=relay.rounds.rested,
         fanout_latency=tuple(relay.fanout_latency.cumulative()),
         fanout_latency_sum_ms=relay.fanout_latency.sum_ms,

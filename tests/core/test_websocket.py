@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +14,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from relay.core.protocol import Refusal
+from relay.core.handshake import accept
 from relay.core.websocket import (
     MESSAGE_TOO_BIG,
     Answer,
@@ -25,29 +22,34 @@ from relay.core.websocket import (
     PongReceived,
     Received,
     ServerWebSocket,
-    accept,
 )
+from tests.core.test_handshake import UPGRADE
 
-KEY = base64.b64encode(b"0123456789abcdef").decode()
 CAP = 1024
 
 
-def request(*, key: str | None = KEY, version: str = "13") -> bytes:
-    lines = [
-        "GET /ws HTTP/1.1",
-        "Host: relay",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Version: {version}",
-    ]
-    if key is not None:
-        lines.append(f"Sec-WebSocket-Key: {key}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+def opened(trailing: bytes = b"", cap: int = CAP) -> ServerWebSocket:
+    _, server = accept("GET", UPGRADE, trailing, cap, compression=False)
+    return server
 
 
 def pair(cap: int = CAP) -> tuple[ServerWebSocket, Connection]:
-    _, server = accept(request(), b"", cap)
-    return server, Connection(ConnectionType.CLIENT)
+    return opened(cap=cap), Connection(ConnectionType.CLIENT)
+
+
+def fragmented(client: Connection, message: str | bytes, parts: int) -> bytes:
+    """``message`` sent by ``client`` as up to ``parts`` frames."""
+    step = max(1, -(-len(message) // parts))
+    chunks = [message[i : i + step] for i in range(0, len(message), step)] or [message]
+    wire = b""
+    for k, chunk in enumerate(chunks):
+        finished = k == len(chunks) - 1
+        wire += client.send(
+            TextMessage(data=chunk, message_finished=finished)
+            if isinstance(chunk, str)
+            else BytesMessage(data=chunk, message_finished=finished)
+        )
+    return wire
 
 
 def client_events(client: Connection, frame: bytes) -> list[object]:
@@ -64,38 +66,6 @@ def feed(server: ServerWebSocket, data: bytes, cuts: list[int]) -> list[Received
             out += server.receive(data[start:cut])
             start = cut
     return out
-
-
-def test_accept_answers_with_the_rfc_6455_accept_token() -> None:
-    response, _ = accept(request(), b"", CAP)
-    expected = base64.b64encode(
-        hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-    )
-    assert response.startswith(b"HTTP/1.1 101 ")
-    assert b"Sec-WebSocket-Accept: " + expected in response
-
-
-def test_frames_sent_right_behind_the_request_are_not_lost() -> None:
-    client = Connection(ConnectionType.CLIENT)
-    pipelined = client.send(TextMessage(data='{"action":"ping"}')) + client.send(Ping(b"p"))
-    _, server = accept(request(), pipelined, CAP)
-    assert server.early[0] == '{"action":"ping"}'
-    assert isinstance(server.early[1], Answer)
-
-
-@pytest.mark.parametrize(
-    ("head", "status"),
-    [(request(key=None), 400), (request(version="8"), 426)],
-)
-def test_a_bad_handshake_is_refused_with_the_status_wsproto_advises(
-    head: bytes, status: int
-) -> None:
-    with pytest.raises(Refusal) as refused:
-        accept(head, b"", CAP)
-    assert refused.value.status == status
-    assert refused.value.code == {400: "bad_request", 426: "upgrade_required"}[status]
-    assert refused.value.message == str(refused.value.__context__ or refused.value)
-    assert refused.value.message not in ("", "None")
 
 
 messages = st.lists(
@@ -149,17 +119,7 @@ def test_a_message_over_the_cap_closes_with_1009_even_in_fragments(
 ) -> None:
     server, client = pair()
     payload: str | bytes = "é" * (size // 2 + 1) if text else b"x" * size
-    step = -(-len(payload) // parts)
-    wire = b""
-    chunks = [payload[i : i + step] for i in range(0, len(payload), step)]
-    for k, chunk in enumerate(chunks):
-        finished = k == len(chunks) - 1
-        wire += client.send(
-            TextMessage(data=chunk, message_finished=finished)
-            if isinstance(chunk, str)
-            else BytesMessage(data=chunk, message_finished=finished)
-        )
-    wire += client.send(TextMessage(data="after"))
+    wire = fragmented(client, payload, parts) + client.send(TextMessage(data="after"))
     received = server.receive(wire)
     assert received == [Closed(MESSAGE_TOO_BIG, "message too big", by_client=False)]
 
@@ -258,16 +218,6 @@ def masked(first: int, payload: bytes, mask: bytes = b"abcd") -> bytes:
     """A client frame with a short payload (under 126 bytes), masked as RFC 6455 requires."""
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes([first, 0x80 | len(payload)]) + mask + body
-
-
-def test_a_request_head_without_a_whole_request_is_refused() -> None:
-    with pytest.raises(Refusal) as refused:
-        accept(b"GET /ws HTTP/1.1\r\nHost: relay\r\n", b"", CAP)
-    assert (refused.value.status, refused.value.code, refused.value.message) == (
-        400,
-        "bad_request",
-        "expected a WebSocket upgrade request",
-    )
 
 
 @pytest.mark.parametrize(
@@ -386,8 +336,7 @@ def test_a_64_bit_length_over_2_to_the_56_is_read_from_its_first_byte() -> None:
 
 
 def test_nothing_arrived_with_the_handshake_means_nothing_early() -> None:
-    _, server = accept(request(), b"", CAP)
-    assert server.early == []
+    assert opened().early == []
 
 
 def test_a_continuation_frame_first_is_a_protocol_violation() -> None:
