@@ -43,6 +43,7 @@ FULL = """
 [server]
 host = "0.0.0.0"
 port = 9100
+listen_backlog = 2048
 handshake_timeout = 3
 heartbeat = 20.0
 heartbeat_timeout = 7.5
