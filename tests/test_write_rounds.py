@@ -8,6 +8,7 @@ virtual instant it was published" is exact, and a round's cost is whatever the t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -185,7 +186,8 @@ class CostlyWriter:
         self.cost = cost
         self.released_at: list[float] = []
 
-    def release(self) -> None:
+    def release(self, now_ms: int = 0) -> None:
+        assert now_ms > 0  # the round read the wall clock for it
         self.released_at.append(trio.current_time())
         self.clock.jump(self.cost)
 
@@ -268,3 +270,20 @@ async def test_replies_are_written_by_the_reader_without_a_write_round(
     assert (reply["event"], reply["id"]) == ("subscribed", 7)
     assert f.rounds.rounds == 0
     connection.cancel()
+
+
+async def test_each_write_records_how_long_its_oldest_message_waited(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    f = Fixture(3)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    received_ms = time.time_ns() // 1_000_000 - 30  # the relay got it 30 ms ago
+    f.hub.publish(Update(CHANNEL, {"n": 1}, 1, False), received_ms)
+    for peer in f.peers:
+        await peer.messages(1)
+    for session in f.sessions:
+        latency = session._latency
+        assert latency is not None
+        # One write, in the 25-50 ms bucket (the wall clock moved a little since).
+        assert latency.counts == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]

@@ -204,13 +204,15 @@ class Session:
 
     # Writing -----------------------------------------------------------------------------
 
-    def release(self) -> None:
+    def release(self, now_ms: int = 0) -> None:
         """Called by the write rounds: write what is queued, now.
 
         The fast path writes the whole batch synchronously with one non-blocking ``send``
         (trio's ``send_all`` costs a task switch and several checkpoints per call; this is
         what lets one round reach a thousand clients in a few milliseconds). A writer task
-        starts only for what the socket does not take at once.
+        starts only for what the socket does not take at once. ``now_ms`` is the wall clock
+        for the latency histogram, read by the round once for many writes (a clock read is a
+        system call on some virtual machines); 0 to read it here.
         """
         if self._writing or self.closing is not None:
             return  # a writer collects everything once its write is done; a closing one nothing
@@ -230,7 +232,7 @@ class Session:
             return
         self.bytes_out += sent
         if sent == len(data):
-            self._wrote(oldest)
+            self._wrote(oldest, now_ms)
             return
         # Part of a frame may be on the wire now: the rest must follow before anything else,
         # and if the session ends first the connection can only be cut.
@@ -331,10 +333,10 @@ class Session:
             return None, oldest
         return (b"".join(frames) if len(frames) > 1 else frames[0]), oldest
 
-    def _wrote(self, oldest: int) -> None:
+    def _wrote(self, oldest: int, now_ms: int = 0) -> None:
         self.writes += 1
         if oldest and self._latency is not None:
-            self._latency.record(max(0, time.time_ns() // 1_000_000 - oldest))
+            self._latency.record(max(0, (now_ms or time.time_ns() // 1_000_000) - oldest))
 
     def _queue(self, frame: bytes) -> None:
         """A frame of the relay's own (a reply or a pong), in order with the data."""
