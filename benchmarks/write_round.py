@@ -25,7 +25,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import WriteRounds
+from relay.server.rounds import CLOCK_EVERY, WriteRounds
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -87,8 +87,10 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
         for i in range(per_round):
             hub.publish(Update(CHANNEL, DATA, n * per_round + i, False), now_ms)
         started = time.perf_counter()
-        for session in sessions:
-            session.release()
+        for i, session in enumerate(sessions):  # as the write rounds do it
+            if not i % CLOCK_EVERY:
+                now_ms = time.time_ns() // 1_000_000
+            session.release(now_ms)
         spent += time.perf_counter() - started
         for _, theirs in pairs:
             theirs.recv(1 << 20)

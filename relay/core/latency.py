@@ -9,6 +9,7 @@ bounds and two additions; the metrics collector turns the counts into a histogra
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 
 BOUNDS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
@@ -37,9 +38,10 @@ class LatencyHistogram:
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound in ms, observations at or below it), ending with infinity: what a
         Prometheus histogram exports."""
+        bounds = (*self.bounds_ms, math.inf)
         out: list[tuple[float, int]] = []
         total = 0
-        for bound, count in zip((*self.bounds_ms, float("inf")), self.counts, strict=True):
+        for i, count in enumerate(self.counts):
             total += count
-            out.append((bound, total))
+            out.append((bounds[i], total))
         return out

@@ -75,7 +75,5 @@ class RoundPacer:
 
     def rest(self, cost: float, batch: int) -> float:
         """Seconds to rest after a round that took ``cost`` and carried ``batch`` messages."""
-        if batch <= 1 or cost <= 0:
-            return 0.0
-        load = min(1.0, (batch - 1) / (self.full_batch - 1))
-        return cost * self.pacing * load
+        load = min(1.0, max(0, batch - 1) / (self.full_batch - 1))
+        return max(0.0, cost) * self.pacing * load

@@ -31,5 +31,5 @@ def test_cumulative_counts_are_what_each_bound_covers(values: list[int]) -> None
 
 @pytest.mark.parametrize("bounds", [(), (5, 1), (1, 1, 2)])
 def test_bounds_must_be_distinct_and_increasing(bounds: tuple[float, ...]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^bounds must be distinct and increasing$"):
         LatencyHistogram(bounds)
