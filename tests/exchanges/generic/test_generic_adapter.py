@@ -1,8 +1,9 @@
 """The generic JSON adapter without sockets: the synthetic market's spec
 (examples/json-sim.toml) normalizes the market's documented messages exactly, anything malformed
-is an UpstreamFormatError, a bad spec is a ConfigError naming the key, and the spec's other
-options (id-correlated acks, one frame per topic, arrays of trades, levels as objects, exact
-numbers, books the relay numbers itself)."""
+is an UpstreamFormatError whose text names where and what, and the spec's other options
+(id-correlated acks, one frame per topic, arrays of trades, levels as objects, exact numbers,
+books the relay numbers itself, every unit of time, REST snapshots). The configuration table's
+own checks are in test_generic_spec.py."""
 
 from __future__ import annotations
 
@@ -17,18 +18,14 @@ from relay.adapters.generic import (
     MISSING,
     GenericJsonAdapter,
     JsonPointer,
-    Match,
-    StreamSpec,
+    as_text,
 )
-from relay.config import parse_config
 from relay.core.chain import FetchByNumber
 from relay.core.model import Ack, Heartbeat, RepairKind, StreamKind, Update, UpstreamFormatError
 from relay.core.source import BookRules, FetchItem, FetchSnapshot
-from relay.issues import ConfigError
-from tests.exchanges.generic.specs import issue_lines, load_spec, sim_document, sim_pair, sim_table
+from tests.exchanges.generic.specs import load_spec, sim_pair, sim_table
 
 SYMBOLS = ["BTC-USD", "ETH-USD"]
-TICKER_FIELDS = ("bid", "bid_size", "ask", "ask_size", "last")
 REST = "http://127.0.0.1:8766"
 
 # The message shapes of docs/simulator.md, with values of our own.
@@ -310,6 +307,7 @@ def test_book_snapshot_and_delta_are_normalized_exactly(adapter: GenericJsonAdap
         ),
         (TRADE, "/body/taker", "X", "trade.BTC-USD: side 'X' is not a known side"),
         (TRADE, "/body/taker", None, "trade.BTC-USD: side None is not a known side"),
+        (TRADE, "/body/taker", MISSING, "trade.BTC-USD: side <missing> is not a known side"),
         (
             TRADE,
             "/body/id",
@@ -337,6 +335,13 @@ def test_book_snapshot_and_delta_are_normalized_exactly(adapter: GenericJsonAdap
             "trade.BTC-USD: time must be a non-negative number of us, got <missing>",
         ),
         (TICKER, "/kind", "update", "ticker.ETH-USD: /kind is 'update', not one expected"),
+        (TICKER, "/body", "bid", "ticker.ETH-USD: payload is not an object"),
+        (
+            TICKER,
+            "/body/time",
+            MISSING,
+            "ticker.ETH-USD: time must be a non-negative number of us, got <missing>",
+        ),
         (
             TICKER,
             "/body/bid",
@@ -350,6 +355,7 @@ def test_book_snapshot_and_delta_are_normalized_exactly(adapter: GenericJsonAdap
             "ticker.ETH-USD: last must be a decimal string, got <missing>",
         ),
         (DEPTH_UPDATE, "/kind", "partial", "depth.BTC-USD: /kind is 'partial', not one expected"),
+        (DEPTH_UPDATE, "/body", [], "depth.BTC-USD: payload is not an object"),
         (
             DEPTH_UPDATE,
             "/body/bids",
@@ -415,6 +421,113 @@ def test_frames_that_are_nothing_known_are_upstream_format_errors(
         assert str(caught.value) == error
 
 
+@pytest.mark.parametrize(
+    ("unit", "time", "ms"),
+    [
+        ("s", 1700000000, 1700000000000),
+        ("s", 1700000000.25, 1700000000250),
+        ("s", "1700000000.25", 1700000000250),
+        ("s", "0.5", 500),
+        ("ms", 0, 0),
+        ("ms", 0.0, 0),
+        ("ms", "0", 0),
+        ("ms", 1763712000123, 1763712000123),
+        # Rounded down, never to the nearest millisecond.
+        ("us", "1763712000123999", 1763712000123),
+        ("us", 1763712000123999, 1763712000123),
+        ("ns", 1763712000123999999, 1763712000123),
+        ("ns", "1763712000123999999.5", 1763712000123),
+        ("iso", "1970-01-01T00:00:00Z", 0),
+        ("iso", "2024-01-02T03:04:05.678+01:00", 1704161045678),
+        ("iso", "2024-01-02T02:04:05.6789", 1704161045678),  # no zone: UTC
+    ],
+)
+def test_every_unit_of_time_is_read_as_milliseconds(unit: str, time: Any, ms: int) -> None:
+    adapter = GenericJsonAdapter(
+        "sim", load_spec({**sim_table(), "time_unit": unit}), SYMBOLS, 1.0, REST
+    )
+    [trade] = parse(adapter, with_value(TRADE, "/body/time", time))
+    assert trade.data["ts"] == ms
+
+
+@pytest.mark.parametrize(
+    ("unit", "time", "error"),
+    [
+        ("s", -0.5, "time must be a non-negative number of s, got -0.5"),
+        ("ms", True, "time must be a non-negative number of ms, got True"),
+        ("ms", "1e3", "time must be a non-negative number of ms, got '1e3'"),
+        ("ns", [1], "time must be a non-negative number of ns, got [1]"),
+        ("iso", "yesterday", "time must be ISO 8601 text, got 'yesterday'"),
+        ("iso", 1704164645678, "time must be ISO 8601 text, got 1704164645678"),
+        (
+            "iso",
+            "1969-12-31T23:59:59.999Z",
+            "time must be ISO 8601 text, got '1969-12-31T23:59:59.999Z'",
+        ),
+    ],
+)
+def test_a_time_that_is_not_one_of_its_unit_is_malformed(unit: str, time: Any, error: str) -> None:
+    adapter = GenericJsonAdapter(
+        "sim", load_spec({**sim_table(), "time_unit": unit}), SYMBOLS, 1.0, REST
+    )
+    with pytest.raises(UpstreamFormatError) as caught:
+        parse(adapter, with_value(TRADE, "/body/time", time))
+    assert str(caught.value) == f"trade.BTC-USD: {error}"
+
+
+def test_a_stream_may_have_its_own_seq_payload_and_time(adapter: GenericJsonAdapter) -> None:
+    table = sim_table()
+    table["streams"]["trades"] |= {"seq": "/n", "payload": "/trade", "time": "/trade/time"}
+    own = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    message = {"topic": "trade.BTC-USD", "n": 77, "kind": "update", "trade": TRADE["body"]}
+    assert parse(own, message) == parse(adapter, {**TRADE, "seq": 77})
+
+
+def test_a_time_in_the_payload_comes_before_the_tables() -> None:
+    table = sim_table()
+    table["streams"]["book"]["fields"]["ts"] = "/at"
+    del table["rest"]["time"]  # the snapshot's time is read the same way
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    delta = with_value(DEPTH_UPDATE, "/body/at", 1763712000555000)
+    [update] = parse(adapter, delta)
+    assert update.data["ts"] == 1763712000555
+    how = adapter.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert how is not None
+    assert how.parse(orjson.dumps(delta | {"kind": "snapshot"})).data["ts"] == 1763712000555
+    with pytest.raises(UpstreamFormatError) as caught:
+        parse(adapter, DEPTH_UPDATE)
+    assert str(caught.value) == (
+        "depth.BTC-USD: time must be a non-negative number of us, got <missing>"
+    )
+
+
+def test_a_condition_on_the_whole_message_names_it_so() -> None:
+    table = sim_table()
+    table["streams"]["trades"]["expect"] = [{"pointer": "", "values": ["{}"]}]
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    with pytest.raises(UpstreamFormatError) as caught:
+        parse(adapter, TRADE)
+    text = str(caught.value)
+    assert text.startswith("trade.BTC-USD: the message is {'topic': 'trade.BTC-USD', ")
+    assert text.endswith(", not one expected")
+
+
+def test_rule_values_compare_json_values_as_their_text() -> None:
+    assert [as_text(v) for v in ("x", True, None, 42, 2.5, [1, "a"])] == [
+        "x",
+        "true",
+        "null",
+        "42",
+        "2.5",
+        '[1,"a"]',
+    ]
+    # Beyond 64 bits (kept by the exact-number parser): its decimal digits all the same.
+    assert as_text(2**64) == "18446744073709551616"
+    table = {**OTHER, "ignore": [{"pointer": "/code", "values": ["18446744073709551616"]}]}
+    adapter = GenericJsonAdapter("x", load_spec(table), ["BTC-USDT"], 5.0, None)
+    assert adapter.parse(b'{"code": 18446744073709551616}') == []
+
+
 # REST snapshots ----------------------------------------------------------------------------------
 
 
@@ -457,6 +570,7 @@ def test_http_repair_fetches_the_books_rest_snapshot(adapter: GenericJsonAdapter
         ),
         ("/body", None, "snapshot of depth.BTC-USD: payload is not an object"),
         ("/body/asks", "none", "snapshot of depth.BTC-USD: asks must be a list of levels"),
+        ("/body/bids", MISSING, "snapshot of depth.BTC-USD: bids must be a list of levels"),
         (
             "/body/time",
             MISSING,
@@ -474,6 +588,48 @@ def test_a_bad_rest_snapshot_is_an_upstream_format_error(
     assert str(caught.value) == error
     with pytest.raises(UpstreamFormatError, match=r"^not JSON: "):
         how.parse(b"<html>busy</html>")
+
+
+def test_rest_urls_are_built_from_every_placeholder_quoted_whole() -> None:
+    table = sim_table()
+    table["rest"]["url"] = "{rest_url}/book/{base}/{quote}?s={symbol}&t={topic}"
+    table["symbol_overrides"] = {"A/B-C/D": "ab/cd"}
+    # {rest_url} is the rest_url as configured, without its trailing "/" (if it has one).
+    for rest_url in (f"{REST}/FX", f"{REST}/FX/"):
+        adapter = GenericJsonAdapter("sim", load_spec(table), ["A/B-C/D"], 1.0, rest_url)
+        how = adapter.http_repair(FetchSnapshot("sim:book:A/B-C/D"))
+        assert how is not None
+        assert how.request == HttpRequest(
+            "GET", f"{REST}/FX/book/A%2FB/C%2FD?s=ab%2Fcd&t=depth.ab%2Fcd"
+        )
+
+
+def test_a_rest_snapshot_may_have_its_own_unit_of_time() -> None:
+    table = sim_table()
+    table["rest"]["time_unit"] = "ms"
+    adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
+    how = adapter.http_repair(FetchSnapshot("sim:book:BTC-USD"))
+    assert how is not None
+    body = with_value(DEPTH_SNAPSHOT, "/body/time", 1763712000123)
+    assert how.parse(orjson.dumps(body)).data["ts"] == 1763712000123
+
+
+def test_only_a_configured_book_has_a_rest_snapshot(adapter: GenericJsonAdapter) -> None:
+    no_rest = GenericJsonAdapter(
+        "sim", attrs.evolve(load_spec(sim_table()), rest=None), SYMBOLS, 1.0, REST
+    )
+    assert no_rest.http_repair(FetchSnapshot("sim:book:BTC-USD")) is None
+    assert adapter.http_repair(FetchSnapshot("sim:book:DOGE-USD")) is None
+    assert adapter.book_rules("sim:book:DOGE-USD") == BookRules()
+    body = orjson.dumps(DEPTH_SNAPSHOT)
+    for source, channel in (
+        (no_rest, "sim:book:BTC-USD"),
+        (adapter, "sim:trades:BTC-USD"),
+        (adapter, "sim:book:DOGE-USD"),
+    ):
+        with pytest.raises(UpstreamFormatError) as caught:
+            source.parse_snapshot(FetchSnapshot(channel), body)
+        assert str(caught.value) == f"no REST snapshot is configured for {channel}"
 
 
 # JSON pointers -----------------------------------------------------------------------------------
@@ -518,164 +674,6 @@ def test_json_pointers_resolve_as_rfc_6901_says() -> None:
             JsonPointer(bad)
 
 
-# The spec ----------------------------------------------------------------------------------------
-
-
-def set_in(table: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """The table with one key set (or removed, for MISSING); ``a.b.0.c`` indexes lists."""
-    *parents, last = dotted.split(".")
-    target: Any = table
-    for key in parents:
-        target = target[int(key)] if isinstance(target, list) else target[key]
-    if value is MISSING:
-        del target[last]
-    else:
-        target[int(last) if isinstance(target, list) else last] = value
-    return table
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "line"),
-    [
-        (
-            "streams.trades.fields.price",
-            MISSING,
-            "streams.trades.fields.price: required for event streams",
-        ),
-        (
-            "streams.trades.fields.prize",
-            "/px",
-            "streams.trades.fields.prize: not a field of event streams "
-            "(price, size, side, trade_id, ts)",
-        ),
-        (
-            "topic",
-            "topic",
-            "topic: must be a JSON pointer (RFC 6901): must be empty or start with '/', "
-            "got 'topic'",
-        ),
-        (
-            "streams.ticker.fields.last",
-            "/last~2",
-            "streams.ticker.fields.last: must be a JSON pointer (RFC 6901): '~' must be "
-            "followed by '0' or '1', got '/last~2'",
-        ),
-        (
-            "subscribe",
-            '{"op":"subscribe","args":{topics},"req":{req}}',
-            "subscribe: unknown placeholder {req} (known: {topics}, {topic}, {id})",
-        ),
-        (
-            "unsubscribe",
-            '{"op":"unsubscribe","req":{id}}',
-            "unsubscribe: must name the topics: {topics} (a JSON list) or {topic} (one per frame)",
-        ),
-        (
-            "streams.book.snapshot",
-            MISSING,
-            "streams.book.snapshot: required for book streams: what marks a snapshot",
-        ),
-        (
-            "streams.trades.kind",
-            "events",
-            "streams.trades.kind: expected one of 'event', 'state', 'book', got 'events'",
-        ),
-        (
-            "streams.book",
-            {
-                "kind": "state",
-                "topic": "top.{symbol}",
-                "fields": dict.fromkeys(TICKER_FIELDS, "/x"),
-            },
-            "streams.book.kind: must be 'book' for book",
-        ),
-        (
-            "time_unit",
-            "sec",
-            "time_unit: expected one of 's', 'ms', 'us', 'ns', 'iso', got 'sec'",
-        ),
-        ("topics", "/topic", "unknown key 'topics'"),
-        ("streams.trades.fields.price", 5, "streams.trades.fields.price: expected a string, got 5"),
-        ("max_topics", "5", "max_topics: expected an integer, got '5'"),
-        ("max_topics", -1, "max_topics: must be 0 (no limit) or more, got -1"),
-        (
-            "streams.trades.sides.S",
-            "short",
-            "streams.trades.sides.S: must be buy or sell, got 'short'",
-        ),
-        (
-            "streams.ticker.sides",
-            {"b": "buy", "s": "sell"},
-            "streams.ticker.sides: only event streams have sides",
-        ),
-        ("streams.trades.depth", 10, "streams.trades.depth: only book streams have it"),
-        ("streams.book.batch", True, "streams.book.batch: only event streams have it"),
-        ("rest.seq", MISSING, "rest.seq: required key missing"),
-        ("rest.time", MISSING, "rest.time: required: streams.book has no fields.ts"),
-        ("rest.url", "ftp://host/x", "rest.url: must start with {rest_url} or http:// or https://"),
-        (
-            "streams.ticker.topic",
-            "trade.{symbol}",
-            "streams.ticker.topic: routes like streams.trades: 'trade.{symbol}'",
-        ),
-        (
-            "streams.trades.topic",
-            "trade.all",
-            "streams.trades.topic: must contain {symbol} (or {base} and {quote})",
-        ),
-        ("acks.0.when", [], "acks[0].when: must have at least one condition"),
-        (
-            "acks.2.ok",
-            {"pointer": "/ok", "values": ["true"]},
-            "acks[2].refusal: contradicts ok: a refusal has no ok flag to read",
-        ),
-        (
-            "heartbeat.0.pointer",
-            "op",
-            "heartbeat[0].pointer: must be a JSON pointer (RFC 6901): must be empty or start "
-            "with '/', got 'op'",
-        ),
-        ("streams", {}, "streams: must define at least one stream"),
-        (
-            "time",
-            MISSING,
-            "streams.trades: has no event time: set fields.ts, time, or the table's time",
-        ),
-    ],
-)
-def test_a_bad_spec_is_a_config_error_naming_the_key(key: str, value: Any, line: str) -> None:
-    assert line in issue_lines(set_in(sim_table(), key, value))
-
-
-def test_a_subscribe_template_must_be_json_once_filled_in() -> None:
-    lines = issue_lines(set_in(sim_table(), "subscribe", '{"op":"subscribe","args":[{topics}]'))
-    assert len(lines) == 1 and lines[0].startswith("subscribe: is not JSON once filled in (")
-
-
-def test_every_problem_is_reported_at_once() -> None:
-    table = sim_table()
-    del table["streams"]["trades"]["fields"]["price"]
-    table["heartbeat"][0]["pointer"] = "op"
-    table["bogus"] = 1
-    assert issue_lines(table) == [
-        "streams.trades.fields.price: required for event streams",
-        "heartbeat[0].pointer: must be a JSON pointer (RFC 6901): must be empty or start with "
-        "'/', got 'op'",
-        "unknown key 'bogus'",
-    ]
-
-
-def test_a_spec_built_in_python_is_checked_too() -> None:
-    with pytest.raises(ConfigError) as caught:
-        StreamSpec(kind="book", topic="depth.{symbol}", fields={"bids": "/b"})
-    assert str(caught.value).splitlines() == [
-        "fields.asks: required for book streams",
-        "snapshot: required for book streams: what marks a snapshot",
-    ]
-    with pytest.raises(ConfigError, match="pointer: must be a JSON pointer"):
-        Match("kind")
-
-
 def test_the_adapter_refuses_what_the_spec_alone_cannot_check() -> None:
     spec = load_spec(sim_table())
     with pytest.raises(ValueError, match="rest_url"):
@@ -689,19 +687,54 @@ def test_the_adapter_refuses_what_the_spec_alone_cannot_check() -> None:
         GenericJsonAdapter("sim", lower, ["BTC-USD", "btc-usd"], 1.0, REST)
 
 
-def test_sim_toml_is_a_whole_configuration() -> None:
-    """examples/json-sim.toml parses as it is, and its problems are reported under
-    ``sources.sim.json``."""
-    config = parse_config(sim_document())
-    assert config.sources["sim"].json == load_spec(sim_table())
-    document = sim_document()
-    del document["sources"]["sim"]["json"]["streams"]["book"]["snapshot"]
-    with pytest.raises(ConfigError) as caught:
-        parse_config(document)
-    assert (
-        "sources.sim.json.streams.book.snapshot: required for book streams: what marks a snapshot"
-        in str(caught.value).splitlines()
+def symbol_spec(**where: str) -> dict[str, Any]:
+    """The sim table with the upstream symbol the relay's own (``{symbol}``) and the given
+    dotted keys set, e.g. ``{"rest.url": ...}``."""
+    table = sim_table()
+    table["symbol"] = "{symbol}"
+    for key, value in where.items():
+        *parents, last = key.split(".")
+        target = table
+        for name in parents:
+            target = target[name]
+        target[last] = value
+    return table
+
+
+def test_symbol_parts_are_needed_only_where_a_template_uses_them() -> None:
+    table = symbol_spec(symbol_case="lower")
+    adapter = GenericJsonAdapter("sim", load_spec(table), ["BTC-USD", "BTCUSD"], 1.0, REST)
+    assert adapter.topic("sim:trades:BTC-USD") == "trade.btc-usd"
+    assert adapter.topic("sim:book:BTCUSD") == "depth.btcusd"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"symbol": "{base}-{quote}"},
+        {"streams.book.route": "depth.{symbol}.{base}"},
+        {"streams.book.route": "depth.{symbol}.{quote}"},
+        {"rest.url": "{rest_url}/book/{base}?topic={topic}"},
+        {"rest.url": "{rest_url}/book/{quote}?topic={topic}"},
+    ],
+)
+@pytest.mark.parametrize("symbol", ["BTCUSD", "-USD", "BTC-"])
+def test_a_symbol_that_is_not_base_quote_is_refused_where_a_template_needs_its_parts(
+    where: dict[str, str], symbol: str
+) -> None:
+    spec = load_spec(symbol_spec(**where))
+    with pytest.raises(ValueError) as caught:
+        GenericJsonAdapter("sim", spec, [symbol], 1.0, REST)
+    assert str(caught.value) == (
+        f"source 'sim': symbol {symbol!r} is not BASE-QUOTE, which the json templates' "
+        "{base} and {quote} need"
     )
+
+
+def test_the_base_ends_at_the_first_dash() -> None:
+    spec = load_spec(symbol_spec(symbol="{base}_{quote}"))
+    adapter = GenericJsonAdapter("sim", spec, ["ETH-USD-PERP"], 1.0, REST)
+    assert adapter.topic("sim:trades:ETH-USD-PERP") == "trade.ETH_USD-PERP"
 
 
 # Other shapes of upstream ------------------------------------------------------------------------
@@ -850,11 +883,13 @@ def test_other_shape_trades_come_in_arrays(other: GenericJsonAdapter) -> None:
         ),
     ]
     assert parse(other, {"ch": "trades:btc_usdt", "data": []}) == []
-    with pytest.raises(UpstreamFormatError):  # one trade, where the stream has lists of them
+    with pytest.raises(UpstreamFormatError) as caught:  # one trade, where lists are sent
         parse(other, {"ch": "trades:btc_usdt", "data": frame["data"][0]})
-    for bad in ("yesterday", 1704164645678):
-        with pytest.raises(UpstreamFormatError):
+    assert str(caught.value) == "trades:btc_usdt: payload is not a list of events"
+    for bad in ("yesterday", 1704164645678, "1969-12-31T23:59:59Z"):
+        with pytest.raises(UpstreamFormatError) as caught:
             parse(other, with_value(frame, "/data/0/t", bad))
+        assert str(caught.value) == f"trades:btc_usdt: time must be ISO 8601 text, got {bad!r}"
 
 
 def test_other_shape_keeps_the_exact_text_of_json_numbers(other: GenericJsonAdapter) -> None:
@@ -931,8 +966,11 @@ def test_a_delta_covering_a_range_carries_its_first_seq() -> None:
     adapter = GenericJsonAdapter("sim", load_spec(table), SYMBOLS, 1.0, REST)
     [update] = parse(adapter, {**DEPTH_UPDATE, "seq": 12, "first": 9})
     assert (update.first_seq, update.seq) == (9, 12)
-    with pytest.raises(UpstreamFormatError):
+    with pytest.raises(UpstreamFormatError) as caught:
         parse(adapter, DEPTH_UPDATE)  # no "first"
+    assert str(caught.value) == (
+        "depth.BTC-USD: first_seq must be a non-negative integer, got <missing>"
+    )
 
 
 def test_an_upstream_that_confirms_nothing_is_confirmed_by_its_first_message() -> None:
@@ -972,19 +1010,6 @@ def test_an_upstream_that_confirms_nothing_is_confirmed_by_a_heartbeat() -> None
     assert heartbeat == Heartbeat()
 
 
-def test_acks_that_name_nothing_are_refused_unless_the_upstream_confirms_nothing() -> None:
-    table = sim_table()
-    for rule in table["acks"]:
-        rule.pop("topics", None)
-        rule.pop("id", None)
-    assert issue_lines(table) == [
-        "acks: a rule must name what it answers (topics or id), "
-        "or set data_acks = true for an upstream that confirms nothing"
-    ]
-    table["data_acks"] = True
-    load_spec(table)
-
-
 @pytest.mark.parametrize(
     ("frame", "error"),
     [
@@ -1009,3 +1034,29 @@ def test_an_unknown_channel_is_named(adapter: GenericJsonAdapter) -> None:
     with pytest.raises(KeyError) as caught:
         adapter.topic("sim:book:DOGE-USD")
     assert caught.value.args == ("unknown channel 'sim:book:DOGE-USD'",)
+
+
+# Acks, again --------------------------------------------------------------------------------------
+
+
+def test_an_ack_may_name_its_one_topic_as_text(adapter: GenericJsonAdapter) -> None:
+    adapter.subscribe_frames(["sim:trades:BTC-USD"])
+    # No request id to correlate: the topic named is all there is.
+    ack = {"op": "subscribe", "ok": True, "args": "trade.BTC-USD"}
+    assert parse(adapter, ack) == [Ack(True, "ok: 'trade.BTC-USD'", ("sim:trades:BTC-USD",))]
+
+
+def test_an_ack_may_name_the_subscribe_topic_or_the_routing_key() -> None:
+    table = {
+        **OTHER,
+        "acks": [{"when": [{"pointer": "/type", "values": ["subscribed"]}], "topics": "/chs"}],
+    }
+    adapter = GenericJsonAdapter("x", load_spec(table), ["BTC-USDT"], 5.0, None)
+    book = ("x:book:BTC-USDT",)
+    # The book is subscribed as depth:btcusdt and its data is routed by depth:btc_usdt.
+    for named in ("depth:btcusdt", "depth:btc_usdt"):
+        [ack] = parse(adapter, {"type": "subscribed", "chs": [named]})
+        assert ack == Ack(True, f"ok: {[named]!r}", book)
+    # What the relay did not ask for is left out.
+    [ack] = parse(adapter, {"type": "subscribed", "chs": ["trades:btc_usdt", 5, "depth:eth"]})
+    assert ack.channels == ("x:trades:BTC-USDT",)
