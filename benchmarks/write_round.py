@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
 
 import trio
+from hub_publish import Source  # sibling module: run as a script
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 
@@ -41,17 +41,6 @@ SETTINGS = SessionSettings(
     rate_limit=50.0,
     rate_burst=100,
 )
-
-
-class Source:
-    def want(self, channel: str) -> None:
-        pass
-
-    def unwant(self, channel: str) -> None:
-        pass
-
-    def channel_state(self, channel: str) -> dict[str, Any] | None:
-        return None
 
 
 async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:

@@ -77,26 +77,31 @@ class Fixture:
         self.hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="test")
         self.hub.add_source("sim", Source())
         self.rounds = WriteRounds(self.hub, pacer)
-        timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
+        self.timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
         self.sessions: list[Session] = []
         self.peers: list[Peer] = []
         for _ in range(clients):
-            ours, theirs = trio.socket.socketpair()
-            session = Session(
-                trio.SocketStream(ours),
-                ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
-                self.hub,
-                Limits(10),
-                SETTINGS,
-                timers,
-                self.rounds,
-                latency=LatencyHistogram(),
-            )
+            session, theirs = self.session()
             assert session._fd is not None  # the synchronous os.write path is the one tested
             self.hub.subscribe(session, [CHANNEL], None, Limits(10))
             self.sessions.append(session)
             self.peers.append(Peer(theirs))
         self.published = 0
+
+    def session(self) -> tuple[Session, trio.socket.SocketType]:
+        """A session on one end of a socket pair, and the other end."""
+        ours, theirs = trio.socket.socketpair()
+        session = Session(
+            trio.SocketStream(ours),
+            ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
+            self.hub,
+            Limits(10),
+            SETTINGS,
+            self.timers,
+            self.rounds,
+            latency=LatencyHistogram(),
+        )
+        return session, theirs
 
     def publish(self) -> None:
         self.published += 1
@@ -242,16 +247,7 @@ async def test_replies_are_written_by_the_reader_without_a_write_round(
     """The welcome and the answer to a command go out from the session's own task: no write
     round runs in this test at all (a round in a storm can be a long scheduler pass away)."""
     f = Fixture(0)
-    ours, theirs = trio.socket.socketpair()
-    session = Session(
-        trio.SocketStream(ours),
-        ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
-        f.hub,
-        Limits(10),
-        SETTINGS,
-        SessionTimers(15.0, 60.0, 10.0),
-        f.rounds,
-    )
+    session, theirs = f.session()
     connection = trio.CancelScope()
 
     async def serve() -> None:
