@@ -30,14 +30,13 @@ from relay.core.channels import matches_any
 
 NAME: Final = PerMessageDeflate.name
 
-_WINDOW_BITS = re.compile(r"[89]|1[0-5]")
-"""RFC 7692 section 7.1.2: a decimal integer from 8 to 15, without leading zeros."""
+_WINDOW_BITS = re.compile(r'(?P<quote>"?)(?P<bits>9|1[0-5])(?P=quote)')
+"""RFC 7692 section 7.1.2: a decimal integer from 8 to 15, without leading zeros, as a token or
+a quoted string. 8 is declined: zlib cannot deflate with a window that small (it uses 9), and
+wsproto refuses it for inflating."""
 
 _NO_VALUE: Final = frozenset({"server_no_context_takeover", "client_no_context_takeover"})
 _KNOWN: Final = _NO_VALUE | {"server_max_window_bits", "client_max_window_bits"}
-
-_ANSWERED: Final = "client_no_context_takeover; server_no_context_takeover"
-"""What the relay always asks for, whatever the offer said about context takeover."""
 
 
 @attrs.frozen
@@ -61,17 +60,17 @@ def _parameters(offer: str) -> dict[str, str | None] | None:
     found: dict[str, str | None] = {}
     for part in offer.split(";")[1:]:
         name, equals, value = (p.strip() for p in part.partition("="))
-        if len(value) > 1 and value[0] == value[-1] == '"':
-            value = value[1:-1]
         if name not in _KNOWN or name in found:
             return None
-        if name in _NO_VALUE and equals:
+        if not equals:
+            if name == "server_max_window_bits":
+                return None  # its value is required
+            found[name] = None
+            continue
+        bits = _WINDOW_BITS.fullmatch(value)
+        if name in _NO_VALUE or bits is None:
             return None
-        if name == "server_max_window_bits" and not equals:
-            return None
-        if equals and name not in _NO_VALUE and not _WINDOW_BITS.fullmatch(value):
-            return None
-        found[name] = value if equals else None
+        found[name] = bits["bits"]
     return found
 
 
@@ -80,15 +79,14 @@ def negotiate(header: str | None, max_message_size: int) -> tuple[str, InboundDe
     ``Sec-WebSocket-Extensions`` header (the client lists them in its order of preference), and
     the extension that then reads the connection's frames; None to answer without it.
 
-    An 8-bit window is declined: zlib cannot deflate with a window that small (it uses 9), and
-    wsproto refuses it for inflating."""
+    An 8-bit window is declined (see ``_WINDOW_BITS``)."""
     if not header:
         return None
     for offer in header.split(","):
-        if offer.split(";", 1)[0].strip() != NAME:
+        if offer.partition(";")[0].strip() != NAME:
             continue
         parameters = _parameters(offer)
-        if parameters is None or "8" in parameters.values():
+        if parameters is None:
             continue
         extension = InboundDeflate(max_message_size)
         normalized = "; ".join(
@@ -106,30 +104,22 @@ class InboundDeflate(PerMessageDeflate):
 
     The header-time size check of :mod:`relay.core.websocket` counts compressed bytes; this is
     the check of what they inflate to. wsproto inflates a frame's data in one unbounded call,
-    so that call is replaced by one with ``max_length``; the rest is wsproto's."""
+    so that call is replaced by one with ``max_length``; and it takes a ping amid a compressed
+    message's frames for the message's end (python-hyper/wsproto#205), which is kept from it.
+    The rest is wsproto's."""
 
     def __init__(self, max_message_size: int) -> None:
         super().__init__(client_no_context_takeover=True, server_no_context_takeover=True)
         self.max_message_size = max_message_size
         self._inflated = 0
-
-    def frame_inbound_header(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        payload_length: int,
-    ) -> CloseReason | RsvBits:
-        if opcode in (Opcode.TEXT, Opcode.BINARY):
-            self._inflated = 0  # a new message
-        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+        """What the compressed message being received has inflated to so far."""
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
     ) -> bytes | CloseReason:
         decompressor = self._decompressor
         if decompressor is None or not (self._inbound_compressed and self._inbound_is_compressible):
-            return super().frame_inbound_payload_data(proto, data)
+            return data  # a message sent plain, or a control frame amid a compressed one
         room = self.max_message_size - self._inflated
         try:
             # One byte over the room is enough to know; zlib keeps the rest uninflated.
@@ -141,8 +131,17 @@ class InboundDeflate(PerMessageDeflate):
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | CloseReason | None:
+        if self._inbound_compressed and not self._inbound_is_compressible:
+            # A ping or pong amid a compressed message's frames (RFC 6455 section 5.4): the
+            # message goes on after it. wsproto would forget here that it is compressed, and
+            # pass its next frames on uninflated.
+            return None
         tail = super().frame_inbound_complete(proto, fin)
-        return self._counted(tail) if isinstance(tail, bytes) else tail
+        if not isinstance(tail, bytes):
+            return tail  # no compressed message ended with this frame
+        counted = self._counted(tail)
+        self._inflated = 0  # the next message starts from nothing
+        return counted
 
     def _counted(self, inflated: bytes) -> bytes | CloseReason:
         self._inflated += len(inflated)
@@ -155,8 +154,8 @@ class _LeveledDeflate(PerMessageDeflate):
     """wsproto's extension compressing at a chosen zlib level (wsproto's own is always 6): it
     sets up the compressor wsproto would, before each message, with the level."""
 
-    def __init__(self, window_bits: int, level: int) -> None:
-        super().__init__(server_no_context_takeover=True, server_max_window_bits=window_bits)
+    def __init__(self, level: int) -> None:
+        super().__init__(server_no_context_takeover=True)
         self.level = level
 
     def frame_outbound(
@@ -167,7 +166,7 @@ class _LeveledDeflate(PerMessageDeflate):
         data: bytes,
         fin: bool,
     ) -> tuple[RsvBits, bytes]:
-        if self._compressor is None and opcode in (Opcode.TEXT, Opcode.BINARY):
+        if self._compressor is None:  # a new message (no context is taken over)
             bits = self.server_max_window_bits
             self._compressor = zlib.compressobj(self.level, zlib.DEFLATED, -bits)
         return super().frame_outbound(proto, opcode, rsv, data, fin)
@@ -188,7 +187,7 @@ class CompressedFramer:
     def text(self, payload: bytes, window_bits: int) -> bytes:
         connection = self._by_bits.get(window_bits)
         if connection is None:
-            extension = _LeveledDeflate(window_bits, self.level)
+            extension = _LeveledDeflate(self.level)
             extension.accept(f"{NAME}; server_max_window_bits={window_bits}")
             connection = Connection(ConnectionType.SERVER, extensions=[extension])
             self._by_bits[window_bits] = connection
