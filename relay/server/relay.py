@@ -344,10 +344,12 @@ class Relay:
                 self.handshakes["refused"] += 1
                 await stream.send_all(self._refusal(head, refused, address))
                 return
-            # The parsed head (and its h11 state) must not live as long as the connection.
+            # The parsed head (and its h11 state) must not live as long as the connection, nor
+            # the response (this frame lives as long as the session).
             del head
             with trio.move_on_at(deadline) as handshake:
                 await _send_now(stream, response)
+            del response
             if handshake.cancelled_caught:
                 self.handshakes["abandoned"] += 1
                 return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 
 from relay.core.handshake import accept
 from relay.core.websocket import (
@@ -343,3 +346,19 @@ def test_a_continuation_frame_first_is_a_protocol_violation() -> None:
     server, _ = pair()
     (closed,) = server.receive(masked(0x80, b"x" * 10))  # continuation of no message
     assert isinstance(closed, Closed) and closed.code == 1002 and not closed.by_client
+
+
+def test_wsprotos_own_event_queue_is_a_small_list_that_still_works() -> None:
+    """The deque wsproto keeps for its one queued event is swapped for a list (760 bytes less
+    per idle connection): the abnormal closure it queues when the stream ends still comes out,
+    first in first out."""
+    server = opened()
+    connection = server._conn
+    assert sys.getsizeof(connection._events) < 100
+    connection._events.append(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+    connection.receive_data(None)  # the peer went away without a close frame
+    assert [e.code for e in connection.events() if isinstance(e, CloseConnection)] == [
+        CloseReason.NORMAL_CLOSURE,
+        CloseReason.ABNORMAL_CLOSURE,
+    ]
+    assert not connection._events
