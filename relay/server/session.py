@@ -1,8 +1,9 @@
 """One downstream client: a single task that reads, and writes that need no task at all.
 
-An idle client costs one task (the one ``trio.serve_tcp`` started for its connection), parked in
+An idle client costs one task (the one the listener started for its connection), parked in
 ``receive_some``. Writes happen outside it: the relay's write rounds release the session and it
-writes its whole outbox with one non-blocking ``send`` (see ``release``). Only when the socket
+writes its whole outbox with one non-blocking ``send`` (see ``release``); the answers to its own
+commands it writes itself, as soon as they are queued (``_answer``). Only when the socket
 will not take everything at once does a writer task start, in the connection's nursery, and it
 ends as soon as it has caught up. Heartbeats and idle deadlines come from the relay's one timer
 task. When the session ends, the connection's nursery is cancelled and ``finally`` releases its
