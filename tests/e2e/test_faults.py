@@ -177,8 +177,9 @@ async def test_refused_upstream_is_retried_without_a_tight_loop(stack: Stack) ->
         assert statuses(got)[-1] == "connected"
         await assert_fresh_state_after(got, "connected")
     stats = await stack.stats()
-    # Backoff 0.1 s doubling to a 0.5 s cap: a handful of attempts in 2 s, not hundreds.
-    assert 1 <= stats["connections_refused"] <= 12
+    # Backoff 0.1 s doubling to a 0.5 s cap, with full jitter: about ten attempts in 2 s on
+    # average, and some runs draw many short delays (14 seen), but never hundreds.
+    assert 1 <= stats["connections_refused"] <= 30
     assert stats["connections_total"] == 2
     assert stats["subscribes"] == 6
 
