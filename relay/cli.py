@@ -101,6 +101,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     """The log options, on the main parser (with defaults) and again on each command (without,
     so that ``relay serve --log-format json`` works as well as ``relay --log-format json
@@ -149,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
         "  relay serve --config examples/relay.toml --port 9000\n\n"
         "SIGINT or SIGTERM stops it: clients get close code 1001 and the process exits 0.\n"
         "SIGHUP reloads the configuration and the key file without dropping connections\n"
-        "(keys, tiers and [auth]; other sections need a restart).",
+        "(keys, tiers and [auth]; other sections need a restart).\n\n"
+        "--workers N runs N relay processes sharing the port, as nodes of a cluster: it needs\n"
+        "[cluster] redis_url. The first process supervises them and passes signals on.",
     )
     serve.add_argument(
         "--config", metavar="FILE", help=f"the configuration file, e.g. {EXAMPLE_CONFIG}"
@@ -162,6 +174,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         help="listen on this port instead of the file's [server] port (0: any free port)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="run N relay processes sharing the port (SO_REUSEPORT), restarted if they fail; "
+        "they are cluster nodes, so N > 1 needs [cluster] redis_url (default: 1)",
+    )
+    # Marks a process started by --workers: it shares the port with its siblings.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     demo = command(
         "demo",
@@ -411,6 +433,47 @@ def _reload(args: argparse.Namespace, relay: Relay) -> None:
     relay.reload(config)
 
 
+def _require_cluster(config: RelayConfig) -> None:
+    """Workers are cluster nodes: without Redis each would be a relay of its own, with its own
+    upstream connections, sequence numbers and published messages, behind one port."""
+    cluster = getattr(config, "cluster", None)
+    if getattr(cluster, "redis_url", None) is None:
+        print(
+            "relay serve: --workers needs [cluster] redis_url in the configuration: each worker "
+            "is a cluster node, and the nodes share their sources through Redis",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one worker: this ``relay serve`` (same file, overrides and log
+    options), marked as a worker, with no --workers of its own."""
+    argv = [sys.executable, "-m", "relay", "--log-level", args.log_level]
+    argv += ["--log-format", args.log_format, "serve", "--config", args.config, "--worker"]
+    if args.host is not None:
+        argv += ["--host", args.host]
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
+    return argv
+
+
+def _serve_workers(args: argparse.Namespace, config: RelayConfig) -> int:
+    """``relay serve --workers N`` with N > 1: checked here, once, then the supervisor."""
+    from relay.workers import run_workers
+
+    if config.server.port == 0:
+        print(
+            "relay serve: --workers needs a fixed port: with port 0 each worker would listen "
+            "on a different one",
+            file=sys.stderr,
+        )
+        return 2
+    _require_cluster(config)
+    log.info("starting %d workers on %s:%d", args.workers, config.server.host, config.server.port)
+    return run_workers(_worker_argv(args), args.workers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -442,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = _load(args)
                 if config is None:
                     return 2
+                if args.workers > 1:
+                    return _serve_workers(args, config)
                 where = f"{config.server.host}:{config.server.port}"
                 try:
                     relay = Relay(config)
