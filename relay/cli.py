@@ -436,8 +436,7 @@ def _reload(args: argparse.Namespace, relay: Relay) -> None:
 def _require_cluster(config: RelayConfig) -> None:
     """Workers are cluster nodes: without Redis each would be a relay of its own, with its own
     upstream connections, sequence numbers and published messages, behind one port."""
-    cluster = getattr(config, "cluster", None)
-    if getattr(cluster, "redis_url", None) is None:
+    if not config.cluster.enabled:
         print(
             "relay serve: --workers needs [cluster] redis_url in the configuration: each worker "
             "is a cluster node, and the nodes share their sources through Redis",
@@ -509,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return _serve_workers(args, config)
                 where = f"{config.server.host}:{config.server.port}"
                 try:
-                    relay = Relay(config)
+                    relay = Relay(config, reuse_port=args.worker)
                 except ConfigError as exc:
                     print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
                     return 2

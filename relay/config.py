@@ -667,6 +667,52 @@ class PublishedSourceConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """Cluster mode: many relay processes on one Redis, still one upstream connection per source
+    (see docs/scaling.md). Without ``redis_url`` the relay is one process and uses no Redis."""
+
+    redis_url: str | None = None
+    """``redis://host:port/db`` (or ``rediss://`` for TLS)."""
+    prefix: str = "relay"
+    """Every key and Pub/Sub channel the cluster uses starts with this and a colon, so several
+    clusters can share one Redis."""
+    lease_ttl: float = 3.0
+    """Seconds a source's lease lasts unless renewed: how long a dead holder can keep a source
+    without a connection (another node takes it over within this plus ``lease_retry``)."""
+    lease_renew: float = 1.0
+    """Seconds between renewals of a held lease."""
+    lease_retry: float = 1.0
+    """Seconds between attempts to take a source that another node holds."""
+    request_timeout: float = 1.0
+    """Seconds a Redis request may take before the node counts Redis as unreachable."""
+    join_timeout: float = 5.0
+    """Seconds a subscribe may wait for Redis before the client gets an error for it."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[Issue] = []
+        if self.redis_url is not None:
+            _url(issues, "redis_url", self.redis_url, ("redis", "rediss"))
+        if not self.prefix or any(c.isspace() for c in self.prefix):
+            issues.append(Issue("prefix", f"must be a word with no spaces, got {self.prefix!r}"))
+        for name in ("lease_ttl", "lease_renew", "lease_retry", "request_timeout", "join_timeout"):
+            _positive(issues, name, getattr(self, name))
+        if self.lease_renew + self.request_timeout >= 0.9 * self.lease_ttl:
+            issues.append(
+                Issue(
+                    "lease_renew",
+                    "plus request_timeout must be under 90 % of lease_ttl "
+                    f"({self.lease_renew:g} + {self.request_timeout:g} >= "
+                    f"0.9 * {self.lease_ttl:g}), or a holder loses its lease between renewals",
+                )
+            )
+        raise_issues(issues)
+
+
+@attrs.frozen
 class RelayConfig:
     """The whole configuration. Checks what no single table can: names referring to each other."""
 
@@ -680,6 +726,7 @@ class RelayConfig:
     history: HistoryConfig = attrs.Factory(HistoryConfig)
     published: dict[str, PublishedSourceConfig] = attrs.Factory(dict)
     compression: CompressionConfig = attrs.Factory(CompressionConfig)
+    cluster: ClusterConfig = attrs.Factory(ClusterConfig)
 
     def policy_for(self, channel: str) -> PolicyName:
         """First matching rule wins, so specific patterns go before general ones."""
@@ -756,6 +803,15 @@ class RelayConfig:
                     make_adapter(name, source)
                 except ValueError as exc:
                     issues.append(Issue(f"sources.{_key(name)}", str(exc)))
+        if self.cluster.enabled and self.published:
+            issues.extend(
+                Issue(
+                    f"published.{_key(name)}",
+                    "a cluster (cluster.redis_url) does not serve [published] sources: "
+                    "application publishes are not sequenced through Redis",
+                )
+                for name in self.published
+            )
         raise_issues(issues)
 
 

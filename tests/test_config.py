@@ -152,6 +152,14 @@ enabled = false
 min_bytes = 256
 level = 6
 exclude = ["md:ticker:*"]
+
+[cluster]
+prefix = "relay-eu"
+lease_ttl = 6.0
+lease_renew = 2.0
+lease_retry = 1.5
+request_timeout = 1.0
+join_timeout = 4.0
 """
 
 

@@ -410,3 +410,8 @@ def test_subscribed_says_recovered_only_in_answer_to_a_resume() -> None:
     for recovered in (True, False):
         resumed = orjson.loads(encode_event("subscribed", Subscribed("a:b", 3, "e", recovered)))
         assert resumed["data"]["recovered"] is recovered
+
+
+def test_the_cluster_adds_one_error_code() -> None:
+    # A contract with clients (docs/protocol.md): a subscribe Redis could not serve in time.
+    assert ErrorCode.UNAVAILABLE == "unavailable"

@@ -12,19 +12,19 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
 from relay import cli
+from relay.config import parse_config
 from relay.server.listener import Listener
 from relay.workers import Workers, describe_exit
 
 if TYPE_CHECKING:
-    from relay.config import RelayConfig
+    pass
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "relay.toml"
@@ -337,8 +337,8 @@ def test_workers_on_port_zero_are_refused_in_one_line() -> None:
 
 
 def test_a_cluster_with_a_redis_url_is_enough_for_workers() -> None:
-    cluster = SimpleNamespace(redis_url="redis://127.0.0.1:6379")
-    cli._require_cluster(cast("RelayConfig", SimpleNamespace(cluster=cluster)))
+    config = parse_config({"cluster": {"redis_url": "redis://127.0.0.1:6379"}})
+    cli._require_cluster(config)
 
 
 def serve(*options: str) -> subprocess.CompletedProcess[str]:

@@ -11,14 +11,16 @@ decision.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
 import attrs
+import orjson
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from relay.core.channels import matches_any, source_of
+from relay.core.cluster_wire import ChannelMessage
 from relay.core.deflate import CompressedFramer, CompressionPolicy
 from relay.core.history import ChannelHistory, HistoryBounds
 from relay.core.model import StreamKind, Update
@@ -27,6 +29,7 @@ from relay.core.protocol import (
     ChannelAck,
     ChannelRevoked,
     ErrorCode,
+    Lagged,
     ProtocolError,
     RequestId,
     Since,
@@ -80,6 +83,23 @@ class SourceListener(Protocol):
         ...
 
 
+class Outlet(Protocol):
+    """Where an upstream supervisor sends what its source produces: the hub itself, or (in a
+    cluster node holding the source) Redis, from which every node's hub relays it."""
+
+    def publish(self, update: Update, ts: int) -> None: ...
+
+    def status(self, source: str, state: str) -> None: ...
+
+    def forget_state(self, channel: str) -> None: ...
+
+    def upstream_refused(self, channel: str, message: str) -> None: ...
+
+    def wanted(self, source: str) -> Iterable[str]:
+        """The source's channels some client holds."""
+        ...
+
+
 @attrs.frozen
 class Limits:
     """What one session may subscribe to (from its tier)."""
@@ -113,6 +133,9 @@ class ChannelState:
     """The channel's recent frames, for clients resuming with ``since``; None when off."""
     compress: bool = False
     """Messages of this channel may go out compressed (compression on, channel not excluded)."""
+    mirrored: bytes | None = None
+    """In a cluster node, the channel's whole state as the holder encoded it (a snapshot
+    payload), at ``seq``: what the node's subscribers get as their snapshot."""
 
 
 class Hub:
@@ -125,13 +148,18 @@ class Hub:
         history_for: Callable[[str], HistoryBounds | None] = lambda _: None,
         epoch: str | None = None,
         compression: CompressionPolicy | None = None,
+        mirror: bool = False,
     ) -> None:
+        """``mirror``: a cluster node, which relays what each source's holder sequenced and
+        encoded (:meth:`relay`) instead of sequencing updates itself (:meth:`publish`); its
+        state comes with the messages, and history is Redis's, not this hub's."""
         self._kind_of = kind_of
         """A channel's stream kind, or None for a channel no source serves (asked once per
         channel name that a client tries, so families such as ``eth:logs:<address>`` that
         cannot be listed are served all the same)."""
         self._policy_for = policy_for
         self._history_for = history_for
+        self.mirror = mirror
         self.epoch = epoch if epoch is not None else secrets.token_hex(8)
         """Names this hub's numbering: every channel's seq starts at 1 in a new hub (a new
         process), so a client's ``since`` is only meaningful with the epoch it came with."""
@@ -174,7 +202,7 @@ class Hub:
             state = ChannelState(name, kind, self._policy_for(name), kind is StreamKind.BOOK)
             compression = self._compression
             state.compress = compression is not None and compression.compresses(name)
-            bounds = self._history_for(name)
+            bounds = None if self.mirror else self._history_for(name)
             if bounds is not None and bounds.enabled:
                 state.history = ChannelHistory(bounds)
             self._channels[name] = state
@@ -198,37 +226,72 @@ class Hub:
         epoch is this hub's and the history holds every message after ``since.seq``, those
         are replayed in order instead of the snapshot (``recovered`` true); otherwise it gets
         the snapshot as usual and ``recovered`` false. ``now`` (ms) ages the history."""
-        outbox = sub.outbox
         for name in channels:
-            error = self._refusal(sub, name, limits)
-            if error is not None:
-                self._control(outbox, encode_error(ProtocolError(*error, request_id, name)))
+            if self.refuse(sub, name, request_id, limits):
                 continue
-            added, first = self.registry.add(sub, name)
             state = self.channel(name)
-            if added and sub.deflate:
-                self._deflated[name] = self._deflated.get(name, 0) + 1
-            if not added:
-                # Already live on this channel: nothing to replay, nothing changes.
-                outbox.offer_control(self._subscribed(state, request_id, None))
-                continue
             missed = None if since is None else self._missed(state, since, now)
-            recovered = None if since is None else missed is not None
-            outbox.offer_control(self._subscribed(state, request_id, recovered))
-            if missed is not None:
-                # Data, not control: the channel's policy bounds a long replay like live data.
-                delta = state.delta or state.kind is _STATE
-                for replayed in missed:
-                    if outbox.offer(name, replayed, state.policy, delta) is _OVERFLOW:
-                        sub.overflow()
-                        break
-            else:
-                snapshot = self._snapshot_payload(state)
-                if snapshot is not None:
-                    outbox.offer_control(self._frame_for(sub.deflate, state, snapshot))
-            if first:
-                self._listeners[source_of(name)].want(name)
+            self._add(sub, state, request_id, since is not None, missed)
         sub.wake()
+
+    def refuse(self, sub: Subscriber, name: str, request_id: RequestId, limits: Limits) -> bool:
+        """Answer the error when the client may not subscribe to ``name``; True if it was."""
+        error = self._refusal(sub, name, limits)
+        if error is None:
+            return False
+        self._control(sub.outbox, encode_error(ProtocolError(*error, request_id, name)))
+        return True
+
+    def join(
+        self,
+        sub: Subscriber,
+        name: str,
+        request_id: RequestId,
+        limits: Limits,
+        resuming: bool,
+        missed: list[bytes] | None,
+    ) -> None:
+        """A cluster node's subscribe, completed at the point of its Pub/Sub stream where it
+        read the channel in Redis (:meth:`mirrored` has been called with that answer), so the
+        snapshot or the replay ``missed`` (payloads, from Redis's history) joins the live
+        messages without a gap or a duplicate."""
+        if not self.refuse(sub, name, request_id, limits):
+            missed_frames = None if missed is None else [self.framer.text(p) for p in missed]
+            self._add(sub, self.channel(name), request_id, resuming, missed_frames)
+        sub.wake()
+
+    def _add(
+        self,
+        sub: Subscriber,
+        state: ChannelState,
+        request_id: RequestId,
+        resuming: bool,
+        missed: list[bytes] | None,
+    ) -> None:
+        outbox = sub.outbox
+        name = state.name
+        added, first = self.registry.add(sub, name)
+        if added and sub.deflate:
+            self._deflated[name] = self._deflated.get(name, 0) + 1
+        if not added:
+            # Already live on this channel: nothing to replay, nothing changes.
+            outbox.offer_control(self._subscribed(state, request_id, None))
+            return
+        recovered = missed is not None if resuming else None
+        outbox.offer_control(self._subscribed(state, request_id, recovered))
+        if missed is not None:
+            # Data, not control: the channel's policy bounds a long replay like live data.
+            delta = state.delta or state.kind is _STATE
+            for replayed in missed:
+                if outbox.offer(name, replayed, state.policy, delta) is _OVERFLOW:
+                    sub.overflow()
+                    break
+        else:
+            snapshot = self._snapshot_payload(state)
+            if snapshot is not None:
+                outbox.offer_control(self._frame_for(sub.deflate, state, snapshot))
+        if first:
+            self._listeners[source_of(name)].want(name)
 
     def _missed(self, state: ChannelState, since: Since, now: int) -> list[bytes] | None:
         """The frames a resuming client missed, or None when they cannot all be replayed."""
@@ -346,10 +409,21 @@ class Hub:
             history.append(state.seq, ts, frame)
             if not subscribers:
                 return
-        name, policy = update.channel, state.policy
+        self._fan_out(subscribers, state, payload, frame, update.snapshot, ts)
+
+    def _fan_out(
+        self,
+        subscribers: Collection[Subscriber],
+        state: ChannelState,
+        payload: bytes,
+        frame: bytes,
+        snapshot: bool,
+        ts: int,
+    ) -> None:
+        name, policy = state.name, state.policy
         # A state channel whose messages are not each a snapshot (blocks: each extends the
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.
-        delta = state.delta or (not update.snapshot and state.kind is _STATE)
+        delta = state.delta or (not snapshot and state.kind is _STATE)
         self.publish_ts = ts
         if name in self._deflated and self._compressible(state, payload):
             self._fan_out_compressed(subscribers, state, payload, frame, delta)
@@ -362,6 +436,54 @@ class Hub:
                     self._not_queued(sub, result)
         self.publish_ts = 0
         self.deliveries += len(subscribers)
+
+    def relay(self, channel: str, seq: int, ts: int, message: ChannelMessage) -> None:
+        """A cluster node's fan-out of a message its source's holder sequenced and encoded:
+        the holder's payload bytes, framed once here, to every local subscriber."""
+        state = self.channel(channel)
+        state.seq = seq
+        state.ts = ts
+        if message.state is not None:
+            state.mirrored = message.state
+        self.messages_in += 1
+        subscribers = self.registry.subscribers(channel)
+        if subscribers:
+            payload = message.payload
+            self._fan_out(
+                subscribers, state, payload, self.framer.text(payload), message.snapshot, ts
+            )
+
+    def mirrored(self, channel: str, seq: int, ts: int, snapshot: bytes | None) -> None:
+        """A cluster node read a channel's seq and state in Redis (a join's answer)."""
+        state = self.channel(channel)
+        state.seq = seq
+        state.ts = ts
+        state.mirrored = snapshot
+
+    def resynced(
+        self, channel: str, missed: list[bytes] | None, lost: int, snapshot: bytes | None
+    ) -> None:
+        """A cluster node's channel lost messages on the way from Redis and is consistent again
+        (:meth:`mirrored` was called with its answer): its subscribers get what they missed, or
+        else the fresh state and a ``lagged`` event counting what they will never see."""
+        state = self.channel(channel)
+        subscribers = self.registry.subscribers(channel)
+        if not subscribers:
+            return
+        if missed is not None:
+            for payload in missed:
+                self._fan_out(subscribers, state, payload, self.framer.text(payload), False, 0)
+            return
+        frames = [] if snapshot is None else [self.framer.text(snapshot)]
+        if lost:
+            frames.append(self.framer.text(encode_event("lagged", Lagged(channel, lost))))
+        for sub in subscribers:
+            for frame in frames:
+                if not sub.outbox.offer_control(frame):
+                    sub.overflow()
+                    break
+            else:
+                sub.wake()
 
     def _not_queued(self, sub: Subscriber, result: Offer) -> None:
         """The rare outcomes of an offer, counted here (counting the common case would cost an
@@ -426,6 +548,8 @@ class Hub:
         return None if payload is None else self.framer.text(payload)
 
     def _snapshot_payload(self, state: ChannelState) -> bytes | None:
+        if self.mirror:
+            return state.mirrored
         data = self._state_data(state)
         if data is None:
             return None
@@ -442,15 +566,22 @@ class Hub:
         return None if data is None else (state.seq, state.ts, data)
 
     def _state_data(self, state: ChannelState) -> dict[str, Any] | None:
+        if self.mirror:
+            mirrored = state.mirrored
+            return None if mirrored is None else orjson.loads(mirrored)["data"]
         if state.kind is StreamKind.BOOK:
             return self._listeners[source_of(state.name)].channel_state(state.name)
         return state.latest
+
+    def wanted(self, source: str) -> Iterable[str]:
+        return self.registry.wanted(source)
 
     def forget_state(self, channel: str) -> None:
         """The upstream no longer feeds this channel; stale state must not reach new clients."""
         state = self._channels.get(channel)
         if state is not None:
             state.latest = None
+            state.mirrored = None
 
     def upstream_refused(self, channel: str, message: str) -> None:
         """The upstream refused to serve a channel: its subscribers hear it rather than wait

@@ -36,6 +36,7 @@ class ErrorCode:
     RATE_LIMITED: Final = "rate_limited"
     UPSTREAM_REFUSED: Final = "upstream_refused"
     INVALID_CREDENTIALS: Final = "invalid_credentials"
+    UNAVAILABLE: Final = "unavailable"
 
 
 # Commands ------------------------------------------------------------------------------------

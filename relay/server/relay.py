@@ -22,6 +22,7 @@ from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
+from relay.cluster.node import ClusterNode
 from relay.config import RelayConfig, TierConfig, TlsConfig
 from relay.core.admission import (
     AddressLimiter,
@@ -88,7 +89,12 @@ RESTART_SECTIONS = (
     "history",
     "published",
     "compression",
+    "cluster",
 )
+
+
+_SERVING = (UpstreamState.CONNECTED, UpstreamState.STANDBY)
+"""Upstream states of a ready relay: connected, or (in a cluster) held by another node."""
 
 
 class Relay:
@@ -101,13 +107,18 @@ class Relay:
         adapters: Mapping[str, Adapter] | None = None,
         transport: Transport | None = None,
         wall_clock: Callable[[], float] = time.time,
+        reuse_port: bool = False,
     ) -> None:
         """Raises :class:`ConfigError` when the key file or a JWT key file is missing or bad.
+
+        ``reuse_port``: listen with SO_REUSEPORT, beside the other workers of ``relay serve
+        --workers`` on the same port (the kernel spreads connections over them).
 
         ``wall_clock`` (seconds since the epoch) is what tokens' ``exp`` is compared with; the
         deadlines themselves run on Trio's clock, so tests replace both."""
         self.config = config
         self._wall_clock = wall_clock
+        self._reuse_port = reuse_port
         self.credentials = load_credentials(config)
         self.adapters = (
             dict(adapters)
@@ -119,6 +130,7 @@ class Relay:
             lambda channel: Policy(config.policy_for(channel)),
             config.history.bounds_for,
             compression=config.compression.policy if config.compression.enabled else None,
+            mirror=config.cluster.enabled,
         )
         self.upstreams = {
             name: UpstreamSupervisor(
@@ -131,8 +143,22 @@ class Relay:
             )
             for name, adapter in self.adapters.items()
         }
-        for name, supervisor in self.upstreams.items():
-            self.hub.add_source(name, supervisor)
+        self.cluster: ClusterNode | None = None
+        """In cluster mode: this process as a node of the cluster (the supervisors then run only
+        while it holds their sources' leases)."""
+        if config.cluster.enabled:
+            self.cluster = ClusterNode(
+                config.cluster,
+                self.hub,
+                self.upstreams,
+                self._kind_of,
+                config.history.bounds_for,
+            )
+            for name in self.upstreams:
+                self.hub.add_source(name, self.cluster.listener(name))
+        else:
+            for name, supervisor in self.upstreams.items():
+                self.hub.add_source(name, supervisor)
         self.published = {
             name: PublishedSource(name, source.state) for name, source in config.published.items()
         }
@@ -219,11 +245,16 @@ class Relay:
         """Run until cancelled; ``task_status.started`` reports the bound port."""
         server = self.config.server
         async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
-            for supervisor in self.upstreams.values():
-                await nursery.start(supervisor.run, HttpTransport(http))
+            if self.cluster is not None:
+                await nursery.start(self.cluster.run, HttpTransport(http))
+            else:
+                for supervisor in self.upstreams.values():
+                    await nursery.start(supervisor.run, HttpTransport(http))
             nursery.start_soon(self.run_timers)
             nursery.start_soon(self.rounds.run)
-            self.listener = Listener(server.host, server.port, server.listen_backlog)
+            self.listener = Listener(
+                server.host, server.port, server.listen_backlog, reuse_port=self._reuse_port
+            )
             nursery.start_soon(self.listener.serve, self._handle_tcp)
             self.port = self.listener.port
             scheme = "ws" if self._tls is None else "wss"
@@ -251,7 +282,9 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return all(u.state is UpstreamState.CONNECTED for u in self.upstreams.values())
+        if self.cluster is not None and not self.cluster.ready:
+            return False
+        return all(u.state in _SERVING for u in self.upstreams.values())
 
     def reload_tls(self, tls: TlsConfig) -> None:
         """Read the certificate and key files again: connections from now on are served with
@@ -461,6 +494,7 @@ class Relay:
                 self.fanout_latency,
                 grant,
                 self._authenticate,
+                self.cluster,
             )
             if grant.valid_until is not None:
                 session.expiry = trio.CancelScope(deadline=self._deadline(grant.valid_until))
@@ -530,7 +564,14 @@ class Relay:
                 for name, u in self.upstreams.items()
                 if u.next_retry is not None
             }
-            body = orjson.dumps({"ready": self.ready, "upstreams": states, "retry_in": retry_in})
+            ready: dict[str, Any] = {"ready": self.ready, "upstreams": states, "retry_in": retry_in}
+            if self.cluster is not None:
+                ready["cluster"] = {
+                    "node": self.cluster.id,
+                    "redis": self.cluster.redis_error or "ok",
+                    "holding": sorted(self.cluster.holding),
+                }
+            body = orjson.dumps(ready)
             return head.response(200 if self.ready else 503, body)
         if path == "/metrics":
             return head.response(

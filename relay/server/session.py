@@ -16,8 +16,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -33,6 +33,8 @@ from relay.core.protocol import (
     Lagged,
     Ping,
     ProtocolError,
+    RequestId,
+    Since,
     Subscribe,
     Unsubscribe,
     Welcome,
@@ -51,6 +53,23 @@ log = logging.getLogger("relay.session")
 
 RECEIVE_BYTES = 16384
 PING_PAYLOAD = b"relay"
+
+
+class Joiner(Protocol):
+    """A cluster node, as a session's subscribes see it (relay.cluster.node.ClusterNode)."""
+
+    def subscribe(
+        self,
+        sub: Session,
+        channels: Iterable[str],
+        request_id: RequestId,
+        limits: Limits,
+        since: Since | None,
+    ) -> Any:
+        """Answers now, or returns a join to :meth:`wait` for."""
+        ...
+
+    async def wait(self, join: Any) -> None: ...
 
 
 class CloseCode:
@@ -102,6 +121,7 @@ class Session:
     __slots__ = (
         "_authenticate",
         "_bucket",
+        "_cluster",
         "_fd",
         "_hub",
         "_latency",
@@ -141,6 +161,7 @@ class Session:
         latency: LatencyHistogram | None = None,
         grant: Grant | None = None,
         authenticate: Callable[[Session, Auth], None] | None = None,
+        cluster: Joiner | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.key_name = key_name
@@ -158,6 +179,8 @@ class Session:
         self.deflate = websocket.deflate
         """The hub's :attr:`Subscriber.deflate`: which compressed frames this client takes."""
         self._hub = hub
+        self._cluster = cluster
+        """A cluster node's subscribes go through it: some wait for Redis (:class:`Joiner`)."""
         self._limits = limits
         self._settings = settings
         self.outbox = Outbox(settings.max_messages, settings.max_bytes)
@@ -367,7 +390,7 @@ class Session:
         self._timers.add(self, trio.current_time())
         try:
             early, self._ws.early = self._ws.early, []
-            self._on(early)
+            await self._on(early)
             self._answer()
             await self._read()
         finally:
@@ -387,7 +410,7 @@ class Session:
             if not data:
                 self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
                 return
-            self._on(ws.receive(data))
+            await self._on(ws.receive(data))
             self._answer()
 
     def _answer(self) -> None:
@@ -399,13 +422,21 @@ class Session:
         if self._requested and not self._writing and self.closing is None:
             self.release()
 
-    def _on(self, received: list[Received]) -> None:
-        """Act on what the client sent; nothing more once the session is closing."""
+    async def _on(self, received: list[Received]) -> None:
+        """Act on what the client sent; nothing more once the session is closing. A subscribe
+        that waits for the cluster's Redis holds back the commands after it, so replies keep
+        the order of the commands."""
         for item in received:
             if self.closing is not None:
                 return
             if isinstance(item, str | bytes):
-                self._handle(item)
+                waiting = self._handle(item)
+                if waiting is not None:
+                    join, had = waiting
+                    self._answer()
+                    assert self._cluster is not None
+                    await self._cluster.wait(join)
+                    self._commanded(had, trio.current_time())
             elif isinstance(item, Answer):
                 self._queue(item.frame)
             elif isinstance(item, PongReceived):
@@ -459,24 +490,30 @@ class Session:
 
     # Commands ----------------------------------------------------------------------------
 
-    def _handle(self, message: str | bytes) -> None:
+    def _handle(self, message: str | bytes) -> tuple[Any, int] | None:
+        """Carry out a command; answers a cluster join to wait for (and the subscription
+        count before it) when the subscribe needs Redis."""
         now = trio.current_time()
         bucket = self._bucket
         if not bucket.take(now):
             if bucket.abusive:
                 self._end(Closing(CloseCode.RATE_LIMITED, "rate limited", flush=True))
-                return
+                return None
             error = ProtocolError(
                 ErrorCode.RATE_LIMITED,
                 f"at most {bucket.rate:g} commands per second",
                 command_id(message),
             )
             self.reply(encode_error(error))
-            return
+            return None
         # Commands are JSON text frames; a binary frame is refused, not executed.
         command = parse_command(message) if isinstance(message, str) else refuse_binary(message)
         had = self._hub.registry.count_of(self)
         match command:
+            case Subscribe(channels, request_id, since) if self._cluster is not None:
+                join = self._cluster.subscribe(self, channels, request_id, self._limits, since)
+                if join is not None:
+                    return join, had
             case Subscribe(channels, request_id, since):
                 now_ms = time.time_ns() // 1_000_000 if since is not None else 0
                 self._hub.subscribe(self, channels, request_id, self._limits, since, now_ms)
@@ -496,9 +533,15 @@ class Session:
                     # The relay applies the new grant through regrant, which restarts the idle
                     # clock itself if it removed every subscription.
                     self._authenticate(self, command)
-                    return
+                    return None
             case ProtocolError():
                 self.reply(encode_error(command))
+        self._commanded(had, now)
+        return None
+
+    def _commanded(self, had: int, now: float) -> None:
+        """After a command: a full outbox ends the session; the idle clock runs only while the
+        session holds no subscription."""
         if self.outbox.overflowed:
             self.overflow()
             return

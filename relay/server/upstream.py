@@ -25,7 +25,7 @@ import trio
 from relay.adapters.base import Adapter
 from relay.config import SourceConfig
 from relay.core.backoff import Backoff
-from relay.core.hub import Hub
+from relay.core.hub import Outlet
 from relay.core.model import (
     Ack,
     Head,
@@ -60,6 +60,8 @@ class UpstreamState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
+    STANDBY = "standby"
+    """A cluster node's source whose lease another node holds: that node has its upstream."""
 
 
 class UpstreamDead(Exception):
@@ -91,7 +93,7 @@ class UpstreamSupervisor:
         self,
         adapter: Adapter,
         settings: SourceConfig,
-        hub: Hub,
+        hub: Outlet,
         transport: Transport | None = None,
         rng: Callable[[], float] = random.random,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -110,7 +112,9 @@ class UpstreamSupervisor:
         """Left after each subscribe or unsubscribe frame: some upstreams (Binance) disconnect a
         connection that sends more than a few requests a second. Changes that come meanwhile
         are batched into the next requests by the plan."""
-        self.hub = hub
+        self.outlet: Outlet = hub
+        """Where the source's messages and status go: the hub, or in a cluster node that holds
+        the source, Redis (every node then relays them)."""
         self.transport: Transport = transport or WebSocketTransport()
         self._rng = rng
         self._now_ms = wall_clock_ms
@@ -148,11 +152,20 @@ class UpstreamSupervisor:
     async def run(
         self,
         http: HttpTransport | None = None,
+        outlet: Outlet | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Connect, serve, and reconnect forever; returns only by cancellation."""
+        """Connect, serve, and reconnect forever; returns only by cancellation.
+
+        ``outlet``: in a cluster node, where this holding of the source's lease sends what the
+        source produces; the plan and the books start afresh, as the last holder's are gone."""
         self._http = http
+        if outlet is not None:
+            self.outlet = outlet
+            self.plan = UpstreamPlan(self.settings.linger)
+            self.pipeline = SourcePipeline(self.adapter)
+            self.state = UpstreamState.CONNECTING
         task_status.started()
         while True:
             reason = await self._attempt()
@@ -221,17 +234,22 @@ class UpstreamSupervisor:
             self.url,
             extra={"source": self.source, "state": "connected"},
         )
-        self.hub.status(self.source, UpstreamState.CONNECTED.value)
+        self.outlet.status(self.source, UpstreamState.CONNECTED.value)
 
     def _connection_lost(self, reason: str) -> None:
         self.stats.disconnects += 1
         self.backoff.disconnected(trio.current_time())
         self.plan.connection_lost()
         self.pipeline.connection_lost()
-        for channel in self.hub.registry.wanted(self.source):
-            self.hub.forget_state(channel)
+        for channel in self.outlet.wanted(self.source):
+            self.outlet.forget_state(channel)
         self.state = UpstreamState.RECONNECTING
-        self.hub.status(self.source, UpstreamState.RECONNECTING.value)
+        self.outlet.status(self.source, UpstreamState.RECONNECTING.value)
+
+    def stand_by(self) -> None:
+        """A cluster node's lease on the source ended: another node has (or will have) it."""
+        self.state = UpstreamState.STANDBY
+        self.next_retry = None
 
     @property
     def _dead_after(self) -> float:
@@ -304,7 +322,7 @@ class UpstreamSupervisor:
             if plan.unsubscribe:
                 for channel in plan.unsubscribe:
                     self.pipeline.untrack(channel)
-                    self.hub.forget_state(channel)
+                    self.outlet.forget_state(channel)
                 for frame in adapter.unsubscribe_frames(plan.unsubscribe):
                     await conn.send(frame)
                     sent += 1
@@ -372,7 +390,7 @@ class UpstreamSupervisor:
             extra={"source": self.source},
         )
         for channel in ack.channels:
-            self.hub.upstream_refused(channel, f"{self.source} refused it: {ack.detail}")
+            self.outlet.upstream_refused(channel, f"{self.source} refused it: {ack.detail}")
 
     def _apply(
         self,
@@ -385,7 +403,7 @@ class UpstreamSupervisor:
         """Do what a pipeline step says; answers whether it names ``running`` again (a
         snapshot older than the deltas buffered since the gap), which its task then retries."""
         for update in step.publish:
-            self.hub.publish(update, now_ms)
+            self.outlet.publish(update, now_ms)
         for channel in step.gaps:
             self.stats.gaps += 1
             log.warning(
@@ -412,7 +430,7 @@ class UpstreamSupervisor:
             channel,
             extra={"source": self.source, "channel": channel, "state": "resynced"},
         )
-        self.hub.status(self.source, "resynced")
+        self.outlet.status(self.source, "resynced")
 
     async def _repair(
         self, repair: Repair, conn: UpstreamConnection, nursery: trio.Nursery

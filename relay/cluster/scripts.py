@@ -1,0 +1,106 @@
+"""The Lua scripts cluster nodes run in Redis. Each runs atomically, which is what makes the
+cluster's guarantees hold: a holder's messages are written and published only while its lease is
+its own (fencing: a node that lost its lease can never publish again, whatever its clock says),
+and a join reads a channel's seq, state and history at one instant between two of its messages.
+
+Keys are built inside the scripts from the prefix, so they assume one Redis (not Redis
+Cluster), as docs/scaling.md says.
+"""
+
+from __future__ import annotations
+
+PUBLISH = """
+-- KEYS[1]: the source's lease. ARGV[1]: this holder's token, ARGV[2]: the prefix,
+-- ARGV[3]: the source; then 8 values per entry:
+--   kind ('m' message, 'c' control, 'f' forget a channel's state), channel, seq, ts,
+--   header, payload, state ('' none), history length ('0' none).
+-- Answers 0 (and does nothing) when the lease is not this holder's, else 1.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local p = ARGV[2]
+local seqs = p .. ':seqs:' .. ARGV[3]
+for i = 4, #ARGV, 8 do
+  local kind, ch = ARGV[i], ARGV[i + 1]
+  if kind == 'm' then
+    local seq, ts, payload, state = ARGV[i + 2], ARGV[i + 3], ARGV[i + 5], ARGV[i + 6]
+    redis.call('HSET', seqs, ch, seq)
+    local chan = p .. ':chan:' .. ch
+    if state ~= '' then
+      redis.call('HSET', chan, 'seq', seq, 'ts', ts, 'snap', state)
+    else
+      redis.call('HSET', chan, 'seq', seq, 'ts', ts)
+    end
+    local keep = ARGV[i + 7]
+    if keep ~= '0' then
+      redis.pcall('XADD', p .. ':hist:' .. ch, 'MAXLEN', '~', keep, seq .. '-1',
+        'ts', ts, 'f', payload)
+    end
+    local tail = state
+    if tail == payload then
+      tail = ''
+    end
+    redis.call('PUBLISH', p .. ':msg:' .. ch, ARGV[i + 4] .. payload .. tail)
+  elseif kind == 'c' then
+    redis.call('PUBLISH', p .. ':ctl', ARGV[i + 5])
+  elseif kind == 'f' then
+    redis.call('HDEL', p .. ':chan:' .. ch, 'snap')
+    redis.call('PUBLISH', p .. ':ctl', ARGV[i + 5])
+  end
+end
+return 1
+"""
+
+JOIN = """
+-- ARGV[1]: the prefix, ARGV[2]: the node's answer channel, ARGV[3]: the join's id,
+-- ARGV[4]: the oldest ts history may replay; then 2 values per channel: the channel, and
+-- the seq the client resumes after ('' when it does not resume).
+-- Publishes the answer on the node's channel, in order with the messages of the channels
+-- the node already follows.
+local p = ARGV[1]
+local out = {}
+local oldest = tonumber(ARGV[4])
+for i = 5, #ARGV, 2 do
+  local ch, since = ARGV[i], ARGV[i + 1]
+  local h = redis.call('HMGET', p .. ':chan:' .. ch, 'seq', 'ts', 'snap')
+  local seq = tonumber(h[1]) or 0
+  local entry = {channel = ch, seq = seq, ts = tonumber(h[2]) or 0, snap = h[3], missed = false}
+  if since ~= '' then
+    local after = tonumber(since)
+    if after == seq then
+      entry.missed = {}
+    elseif after < seq then
+      local rows = redis.call('XRANGE', p .. ':hist:' .. ch, (after + 1) .. '-0', '+')
+      local frames = {}
+      local expect = after + 1
+      for _, row in ipairs(rows) do
+        local id = tonumber(string.match(row[1], '^(%d+)'))
+        if id ~= expect or tonumber(row[2][2]) < oldest then
+          break
+        end
+        frames[#frames + 1] = row[2][4]
+        expect = expect + 1
+      end
+      if expect == seq + 1 then
+        entry.missed = frames
+      end
+    end
+  end
+  out[#out + 1] = entry
+end
+redis.call('PUBLISH', ARGV[2], cjson.encode({id = ARGV[3], channels = out}))
+return 1
+"""
+
+SEED_SEQS = """
+-- KEYS[1]: a source's seqs. ARGV: channel, seq pairs a node relayed last. Raises each
+-- channel's seq to at least that: after Redis lost its data, numbering goes on from what the
+-- nodes saw rather than from 1.
+for i = 1, #ARGV, 2 do
+  local known = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) or 0
+  if known < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""

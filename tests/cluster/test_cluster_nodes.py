@@ -1,0 +1,324 @@
+"""Cluster mode end to end: relay nodes in this process, one real redis-server, one synthetic
+market, real WebSocket clients over loopback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import tomli_w
+import trio
+from trio_websocket import WebSocketConnection
+
+from relay.config import parse_config
+from relay.server.relay import Relay
+from relay.sim.server import SimServer
+from tests.e2e.conftest import (
+    HOST,
+    client,
+    read_stderr_until,
+    receive,
+    relay_command,
+    relay_config,
+    send,
+)
+from tests.redis_server import RedisServer, free_port
+
+TRADES = "sim:trades:BTC-USD"
+BOOK = "sim:book:BTC-USD"
+
+FAST_LEASES = {
+    "lease_ttl": 1.0,
+    "lease_renew": 0.25,
+    "lease_retry": 0.25,
+    "request_timeout": 0.2,
+    "join_timeout": 3.0,
+}
+
+
+@attrs.define
+class Cluster:
+    sim: SimServer
+    nodes: list[tuple[Relay, int]]
+    http: httpx.AsyncClient
+
+    def url(self, node: int) -> str:
+        return f"ws://{HOST}:{self.nodes[node][1]}/ws"
+
+    async def readyz(self, node: int) -> tuple[int, dict[str, Any]]:
+        response = await self.http.get(f"http://{HOST}:{self.nodes[node][1]}/readyz")
+        body: dict[str, Any] = response.json()
+        return response.status_code, body
+
+    def holders(self) -> list[int]:
+        return [
+            i for i, (relay, _) in enumerate(self.nodes) if relay.cluster and relay.cluster.holding
+        ]
+
+
+async def wait_until(predicate: Any, within: float = 10.0) -> None:
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110 - effects of other tasks and processes
+            await trio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_cluster(
+    nursery: trio.Nursery, redis: RedisServer, nodes: int = 3, **overrides: Any
+) -> AsyncIterator[Cluster]:
+    sim = SimServer(rate=50.0)
+    sim_port = await nursery.start(sim.serve, HOST, 0)
+    cluster = {"redis_url": redis.url, **FAST_LEASES, **overrides.pop("cluster", {})}
+    running = []
+    for _ in range(nodes):
+        relay = Relay(parse_config(relay_config(sim_port, cluster=cluster, **overrides)))
+        running.append((relay, await nursery.start(relay.serve)))
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        result = Cluster(sim, running, http)
+        await wait_until(lambda: all(relay.ready for relay, _ in running))
+        await wait_until(lambda: len(result.holders()) == 1)
+        yield result
+
+
+async def subscribe(ws: WebSocketConnection, *channels: str, **extra: Any) -> list[dict[str, Any]]:
+    await send(ws, {"action": "subscribe", "channels": list(channels), "id": 7, **extra})
+    acks = []
+    for _ in channels:
+        ack = await receive(ws)
+        assert ack["event"] == "subscribed", ack
+        acks.append(ack["data"])
+    return acks
+
+
+async def raw_until(ws: WebSocketConnection, channel: str, seq: int) -> dict[int, str]:
+    """Each message of ``channel`` up to ``seq``, as the exact text received, by seq."""
+    return (await raws_until(ws, [channel], seq))[channel]
+
+
+async def raws_until(
+    ws: WebSocketConnection, channels: list[str], seq: int
+) -> dict[str, dict[int, str]]:
+    """Per channel, each message up to ``seq`` (on every channel), as the exact text, by seq."""
+    seen: dict[str, dict[int, str]] = {channel: {} for channel in channels}
+    left = set(channels)
+    with trio.fail_after(10):
+        while left:
+            text = await ws.get_message()
+            message = orjson.loads(text)
+            channel = message.get("channel")
+            if channel in seen and "seq" in message:
+                seen[channel][message["seq"]] = text
+                if message["seq"] >= seq:
+                    left.discard(channel)
+    return seen
+
+
+async def test_three_nodes_share_one_upstream_connection_and_send_identical_envelopes(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server) as cluster:
+        assert len(cluster.holders()) == 1
+        received: dict[tuple[int, str], dict[int, str]] = {}
+
+        async def read(node: int) -> None:
+            async with client(cluster.url(node)) as ws:
+                await subscribe(ws, TRADES, BOOK)
+                # Every reader reads up to the same seq, to compare what they all received.
+                for channel, view in (await raws_until(ws, [TRADES, BOOK], 60)).items():
+                    received[node, channel] = view
+
+        async with trio.open_nursery() as readers:
+            for node in (0, 1, 2, 0, 1, 2):
+                readers.start_soon(read, node)
+        # However the clients spread, the market served one connection.
+        stats = cluster.sim.stats
+        assert (stats.connections_total, cluster.sim.connections_open) == (1, 1)
+        for channel in (TRADES, BOOK):
+            views = [received[node, channel] for node in (0, 1, 2)]
+            common = set.intersection(*(set(view) for view in views))
+            assert len(common) >= 10
+            for seq in common:
+                # Same seq, same bytes, on every node.
+                assert views[0][seq] == views[1][seq] == views[2][seq]
+
+
+async def test_a_client_resumes_on_another_node(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, nodes=2) as cluster:
+        async with client(cluster.url(0)) as ws:
+            (ack,) = await subscribe(ws, TRADES)
+            epoch = ack["epoch"]
+            seen = await raw_until(ws, TRADES, ack["seq"] + 3)
+            last = max(seen)
+        await trio.sleep(0.3)
+        async with client(cluster.url(1)) as ws:
+            (ack,) = await subscribe(ws, TRADES, since={"seq": last, "epoch": epoch})
+            assert ack["recovered"] is True
+            assert ack["epoch"] == epoch
+            assert ack["seq"] > last
+            replay = await raw_until(ws, TRADES, ack["seq"] + 3)
+            assert sorted(replay) == list(range(last + 1, max(replay) + 1))
+
+
+async def test_a_subscribe_after_the_first_is_answered_from_the_nodes_own_state(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, nodes=2) as cluster:
+        relay = cluster.nodes[1][0]
+        assert relay.cluster is not None
+        async with client(cluster.url(1)) as first, client(cluster.url(1)) as second:
+            await subscribe(first, BOOK)
+            assert (await receive(first))["snapshot"] is True
+            await raw_until(first, BOOK, 0)
+            joins = relay.cluster.joins_answered
+            (ack,) = await subscribe(second, BOOK)
+            snapshot = await receive(second)
+            assert snapshot["snapshot"] is True and snapshot["seq"] == ack["seq"]
+            # No round trip to Redis for it.
+            assert relay.cluster.joins_answered == joins
+            following = await receive(second)
+            assert following["seq"] == ack["seq"] + 1
+
+
+async def test_redis_stopped_and_restarted_nodes_keep_their_clients_and_streaming_resumes(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with (
+        running_cluster(nursery, redis_server, nodes=2) as cluster,
+        client(cluster.url(0)) as a,
+        client(cluster.url(1)) as b,
+    ):
+        for ws in (a, b):
+            await subscribe(ws, TRADES)
+            await raw_until(ws, TRADES, 0)
+        redis_server.stop()
+        with trio.fail_after(10):
+            while (await cluster.readyz(1))[0] != 503:  # noqa: ASYNC110 - another process's state
+                await trio.sleep(0.05)
+        _, body = await cluster.readyz(1)
+        assert "Redis unreachable" in body["cluster"]["redis"]
+        await trio.sleep(1.5)
+        redis_server.start()
+        with trio.fail_after(15):
+            while (await cluster.readyz(0))[0] != 200 or (await cluster.readyz(1))[0] != 200:  # noqa: ASYNC110 - another process's state
+                await trio.sleep(0.05)
+        # Both clients are still connected, and messages flow again with rising seqs.
+        for ws in (a, b):
+            seqs = []
+            with trio.fail_after(10):
+                while len(seqs) < 5:
+                    message = orjson.loads(await ws.get_message())
+                    if message.get("channel") == TRADES:
+                        seqs.append(message["seq"])
+            assert seqs == sorted(seqs)
+
+
+async def test_the_holder_killed_another_node_takes_the_source_with_no_renumbering(
+    nursery: trio.Nursery, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Three `relay serve` processes; the one holding the source dies by SIGKILL while
+    clients of the other two read."""
+    sim = SimServer(rate=50.0)
+    sim_port = await nursery.start(sim.serve, HOST, 0)
+    config = relay_config(sim_port, cluster={"redis_url": redis_server.url, **FAST_LEASES})
+    path = tmp_path / "relay.toml"
+    path.write_text(tomli_w.dumps(config))
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=5.0) as http:
+        nodes: list[tuple[trio.Process, int]] = []
+        for _ in range(3):
+            process = await stack.enter_async_context(relay_command("serve", "--config", str(path)))
+            output = await read_stderr_until(process, b"/ws")
+            port = int(re.findall(r"ws://127\.0\.0\.1:(\d+)/ws", output)[0])
+            nodes.append((process, port))
+
+        async def readyz(port: int) -> dict[str, Any]:
+            body: dict[str, Any] = (await http.get(f"http://{HOST}:{port}/readyz")).json()
+            return body
+
+        dead: set[int] = set()
+
+        async def holder() -> int | None:
+            for index, (_, port) in enumerate(nodes):
+                if index not in dead and (await readyz(port))["cluster"]["holding"] == ["sim"]:
+                    return index
+            return None
+
+        with trio.fail_after(10):
+            while await holder() is None:  # noqa: ASYNC110 - another process's state
+                await trio.sleep(0.05)
+        held_by = await holder()
+        assert held_by is not None
+        others = [port for index, (_, port) in enumerate(nodes) if index != held_by]
+        async with (
+            client(f"ws://{HOST}:{others[0]}/ws") as a,
+            client(f"ws://{HOST}:{others[1]}/ws") as b,
+        ):
+            for ws in (a, b):
+                await subscribe(ws, TRADES)
+            async with client(f"ws://{HOST}:{others[0]}/ws") as leaving:
+                (ack,) = await subscribe(leaving, TRADES)
+                last = max(await raw_until(leaving, TRADES, ack["seq"] + 2))
+            before = {id(ws): max(await raw_until(ws, TRADES, last + 2)) for ws in (a, b)}
+            nodes[held_by][0].kill()
+            killed = trio.current_time()
+            dead.add(held_by)
+            with trio.fail_after(10):
+                while (taken := await holder()) is None:  # noqa: ASYNC110 - another process's state
+                    await trio.sleep(0.02)
+            # Within the lease time (plus one retry and this poll's own delay).
+            assert trio.current_time() - killed < FAST_LEASES["lease_ttl"] + 1.0
+            assert taken != held_by
+            with trio.fail_after(5):
+                while sim.connections_open != 1:  # noqa: ASYNC110 - another process's state
+                    await trio.sleep(0.02)
+            for ws in (a, b):
+                seqs = sorted(await raw_until(ws, TRADES, before[id(ws)] + 40))
+                # Numbering goes on: every seq once, none skipped, none restarted.
+                assert seqs == list(range(before[id(ws)] + 1, seqs[-1] + 1))
+            assert sim.connections_open == 1
+            async with client(f"ws://{HOST}:{others[1]}/ws") as back:
+                (ack,) = await subscribe(back, TRADES, since={"seq": last, "epoch": ack["epoch"]})
+                assert ack["recovered"] is True
+                replay = sorted(await raw_until(back, TRADES, ack["seq"]))
+                assert replay == list(range(last + 1, ack["seq"] + 1))
+
+
+async def test_workers_share_one_port_as_nodes_of_one_cluster(
+    nursery: trio.Nursery, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = SimServer(rate=50.0)
+    sim_port = await nursery.start(sim.serve, HOST, 0)
+    port = free_port()
+    config = relay_config(
+        sim_port,
+        server={"host": HOST, "port": port},
+        cluster={"redis_url": redis_server.url, **FAST_LEASES},
+    )
+    path = tmp_path / "relay.toml"
+    path.write_text(tomli_w.dumps(config))
+    async with relay_command("serve", "--config", str(path), "--workers", "2"):
+        seen: set[str] = set()
+        with trio.fail_after(20):
+            while len(seen) < 2:
+                try:
+                    # A new connection each time, so the kernel may hand it to either worker.
+                    async with httpx.AsyncClient(timeout=2.0) as http:
+                        response = await http.get(f"http://{HOST}:{port}/readyz")
+                except httpx.TransportError:
+                    await trio.sleep(0.1)
+                    continue
+                if response.status_code == 200:
+                    seen.add(response.json()["cluster"]["node"])
+        async with client(f"ws://{HOST}:{port}/ws") as ws:
+            (ack,) = await subscribe(ws, TRADES)
+            seqs = sorted(await raw_until(ws, TRADES, ack["seq"] + 5))
+            assert seqs[-1] - seqs[0] == len(seqs) - 1
+        # Two workers, one upstream connection.
+        assert sim.stats.connections_total == 1
