@@ -224,6 +224,11 @@ def md_row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def is_peer(impl: str) -> bool:
+    """A comparison server, not the relay in one of its configurations (``relay_*``)."""
+    return impl != "relay" and not impl.startswith("relay_")
+
+
 def why_missing(results: dict[str, Any], impl: str, name: str) -> str:
     """The first run's reason for a missing workload (status, error, or not run)."""
     for run in results["runs"]:
@@ -298,6 +303,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if any(has(i, "paced") for i in names):
         lines += paced_tables(results)
+    if "relay_cluster" in names and "relay" in names:
+        lines += cluster_table(results)
     if any(has(i, "idle") for i in names):
         lines += [
             f"## Idle connections: {profile['idle']:,} unsubscribed connections (lower is better)",
@@ -425,6 +432,52 @@ def paced_tables(results: dict[str, Any]) -> list[str]:
                 ratio(relay_held, med(held), impl),
             )
         )
+    return [*lines, ""]
+
+
+def cluster_table(results: dict[str, Any]) -> list[str]:
+    """What the cluster adds: the 2-node cluster (relay_cluster) against the single process
+    (relay), medians of the same runs."""
+    summary = results["summary"]
+    one, two = summary["relay"], summary["relay_cluster"]
+    burst_one = med(one["burst"]["deliveries_per_s"])
+    burst_two = med(two["burst"]["deliveries_per_s"])
+    lines = [
+        "## Cluster profile: 2 nodes on Redis against one process",
+        "",
+        "The same clients and workloads through `relay serve --workers 2` with `[cluster]` "
+        "(each message: holder -> Redis -> every node), beside the single process.",
+        "",
+        "| figure | one process | 2-node cluster | cluster / one | added |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    if burst_one and burst_two:
+        lines.append(
+            md_row(
+                "burst deliveries/s",
+                fmt_int(burst_one),
+                fmt_int(burst_two),
+                f"{burst_two / burst_one:.2f}x",
+                "-",
+            )
+        )
+    for rate in results["profile"]["paced_rates"]:
+        a, b = one["paced"]["steps"].get(str(rate)), two["paced"]["steps"].get(str(rate))
+        if a is None or b is None:
+            continue
+        for name, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
+            x, y = med(a[key]), med(b[key])
+            if x is None or y is None:
+                continue
+            lines.append(
+                md_row(
+                    f"paced {rate:,} msg/s {name} ms",
+                    fmt_ms(x),
+                    fmt_ms(y),
+                    f"{y / x:.2f}x" if x else "-",
+                    f"{y - x:+.1f}",
+                )
+            )
     return [*lines, ""]
 
 
@@ -581,7 +634,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     scale = " [quick scale: indicative]" if quick else ""
     runs = results["runs"]
     summary = results["summary"]
-    peers = [i for i in results["order"] if i != "relay" and i in summary]
+    peers = [i for i in results["order"] if is_peer(i) and i in summary]
     out: list[dict[str, Any]] = []
 
     def add(name: str, ok: bool | None, detail: str) -> None:
@@ -722,7 +775,7 @@ def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str
             theirs: dict[str, float] = {
                 impl: value
                 for impl in results["order"]
-                if impl != "relay"
+                if is_peer(impl)
                 and (st := summary[impl]["paced"]["steps"].get(str(rate))) is not None
                 and st["held"] * 2 >= st["runs"]
                 and (value := med(st[key])) is not None

@@ -206,19 +206,32 @@ class Impl:
     """For the relay: ``[compression] enabled``, or no ``[compression]`` table for None."""
     default: bool = True
     """Run without being named in ``--only``."""
+    workers: int = 1
+    """For the relay: ``relay serve --workers N``; more than 1 makes a cluster of N nodes on a
+    redis-server of the session's own, behind the one port."""
+    workloads: tuple[str, ...] | None = None
+    """The only workloads this implementation runs (None: all)."""
 
-    def argv(self, port: int, sim_port: int, workdir: Path) -> list[str]:
+    def argv(self, port: int, sim_port: int, workdir: Path, redis_port: int = 0) -> list[str]:
         upstream = f"ws://{HOST}:{sim_port}/ws"
         if self.kind == "relay":
             config = workdir / "relay.toml"
-            config.write_text(relay_config(port, sim_port, self.history, self.compression))
-            return [PY, "-m", "relay", "--log-level", "warning", "serve", "--config", str(config)]
+            redis_url = f"redis://{HOST}:{redis_port}" if redis_port else None
+            config.write_text(
+                relay_config(port, sim_port, self.history, self.compression, redis_url)
+            )
+            serve = ["serve", "--config", str(config)]
+            if self.workers > 1:
+                serve += ["--workers", str(self.workers)]
+            return [PY, "-m", "relay", "--log-level", "warning", *serve]
         if self.kind == "node":
             node = shutil.which("node") or "node"
             return [node, str(HERE / self.script), "--port", str(port), "--upstream", upstream]
         return [PY, str(HERE / self.script), "--port", str(port), "--upstream", upstream]
 
     def unavailable(self, skip_node: bool) -> str | None:
+        if self.workers > 1 and shutil.which("redis-server") is None:
+            return "skipped: redis-server not found (apt-get install redis-server)"
         if self.kind != "node":
             return None
         if skip_node:
@@ -236,11 +249,24 @@ IMPLS = [
     Impl("node", "Node ws", "node", "peers/node/peer.js"),
     # What resume history costs the fan-out: `--only relay,relay_nohistory`.
     Impl("relay_nohistory", "relay, history off", "relay", history=False, default=False),
+    # The cluster profile: the same burst and paced workloads through two relay nodes on
+    # Redis (one port, SO_REUSEPORT), beside the single process.
+    Impl(
+        "relay_cluster",
+        "relay, 2-node cluster on Redis",
+        "relay",
+        workers=2,
+        workloads=("burst", "paced"),
+    ),
 ]
 
 
 def relay_config(
-    port: int, sim_port: int, history: bool = True, compression: bool | None = None
+    port: int,
+    sim_port: int,
+    history: bool = True,
+    compression: bool | None = None,
+    redis_url: str | None = None,
 ) -> str:
     """The relay's TOML for a benchmark run.
 
@@ -276,6 +302,7 @@ rest_url = "http://{HOST}:{sim_port}"
 """
         + ("" if history else "[history]\nmax_messages = 0\n")
         + ("" if compression is None else f"[compression]\nenabled = {str(compression).lower()}\n")
+        + ("" if redis_url is None else f'[cluster]\nredis_url = "{redis_url}"\n')
     )
 
 
@@ -314,8 +341,12 @@ class ServerDied(RuntimeError):
 class Proc:
     """A child process with its output in a log file; killed (by pid) when done."""
 
-    def __init__(self, name: str, argv: list[str], logdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], logdir: Path, tree: bool = False) -> None:
+        """``tree``: the process supervises others (``relay serve --workers``): its memory and
+        CPU are the sums over it and its descendants, and it is stopped with SIGTERM (which
+        it passes on) before SIGKILL."""
         self.name = name
+        self.tree = tree
         self.log_path = logdir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
@@ -335,17 +366,39 @@ class Proc:
         if not self.alive():
             raise ServerDied(f"{self.name} exited with {self.popen.returncode}: {self.tail(6)}")
 
+    def pids(self) -> list[int]:
+        """This process, and with ``tree`` every living descendant."""
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            if not self.tree:
+                break
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                todo.extend(int(child) for child in children)
+        return found
+
     def rss(self) -> int:
-        """Resident set size in bytes (VmRSS from /proc/PID/status)."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * KIB
-        raise ServerDied(f"{self.name}: no VmRSS")
+        """Resident set size in bytes (VmRSS from /proc/PID/status), over :meth:`pids`."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/status") as f:
+                total += next(
+                    (int(line.split()[1]) * KIB for line in f if line.startswith("VmRSS:")), 0
+                )
+        if not total:
+            raise ServerDied(f"{self.name}: no VmRSS")
+        return total
 
     def cpu(self) -> float:
-        """User + system CPU seconds so far."""
-        return proc_cpu(self.pid)
+        """User + system CPU seconds so far, over :meth:`pids` (living ones: a tree's
+        figures are for workers that run through the whole measurement)."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(FileNotFoundError):
+                total += proc_cpu(pid)
+        return total
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -355,6 +408,10 @@ class Proc:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def kill(self) -> None:
+        if self.tree and self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=15)
         with contextlib.suppress(ProcessLookupError):
             self.popen.send_signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -577,6 +634,7 @@ class Session:
     port: int = 0
     sim: Proc | None = None
     server: Proc | None = None
+    redis: Proc | None = None
     market: Market | None = None
     lg: LoadGen | None = None
     client_script: Path = HERE / "loadgen.py"
@@ -610,13 +668,34 @@ class Session:
         self.market = Market(self.sim_port)
         wait_until("market", lambda: self.M.stats() is not None, 20.0, self.sim)
         self.M.post("/control/pause")
-        argv = self.impl.argv(self.port, self.sim_port, self.workdir)
-        self.server = Proc(self.impl.name, argv, self.workdir)
+        redis_port = 0
+        if self.impl.workers > 1:
+            redis_port = free_port()
+            self.redis = Proc(
+                f"{self.impl.name}-redis",
+                ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", "",
+                 "--appendonly", "no"],
+                self.workdir,
+            )  # fmt: skip
+            wait_until("redis-server", lambda: tcp_open(redis_port), 20.0, self.redis)
+        argv = self.impl.argv(self.port, self.sim_port, self.workdir, redis_port)
+        self.server = Proc(self.impl.name, argv, self.workdir, tree=self.impl.workers > 1)
         if self.impl.kind == "relay":
             url = f"http://{HOST}:{self.port}/readyz"
             wait_until(
                 "relay /readyz", lambda: httpx.get(url, timeout=2).status_code == 200, 30, self.S
             )
+            if self.impl.workers > 1:
+                # Every worker ready, each answering with its node id on some new connection.
+                nodes: set[str] = set()
+
+                def all_nodes_ready() -> bool:
+                    answer = httpx.get(url, timeout=2)
+                    if answer.status_code == 200:
+                        nodes.add(answer.json()["cluster"]["node"])
+                    return len(nodes) == self.impl.workers
+
+                wait_until("every worker's /readyz", all_nodes_ready, 30, self.S)
         else:
             wait_until("peer port", lambda: tcp_open(self.port), 30.0, self.S)
             wait_until(
@@ -633,7 +712,7 @@ class Session:
         }
 
     def stop(self) -> None:
-        for proc in (self.server, self.sim, self.lg):  # the reverse of the start order
+        for proc in (self.server, self.redis, self.sim, self.lg):  # the reverse of the start order
             if proc is not None:
                 proc.kill()
         if self.market is not None:
@@ -988,7 +1067,11 @@ def run_impl(
     """The selected ``workloads`` for one implementation, in their fixed order (``upstream``
     always: it costs nothing); each failure is recorded, never raised."""
     session = Session(impl, profile, report, logroot / impl.name)
-    selected = [w for w in WORKLOADS if w == "upstream" or w in workloads]
+    selected = [
+        w
+        for w in WORKLOADS
+        if w == "upstream" or (w in workloads and (impl.workloads is None or w in impl.workloads))
+    ]
 
     def body(out: dict[str, Any]) -> None:
         report.status(f"{impl.name}: connecting {profile.clients} clients")

@@ -512,9 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except ConfigError as exc:
                     print(f"relay: bad configuration {args.config}:\n{exc}", file=sys.stderr)
                     return 2
-                trio.run(
-                    partial(until_signalled, relay.serve, on_hangup=partial(_reload, args, relay))
-                )
+                serve: Callable[[], Awaitable[object]] = relay.serve
+                if args.worker:
+                    from relay.workers import while_parent_lives
+
+                    serve = partial(while_parent_lives, relay.serve, os.getppid())
+                trio.run(partial(until_signalled, serve, on_hangup=partial(_reload, args, relay)))
             elif args.command == "demo":
                 from relay.demo import run_demo
 

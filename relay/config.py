@@ -803,15 +803,6 @@ class RelayConfig:
                     make_adapter(name, source)
                 except ValueError as exc:
                     issues.append(Issue(f"sources.{_key(name)}", str(exc)))
-        if self.cluster.enabled and self.published:
-            issues.extend(
-                Issue(
-                    f"published.{_key(name)}",
-                    "a cluster (cluster.redis_url) does not serve [published] sources: "
-                    "application publishes are not sequenced through Redis",
-                )
-                for name in self.published
-            )
         raise_issues(issues)
 
 

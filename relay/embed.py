@@ -46,9 +46,7 @@ class EmbeddedRelay:
         """Publish on a channel of a ``[published.NAME]`` source; answers its seq. The same
         path as ``POST /v1/publish``: sequenced, kept in history, fanned out. ValueError for a
         channel no published source has."""
-        seq = self.relay.publish(channel, data)
-        await trio.lowlevel.checkpoint()
-        return seq
+        return await self.relay.publish_message(channel, data)
 
     async def feed(self, source: str, items: Feed) -> None:
         """Publish every item of ``items`` on ``source`` (a ``[published]`` source), until the

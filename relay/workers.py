@@ -21,9 +21,10 @@ passes each signal on once.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -210,3 +211,23 @@ def run_workers(argv_for_child: list[str], n: int) -> int:
     """Run ``n`` copies of the command ``argv_for_child`` until SIGINT or SIGTERM; the exit
     status for this process (see :meth:`Workers.run`)."""
     return trio.run(supervise, Workers(argv_for_child, n))
+
+
+async def while_parent_lives(
+    run: Callable[[], Awaitable[object]], parent: int, poll: float = 1.0
+) -> None:
+    """A worker's ``run``, stopped (gracefully: clients hear 1001) once its supervisor is
+    gone, even by SIGKILL, which passes nothing on: the worker is then reparented, and sees
+    it within ``poll`` seconds. Linux's parent-death signal cannot serve here, since Trio
+    starts processes from a thread and that signal follows the thread, not the process."""
+    async with trio.open_nursery() as nursery:
+
+        async def run_then_stop() -> None:
+            await run()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(run_then_stop)
+        while os.getppid() == parent:  # noqa: ASYNC110 - no event: polling is how a reparenting is seen
+            await trio.sleep(poll)
+        log.warning("worker: supervisor %d is gone; stopping", parent)
+        nursery.cancel_scope.cancel()

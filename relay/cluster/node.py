@@ -23,6 +23,7 @@ import logging
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,7 +34,7 @@ import trio
 
 from relay.cluster.lease import RedisLeaseStore, hold_lease
 from relay.cluster.outlet import RedisOutlet
-from relay.cluster.scripts import JOIN
+from relay.cluster.scripts import ADMIT, JOIN, PUBLISH_APP
 from relay.config import ClusterConfig
 from relay.core.backoff import Backoff
 from relay.core.channels import source_of
@@ -42,6 +43,7 @@ from relay.core.cluster_wire import (
     JoinAnswer,
     decode_join_answer,
     decode_message,
+    envelope_parts,
 )
 from relay.core.history import HistoryBounds
 from relay.core.hub import Hub, Limits, Subscriber
@@ -99,6 +101,11 @@ class _Join:
     abandoned: bool = False
 
 
+class ClusterUnavailable(Exception):
+    """Redis did not confirm an application's message in time: it may not have been
+    published."""
+
+
 class RedisLost(Exception):
     """Redis did not answer in time: the node's Redis session ends and a new one starts."""
 
@@ -144,10 +151,12 @@ class ClusterNode:
         supervisors: Mapping[str, Any],
         kind_of: Callable[[str], StreamKind | None],
         history_for: Callable[[str], HistoryBounds],
+        published: Iterable[str] = (),
         node_id: str | None = None,
     ) -> None:
         """``supervisors``: each upstream source's :class:`UpstreamSupervisor`, run only while
-        this node holds the source's lease."""
+        this node holds the source's lease. ``published``: the ``[published]`` sources, whose
+        messages any node numbers through Redis (:meth:`publish`)."""
         assert config.redis_url is not None
         self.config = config
         self.hub = hub
@@ -161,7 +170,8 @@ class ClusterNode:
         self._history_for = history_for
         self.mirrors = ChannelMirrors()
         self.interests = {
-            source: SourceInterest(source, self._interest_changed) for source in supervisors
+            source: SourceInterest(source, self._interest_changed)
+            for source in (*supervisors, *published)
         }
         self.holding: dict[str, RedisOutlet] = {}
         self._joins: dict[str, _Join] = {}
@@ -177,6 +187,13 @@ class ClusterNode:
         self.redis_error: str | None = "not connected yet"
         """Why Redis is unreachable, None while it answers: /readyz reports it."""
         self._client: Any = None
+        self._publish_app: Any = None
+        self._admit: Any = None
+        self.connections: Counter[str] = Counter()
+        """This node's open connections per key: the truth its counts in Redis are rewritten
+        from (after a Redis outage, at every new session)."""
+        self._connections_changed: set[str] = set()
+        self._connections_dirty = trio.lowlevel.ParkingLot()
         self._pubsub: Any = None
         self._answers_followed = False
         self.joins_answered = 0
@@ -275,6 +292,81 @@ class ClusterNode:
         self._joins_queued.unpark_all()
         return join
 
+    async def publish(self, channel: str, data: dict[str, Any], ts: int, snapshot: bool) -> int:
+        """An application's message on a ``[published]`` channel: Redis numbers it, keeps it
+        (history, and state for a state channel) and publishes it to every node, in one
+        script, so messages published from different nodes keep one order. Answers its seq;
+        ClusterUnavailable when Redis does not answer within ``request_timeout``."""
+        script = self._publish_app
+        if script is None or self.redis_error is not None:
+            raise ClusterUnavailable(self.redis_error or "Redis not connected yet")
+        head, tail = envelope_parts(channel, ts, orjson.dumps(data), snapshot)
+        bounds = self._history_for(channel)
+        keep = bounds.max_messages if bounds.enabled else 0
+        args = [self.keys.prefix, source_of(channel), channel, head, tail, str(ts)]
+        args += ["1" if snapshot else "0", str(keep)]
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                seq = await script(keys=[], args=args)
+        except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
+            raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
+        return int(seq)
+
+    async def admit(self, identity: str, limit: int) -> bool:
+        """Whether one more connection of ``identity`` keeps it within ``limit`` over the
+        whole cluster (counted in Redis when it is, so two nodes cannot both take the last
+        place). With Redis unreachable only this node's connections are counted: refusing
+        every client while Redis is away would be worse than a limit briefly too loose."""
+        if self.connections[identity] >= limit:
+            return False
+        script = self._admit
+        admitted = True
+        if script is not None and self.redis_error is None:
+            keys = [self.keys.connections(identity), self.keys.nodes]
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    admitted = await script(keys=keys, args=[self.id, str(limit)]) == 1
+            except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
+                log.warning("cluster: connection limits counted on this node only: %s", exc)
+        if admitted:
+            self.connections[identity] += 1
+            self._connection_counted(identity)
+        return admitted
+
+    def released(self, identity: str) -> None:
+        """A connection :meth:`admit` counted has ended."""
+        self.connections[identity] -= 1
+        if not self.connections[identity]:
+            del self.connections[identity]
+        self._connection_counted(identity)
+
+    def _connection_counted(self, identity: str) -> None:
+        self._connections_changed.add(identity)
+        self._connections_dirty.unpark_all()
+
+    async def _write_connections(self, client: Any) -> None:
+        """Write this node's count of each key whose count changed (the admit script counts
+        a connection in; this writes the truth, which also counts connections out)."""
+        while True:
+            if not self._connections_changed:
+                await self._connections_dirty.park()
+                continue
+            changed, self._connections_changed = self._connections_changed, set()
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    for identity in changed:
+                        key, count = self.keys.connections(identity), self.connections[identity]
+                        if count:
+                            await client.hset(key, {self.id: count})
+                        else:
+                            await client.hdel(key, [self.id])
+            except trio.TooSlowError:
+                self._connections_changed |= changed
+                raise RedisLost(f"no answer within {self.config.request_timeout:g}s") from None
+            except REDIS_DOWN:
+                self._connections_changed |= changed
+                raise
+
     # Running ---------------------------------------------------------------------------------
 
     @property
@@ -332,6 +424,9 @@ class ClusterNode:
         assert url is not None
         client = coredis.Redis.from_url(url, decode_responses=False)
         self._client = client
+        self._publish_app = client.register_script(PUBLISH_APP)
+        self._admit = client.register_script(ADMIT)
+        self._connections_changed.update(self.connections)
         self._pubsub = None
         self._answers_followed = False
         # What the last session followed is followed again; what was live has missed messages.
@@ -348,6 +443,7 @@ class ClusterNode:
                 nursery.start_soon(self._send_joins, client)
                 nursery.start_soon(self._apply_follows)
                 nursery.start_soon(self._keep_wants, client)
+                nursery.start_soon(self._write_connections, client)
                 for source in self.supervisors:
                     nursery.start_soon(self._contend, client, source, http)
                 await stopping.wait()
@@ -562,7 +658,8 @@ class ClusterNode:
         while True:
             try:
                 with trio.fail_after(self.config.request_timeout):
-                    for source, interest in self.interests.items():
+                    for source in self.supervisors:
+                        interest = self.interests[source]
                         await script(
                             keys=[self.keys.wants(source), self.keys.nodes],
                             args=[self.id, " ".join(sorted(interest.channels)), alive_ms],

@@ -104,3 +104,54 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 """
+
+PUBLISH_APP = """
+-- An application's message on a [published] channel, from any node: Redis numbers it.
+-- ARGV: the prefix, the source, the channel, the envelope's parts before and after its seq,
+-- its ts, '1' when the message is the channel's whole state (a state channel), the history
+-- length ('0' none). Answers the seq.
+local p, ch = ARGV[1], ARGV[3]
+local seq = redis.call('HINCRBY', p .. ':seqs:' .. ARGV[2], ch, 1)
+local payload = ARGV[4] .. seq .. ARGV[5]
+local ts = ARGV[6]
+local chan = p .. ':chan:' .. ch
+local flags = 0
+if ARGV[7] == '1' then
+  -- A snapshot, and the channel's state: the payload itself (flags SNAPSHOT, STATE_IS_PAYLOAD).
+  flags = 3
+  redis.call('HSET', chan, 'seq', seq, 'ts', ts, 'snap', payload)
+else
+  redis.call('HSET', chan, 'seq', seq, 'ts', ts)
+end
+if ARGV[8] ~= '0' then
+  redis.pcall('XADD', p .. ':hist:' .. ch, 'MAXLEN', '~', ARGV[8], seq .. '-1',
+    'ts', ts, 'f', payload)
+end
+local header = struct.pack('>i8i8BI4', seq, tonumber(ts), flags, #payload)
+redis.call('PUBLISH', p .. ':msg:' .. ch, header .. payload)
+return seq
+"""
+
+ADMIT = """
+-- A connection of one key, on one node, if the key's connections on every live node are
+-- under its tier's limit. KEYS[1]: the key's connections, KEYS[2]: the live nodes.
+-- ARGV[1]: this node, ARGV[2]: the limit. Forgets dead nodes' counts. Answers 1 (counted)
+-- or 0 (refused).
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local total = 0
+local rows = redis.call('HGETALL', KEYS[1])
+for i = 1, #rows, 2 do
+  local alive = tonumber(redis.call('ZSCORE', KEYS[2], rows[i]) or '0')
+  if rows[i] == ARGV[1] or alive >= ms then
+    total = total + tonumber(rows[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], rows[i])
+  end
+end
+if total >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"""

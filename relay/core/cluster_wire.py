@@ -53,6 +53,11 @@ class ClusterKeys:
         """Sorted set: each live node and the instant (ms) it counts as dead unless it renews."""
         return f"{self.prefix}:nodes"
 
+    def connections(self, identity: str) -> str:
+        """Hash: each node and its open connections of one key (an identity: a key's hash,
+        a token's subject), for the tier's limit across the cluster."""
+        return f"{self.prefix}:conns:{identity}"
+
     def lease(self, source: str) -> str:
         return f"{self.prefix}:lease:{source}"
 
@@ -121,6 +126,17 @@ def decode_message(data: bytes) -> ChannelMessage:
     else:
         state = data[end:] or None
     return ChannelMessage(seq, ts, flags, payload, state)
+
+
+def envelope_parts(channel: str, ts: int, data_json: bytes, snapshot: bool) -> tuple[bytes, bytes]:
+    """An envelope without its seq, as the two parts around it: for a message that Redis
+    numbers (an application's publish, from any node), which the publish script joins around
+    the seq it takes. The parts joined around a seq are exactly
+    :func:`relay.core.protocol.encode_envelope`'s bytes, so every message of a channel looks
+    the same whoever numbered it."""
+    head = b'{"channel":' + orjson.dumps(channel) + b',"seq":'
+    flag = b',"snapshot":true' if snapshot else b""
+    return head, b',"ts":' + str(ts).encode() + flag + b',"data":' + data_json + b"}"
 
 
 @attrs.frozen

@@ -104,12 +104,11 @@ class ChannelMirrors:
         entry = self._channels.get(channel)
         if entry is None or entry.phase is Phase.RESYNCING:
             return False
-        if entry.phase is Phase.COLD or seq > entry.seq:
-            # Cold: the answer is the first consistent view. Live with a higher seq: Redis
-            # holds messages this node never saw (a renumbering only Redis's loss could
-            # cause); its answer is the truth from here on.
-            entry.phase = Phase.LIVE
-            entry.seq = seq
+        # Cold (seq 0): the answer is the first consistent view. Live with a higher seq: Redis
+        # holds messages this node never saw (a renumbering only Redis's loss could cause);
+        # its answer is the truth from here on.
+        entry.seq = max(entry.seq, seq)
+        entry.phase = Phase.LIVE
         return True
 
     def resynced(self, channel: str, seq: int, missed: list[bytes] | None) -> Resynced | None:

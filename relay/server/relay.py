@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
-from relay.cluster.node import ClusterNode
+from relay.cluster.node import ClusterNode, ClusterUnavailable
 from relay.config import RelayConfig, TierConfig, TlsConfig
 from relay.core.admission import (
     AddressLimiter,
@@ -153,8 +153,9 @@ class Relay:
                 self.upstreams,
                 self._kind_of,
                 config.history.bounds_for,
+                published=config.published,
             )
-            for name in self.upstreams:
+            for name in (*self.upstreams, *config.published):
                 self.hub.add_source(name, self.cluster.listener(name))
         else:
             for name, supervisor in self.upstreams.items():
@@ -162,8 +163,9 @@ class Relay:
         self.published = {
             name: PublishedSource(name, source.state) for name, source in config.published.items()
         }
-        for name, published in self.published.items():
-            self.hub.add_source(name, published)
+        if self.cluster is None:
+            for name, published in self.published.items():
+                self.hub.add_source(name, published)
         self._per_tier = {
             name: _session_settings(config, tier) for name, tier in config.tiers.items()
         }
@@ -233,6 +235,21 @@ class Relay:
         update = published.update(Publication(channel, data))
         self.hub.publish(update, int(self._wall_clock() * 1000))
         return self.hub.channel(channel).seq
+
+    async def publish_message(self, channel: str, data: dict[str, Any]) -> int:
+        """:meth:`publish` for callers that can wait, and the only way in a cluster, where
+        Redis numbers the message and every node's subscribers get it. Raises
+        ClusterUnavailable when Redis does not confirm it."""
+        if self.cluster is None:
+            seq = self.publish(channel, data)
+            await trio.lowlevel.checkpoint()
+            return seq
+        published = self.published.get(source_of(channel))
+        if published is None:
+            raise ValueError(f"{channel!r} is not a channel of a [published] source")
+        update = published.update(Publication(channel, data))
+        ts = int(self._wall_clock() * 1000)
+        return await self.cluster.publish(channel, update.data, ts, update.snapshot)
 
     def channels(self) -> list[str]:
         """Every channel the sources list (open families, such as one per contract address,
@@ -363,7 +380,19 @@ class Relay:
             self.handshakes["refused"] += 1
             await stream.send_all(admitted)
             return
-        # Admitted: counted as open for its address from here until the connection ends.
+        limit = self.config.tiers[admitted.tier].max_connections
+        if self.cluster is not None and not await self.cluster.admit(admitted.identity, limit):
+            self.handshakes["refused"] += 1
+            self.addresses.release(address)
+            over = Refusal(
+                429,
+                "too_many_connections",
+                f"at most {limit} connections for this key, across the cluster",
+            )
+            await stream.send_all(self._refusal(head, over, address))
+            return
+        # Admitted: counted as open for its address (and in a cluster, for its key) from here
+        # until the connection ends.
         try:
             try:
                 response, websocket = accept(
@@ -391,6 +420,8 @@ class Relay:
             await self._serve_session(stream, websocket, admitted, address)
         finally:
             self.addresses.release(address)
+            if self.cluster is not None:
+                self.cluster.released(admitted.identity)
 
     def _refusal(self, head: RequestHead, refused: Refusal, address: str) -> bytes:
         self.rejected[refused.status] += 1
@@ -605,9 +636,15 @@ class Relay:
                     )
         except Refusal as refused:
             return self._refusal(head, refused, address)
-        published = [
-            {"channel": p.channel, "seq": self.publish(p.channel, p.data)} for p in publications
-        ]
+        published: list[dict[str, Any]] = []
+        for p in publications:
+            try:
+                seq = await self.publish_message(p.channel, p.data)
+            except ClusterUnavailable as exc:
+                # What went out before stays out; the answer says how far it got.
+                message = f"{exc}; published {len(published)} of {len(publications)}"
+                return self._refusal(head, Refusal(503, "unavailable", message), address)
+            published.append({"channel": p.channel, "seq": seq})
         return head.response(200, orjson.dumps({"published": published}))
 
     def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:

@@ -4,6 +4,7 @@ market, real WebSocket clients over loopback."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 import attrs
 import httpx
 import orjson
+import pytest
 import tomli_w
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
 
 from relay.config import parse_config
 from relay.server.relay import Relay
@@ -29,6 +31,15 @@ from tests.e2e.conftest import (
     send,
 )
 from tests.redis_server import RedisServer, free_port
+
+
+def tcp_open(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
 
 TRADES = "sim:trades:BTC-USD"
 BOOK = "sim:book:BTC-USD"
@@ -98,15 +109,13 @@ async def subscribe(ws: WebSocketConnection, *channels: str, **extra: Any) -> li
 
 async def raw_until(ws: WebSocketConnection, channel: str, seq: int) -> dict[int, str]:
     """Each message of ``channel`` up to ``seq``, as the exact text received, by seq."""
-    return (await raws_until(ws, [channel], seq))[channel]
+    return (await raws_until(ws, {channel: seq}))[channel]
 
 
-async def raws_until(
-    ws: WebSocketConnection, channels: list[str], seq: int
-) -> dict[str, dict[int, str]]:
-    """Per channel, each message up to ``seq`` (on every channel), as the exact text, by seq."""
-    seen: dict[str, dict[int, str]] = {channel: {} for channel in channels}
-    left = set(channels)
+async def raws_until(ws: WebSocketConnection, targets: dict[str, int]) -> dict[str, dict[int, str]]:
+    """Per channel, each message up to its target seq, as the exact text, by seq."""
+    seen: dict[str, dict[int, str]] = {channel: {} for channel in targets}
+    left = set(targets)
     with trio.fail_after(10):
         while left:
             text = await ws.get_message()
@@ -114,7 +123,7 @@ async def raws_until(
             channel = message.get("channel")
             if channel in seen and "seq" in message:
                 seen[channel][message["seq"]] = text
-                if message["seq"] >= seq:
+                if message["seq"] >= targets[channel]:
                     left.discard(channel)
     return seen
 
@@ -130,7 +139,7 @@ async def test_three_nodes_share_one_upstream_connection_and_send_identical_enve
             async with client(cluster.url(node)) as ws:
                 await subscribe(ws, TRADES, BOOK)
                 # Every reader reads up to the same seq, to compare what they all received.
-                for channel, view in (await raws_until(ws, [TRADES, BOOK], 60)).items():
+                for channel, view in (await raws_until(ws, {TRADES: 60, BOOK: 60})).items():
                     received[node, channel] = view
 
         async with trio.open_nursery() as readers:
@@ -303,7 +312,7 @@ async def test_workers_share_one_port_as_nodes_of_one_cluster(
     )
     path = tmp_path / "relay.toml"
     path.write_text(tomli_w.dumps(config))
-    async with relay_command("serve", "--config", str(path), "--workers", "2"):
+    async with relay_command("serve", "--config", str(path), "--workers", "2") as supervisor:
         seen: set[str] = set()
         with trio.fail_after(20):
             while len(seen) < 2:
@@ -322,3 +331,103 @@ async def test_workers_share_one_port_as_nodes_of_one_cluster(
             assert seqs[-1] - seqs[0] == len(seqs) - 1
         # Two workers, one upstream connection.
         assert sim.stats.connections_total == 1
+        # The supervisor killed outright (it passes nothing on): its workers stop by
+        # themselves, the port and the upstream connection with them.
+        supervisor.kill()
+        with trio.fail_after(10):
+            while tcp_open(port) or sim.connections_open:  # noqa: ASYNC110 - other processes
+                await trio.sleep(0.05)
+
+
+PUBLISHING = {
+    "tiers": {"default": {"max_connections": 1000, "publish": ["app:*"]}},
+    "published": {"app": {"state": ["app:status:*"]}},
+}
+
+
+async def test_publishes_from_any_node_share_one_numbering_on_every_node(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, **PUBLISHING) as cluster:
+        events, status = "app:alerts", "app:status:disk"
+        async with client(cluster.url(2)) as far, client(cluster.url(0)) as near:
+            for ws in (far, near):
+                assert [a["seq"] for a in await subscribe(ws, events, status)] == [0, 0]
+            for n in range(6):
+                # Alternate nodes: Redis numbers the messages, in one order for all.
+                base = f"http://{HOST}:{cluster.nodes[n % 2][1]}"
+                body = [{"channel": events, "data": {"n": n}}]
+                response = await cluster.http.post(f"{base}/v1/publish", json=body)
+                assert response.json() == {"published": [{"channel": events, "seq": n + 1}]}
+            embedded = cluster.nodes[1][0]
+            assert await embedded.publish_message(status, {"used": "91%"}) == 1
+            views = [await raws_until(ws, {events: 6, status: 1}) for ws in (far, near)]
+        for view in views:
+            assert sorted(view[events]) == [1, 2, 3, 4, 5, 6]
+            assert [orjson.loads(t)["data"]["n"] for _, t in sorted(view[events].items())] == [
+                0,
+                1,
+                2,
+                3,
+                4,
+                5,
+            ]
+            assert orjson.loads(view[status][1]) == {
+                "channel": status,
+                "seq": 1,
+                "ts": orjson.loads(view[status][1])["ts"],
+                "snapshot": True,
+                "data": {"used": "91%"},
+            }
+        assert views[0] == views[1]
+        # A state channel's message is its state, for a later subscriber on any node.
+        async with client(cluster.url(1)) as late:
+            (ack,) = await subscribe(late, status)
+            assert ack["seq"] == 1
+            assert (await receive(late))["data"] == {"used": "91%"}
+
+
+async def test_a_publish_redis_cannot_take_is_refused_with_503(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, nodes=1, **PUBLISHING) as cluster:
+        base = f"http://{HOST}:{cluster.nodes[0][1]}"
+        redis_server.stop()
+        with trio.fail_after(10):
+            while (await cluster.readyz(0))[0] != 503:  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+        body = [{"channel": "app:alerts", "data": {}}]
+        response = await cluster.http.post(f"{base}/v1/publish", json=body)
+        assert response.status_code == 503
+        error = response.json()
+        assert error["error"] == "unavailable"
+        assert error["message"].startswith("Redis unreachable")
+        assert error["message"].endswith("published 0 of 1")
+
+
+async def test_a_keys_connection_limit_holds_across_the_cluster(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    tiers = {"tiers": {"default": {"max_connections": 2}}}
+    async with running_cluster(nursery, redis_server, nodes=2, **tiers) as cluster:
+        async with client(cluster.url(0)), client(cluster.url(1)) as second:
+            # Two open, one on each node: a third is refused on either.
+            for node in (0, 1):
+                with pytest.raises(HandshakeError) as refused:
+                    async with client(cluster.url(node)):
+                        pass
+                assert isinstance(refused.value, ConnectionRejected)
+                assert refused.value.status_code == 429
+                assert b"across the cluster" in (refused.value.body or b"")
+            await second.aclose()
+            # Its place is free again, on the other node too.
+            with trio.fail_after(5):
+                while True:
+                    try:
+                        async with client(cluster.url(0)):
+                            break
+                    except ConnectionRejected:
+                        await trio.sleep(0.05)
+        relay = cluster.nodes[0][0]
+        assert relay.cluster is not None
+        await wait_until(lambda: not relay.cluster.connections)

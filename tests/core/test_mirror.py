@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,8 +13,10 @@ from relay.core.cluster_wire import (
     decode_join_answer,
     decode_message,
     encode_message,
+    envelope_parts,
 )
 from relay.core.mirror import ChannelMirrors, Phase, Resynced, Verdict
+from relay.core.protocol import encode_envelope
 
 
 def live(channel: str = "c", seq: int = 10) -> ChannelMirrors:
@@ -28,6 +31,7 @@ def test_a_cold_channel_drops_until_its_first_join_answer() -> None:
     mirrors.follow("c")
     assert mirrors.follow("c") is False
     assert (mirrors.phase("c"), mirrors.live("c"), "c" in mirrors) == (Phase.COLD, False, True)
+    assert mirrors.live("other") is False
     assert mirrors.message("c", 1) is Verdict.DROP
     assert mirrors.joined("c", 4) is True
     assert (mirrors.phase("c"), mirrors.seq("c")) == (Phase.LIVE, 4)
@@ -56,6 +60,9 @@ def test_a_resync_without_the_whole_history_counts_what_is_lost() -> None:
     mirrors.message("c", 20)
     assert mirrors.resynced("c", 20, [b"x"]) == Resynced(None, 5)
     assert mirrors.resynced("c", 20, []) is None  # not resynchronizing
+    mirrors.interrupted("c")
+    # Nothing was lost after all: the answer is at the seq already relayed.
+    assert mirrors.resynced("c", 20, []) == Resynced([], 0)
 
 
 def test_an_interrupted_subscription_resyncs_only_live_channels() -> None:
@@ -63,7 +70,9 @@ def test_an_interrupted_subscription_resyncs_only_live_channels() -> None:
     mirrors.follow("cold")
     assert mirrors.interrupted("cold") is False
     assert mirrors.interrupted("gone") is False
+    assert mirrors.live("c") is True
     assert mirrors.interrupted("c") is True
+    assert (mirrors.phase("c"), mirrors.live("c")) == (Phase.RESYNCING, False)
     assert mirrors.interrupted("c") is False
     assert sorted(mirrors.followed()) == ["c", "cold"]
 
@@ -120,7 +129,9 @@ def test_messages_round_trip_with_and_without_state() -> None:
     assert tail == b"" and decoded.state == payload and decoded.snapshot is False
     header, tail = encode_message(5, 101, payload, False, b"STATE")
     decoded = decode_message(header + payload + tail)
-    assert (tail, decoded.state) == (b"STATE", b"STATE")
+    assert (tail, decoded.state, decoded.flags) == (b"STATE", b"STATE", 0)
+    header, _ = encode_message(6, 102, b"", False, None)
+    assert decode_message(header).payload == b""
 
 
 def test_a_short_or_truncated_message_is_refused() -> None:
@@ -143,15 +154,25 @@ def test_join_answers_are_read_as_lua_writes_them() -> None:
     assert (b.state, b.missed) == (None, None)
     assert c.missed == [b"x", b"y"]
     assert decode_join_answer(b'{"id":"j","channels":{}}').channels == []
+    (bare,) = decode_join_answer(
+        b'{"id":"j","channels":[{"channel":"d","seq":1,"ts":1,"snap":false}]}'
+    ).channels
+    assert bare.missed is None
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"not json", b'{"channels":[]}', b'{"id":1,"channels":[]}', b'{"id":"j","channels":5}'],
+    ("data", "why"),
+    [
+        (b"not json", "not a join answer: invalid literal"),
+        (b'{"channels":[]}', "not a join answer: 'id'"),
+        (b'{"id":1,"channels":[]}', "not a join answer: its id is not a string"),
+        (b'{"id":"j","channels":5}', "not a join answer: expected a list, got int"),
+    ],
 )
-def test_anything_else_is_not_a_join_answer(data: bytes) -> None:
-    with pytest.raises(ValueError, match="not a join answer"):
+def test_anything_else_is_not_a_join_answer(data: bytes, why: str) -> None:
+    with pytest.raises(ValueError) as refused:
         decode_join_answer(data)
+    assert str(refused.value).startswith(why)
 
 
 def test_keys_live_under_the_prefix() -> None:
@@ -169,3 +190,19 @@ def test_keys_live_under_the_prefix() -> None:
         "p:node:n",
     )
     assert (keys.message_prefix(), keys.messages("c")) == ("p:msg:", "p:msg:c")
+
+
+@given(
+    st.text(min_size=1, max_size=20),
+    st.integers(min_value=0, max_value=2**53),
+    st.integers(min_value=1, max_value=2**53),
+    st.dictionaries(
+        st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=3
+    ),
+    st.booleans(),
+)
+def test_the_parts_around_a_seq_are_the_envelope(
+    channel: str, ts: int, seq: int, data: dict[str, object], snapshot: bool
+) -> None:
+    head, tail = envelope_parts(channel, ts, orjson.dumps(data), snapshot)
+    assert head + str(seq).encode() + tail == encode_envelope(channel, seq, ts, data, snapshot)
