@@ -335,8 +335,14 @@ async def until_signalled(
     if on_hangup is not None and SIGHUP is not None:
         watched.append(SIGHUP)
     async with trio.open_nursery() as nursery:
+
+        async def run_then_stop() -> None:
+            # A run that ends by itself (a worker whose supervisor is gone) ends the process.
+            await run(*args)
+            nursery.cancel_scope.cancel()
+
         with trio.open_signal_receiver(*watched) as signals:
-            nursery.start_soon(run, *args)
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == SIGHUP and on_hangup is not None:

@@ -54,6 +54,10 @@ from relay.core.protocol import ErrorCode, ProtocolError, RequestId, Since, enco
 
 log = logging.getLogger("relay.cluster")
 
+STOP_GRACE = 3
+"""A stopping node's tasks (releasing its leases) and its Redis client get this many
+``request_timeout`` to end before they are cancelled."""
+
 REDIS_DOWN = (coredis.exceptions.ConnectionError, coredis.exceptions.BusyLoadingError, OSError)
 """What a Redis request raises when Redis cannot be reached (a timeout is the caller's
 ``move_on_after``)."""
@@ -399,24 +403,35 @@ class ClusterNode:
         the next starts after a backoff, with a new client (a client whose connections failed
         is not trusted to recover by itself). Shielded: a cancellation would reach the Redis
         client's own tasks at the same time as the node's, and the leases could not be
-        released; ``stopping`` ends it in order instead."""
+        released; ``stopping`` ends it in order instead, within a bound (:data:`STOP_GRACE`
+        requests' time): a Redis that is gone must not keep the process from exiting."""
         backoff = Backoff(initial=0.1, factor=2.0, cap=self.config.lease_retry * 2, reset_after=5.0)
         started = False
-        with trio.CancelScope(shield=True):
-            while not stopping.is_set():
-                if not started:
-                    task_status.started()
-                    started = True
-                backoff.connected(trio.current_time())
-                reason = await self._session(stopping, http)
-                if reason is None:
-                    return
-                backoff.disconnected(trio.current_time())
-                self.redis_error = f"Redis unreachable: {reason}"
-                delay = backoff.next_delay(random.random)
-                log.warning("cluster: %s; connecting again in %.1fs", self.redis_error, delay)
-                with trio.move_on_after(delay):
+        with trio.CancelScope(shield=True) as shielded:
+            async with trio.open_nursery() as guard:
+
+                async def bound_the_stop() -> None:
                     await stopping.wait()
+                    shielded.deadline = (
+                        trio.current_time() + STOP_GRACE * self.config.request_timeout
+                    )
+
+                guard.start_soon(bound_the_stop)
+                while not stopping.is_set():
+                    if not started:
+                        task_status.started()
+                        started = True
+                    backoff.connected(trio.current_time())
+                    reason = await self._session(stopping, http)
+                    if reason is None:
+                        break
+                    backoff.disconnected(trio.current_time())
+                    self.redis_error = f"Redis unreachable: {reason}"
+                    delay = backoff.next_delay(random.random)
+                    log.warning("cluster: %s; connecting again in %.1fs", self.redis_error, delay)
+                    with trio.move_on_after(delay):
+                        await stopping.wait()
+                guard.cancel_scope.cancel()
 
     async def _session(self, stopping: trio.Event, http: Any) -> str | None:
         """One Redis client's life; answers why Redis failed, or None once stopping."""

@@ -33,6 +33,25 @@ from tests.e2e.conftest import (
 from tests.redis_server import RedisServer, free_port
 
 
+def children(pid: int) -> list[int]:
+    """A process's children, whichever of its threads started them (Trio starts processes
+    from a thread of its own)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its new parent to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def tcp_open(port: int) -> bool:
     try:
         socket.create_connection((HOST, port), timeout=0.5).close()
@@ -333,9 +352,11 @@ async def test_workers_share_one_port_as_nodes_of_one_cluster(
         assert sim.stats.connections_total == 1
         # The supervisor killed outright (it passes nothing on): its workers stop by
         # themselves, the port and the upstream connection with them.
+        workers = children(supervisor.pid)
+        assert len(workers) == 2
         supervisor.kill()
         with trio.fail_after(10):
-            while tcp_open(port) or sim.connections_open:  # noqa: ASYNC110 - other processes
+            while any(map(running, workers)) or tcp_open(port) or sim.connections_open:  # noqa: ASYNC110 - other processes
                 await trio.sleep(0.05)
 
 
@@ -431,3 +452,21 @@ async def test_a_keys_connection_limit_holds_across_the_cluster(
         relay = cluster.nodes[0][0]
         assert relay.cluster is not None
         await wait_until(lambda: not relay.cluster.connections)
+
+
+async def test_a_node_whose_redis_is_gone_still_stops_promptly(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    sim = SimServer(rate=50.0)
+    sim_port = await nursery.start(sim.serve, HOST, 0)
+    config = relay_config(sim_port, cluster={"redis_url": redis_server.url, **FAST_LEASES})
+    relay = Relay(parse_config(config))
+    with trio.CancelScope() as serving:
+        async with trio.open_nursery() as inner:
+            await inner.start(relay.serve)
+            await wait_until(lambda: relay.cluster is not None and bool(relay.cluster.holding))
+            redis_server.kill()
+            stopped_at = trio.current_time()
+            serving.cancel()
+    # Within the stop's bound (3 requests' time), not hanging on a Redis that is gone.
+    assert trio.current_time() - stopped_at < 3 * FAST_LEASES["request_timeout"] + 1.0
