@@ -399,6 +399,9 @@ class TierConfig:
     """Sustained client commands per second (token bucket refill rate)."""
     rate_burst: int = 40
     """Token bucket size: how many commands may arrive at once."""
+    admin: bool = False
+    """This tier's keys may read the live status (``GET /v1/status``, shown by ``/status``):
+    every source, every channel, and every connection's key name and queue."""
 
     def allows(self, channel: str) -> bool:
         """Case-sensitive on every platform, unlike :func:`fnmatch.fnmatch`."""
@@ -1026,7 +1029,10 @@ def demo_config(*, port: int, sim_port: int, host: str = "127.0.0.1") -> RelayCo
         auth=AuthConfig(required=True, anonymous_tier="anonymous"),
         tiers={
             "default": TierConfig(),
-            "anonymous": TierConfig(max_connections=server.max_connections, channels=["sim:*"]),
+            # The demo's status page is open: it listens on loopback unless told otherwise.
+            "anonymous": TierConfig(
+                max_connections=server.max_connections, channels=["sim:*"], admin=True
+            ),
         },
         sources={
             "sim": SourceConfig(

@@ -72,6 +72,7 @@ channels = ["md:ticker:*", "md:trades:*"]
 publish = ["app:{key}:alerts"]
 rate_limit = 2.5
 rate_burst = 5
+admin = false
 
 [tiers.pro]
 max_connections = 30
@@ -80,6 +81,7 @@ channels = ["md:*", "app:{key}:*"]
 publish = ["app:{key}:*"]
 rate_limit = 30.0
 rate_burst = 60
+admin = true
 
 [[keys]]
 key = "k-free-1"

@@ -45,3 +45,18 @@ class LatencyHistogram:
             total += count
             out.append((bounds[i], total))
         return out
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound (ms) of the bucket holding the ``q`` quantile of the writes: the
+        latency that a fraction ``q`` of them were at or below. None before any write;
+        infinity when it lies above the last bound."""
+        if not 0 < q <= 1:
+            raise ValueError(f"a quantile is in (0, 1], got {q!r}")
+        total = self.count
+        if not total:
+            return None
+        rank = q * total
+        for bound, seen in self.cumulative():
+            if seen >= rank:
+                return bound
+        raise AssertionError("the last bucket is infinity and holds every write")

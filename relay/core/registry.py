@@ -94,6 +94,10 @@ class SubscriptionRegistry(Generic[S]):
     def sessions(self) -> Iterator[S]:
         return iter(self._by_session)
 
+    def channels(self) -> Iterator[tuple[str, int]]:
+        """Each channel some session holds, with how many hold it (for the status page)."""
+        return ((channel, len(holders)) for channel, holders in self._by_channel.items())
+
     def __len__(self) -> int:
         """Total subscriptions, for metrics."""
         return sum(len(h) for h in self._by_channel.values())

@@ -10,6 +10,7 @@ import logging
 import os
 import ssl
 import time
+from importlib import resources
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -71,6 +72,7 @@ from relay.server.metrics import make_registry, render
 from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
 from relay.server.stats import RelayStats, take_stats
+from relay.server.status import take_status
 from relay.server.transports import HttpTransport, Transport
 from relay.server.upstream import UpstreamState, UpstreamSupervisor
 from relay.tls import server_context
@@ -92,6 +94,9 @@ RESTART_SECTIONS = (
     "cluster",
 )
 
+
+STATUS_PAGE = (resources.files("relay.server") / "status.html").read_bytes()
+"""``/status``: the page that shows ``GET /v1/status`` (a file of the package)."""
 
 _SERVING = (UpstreamState.CONNECTED, UpstreamState.STANDBY)
 """Upstream states of a ready relay: connected, or (in a cluster) held by another node."""
@@ -604,6 +609,10 @@ class Relay:
                 }
             body = orjson.dumps(ready)
             return head.response(200 if self.ready else 503, body)
+        if path == "/status":
+            return head.response(200, STATUS_PAGE, "text/html; charset=utf-8")
+        if path == "/v1/status":
+            return self._status(head, address)
         if path == "/metrics":
             return head.response(
                 200, render(self.metrics), "text/plain; version=0.0.4; charset=utf-8"
@@ -646,6 +655,17 @@ class Relay:
                 return self._refusal(head, Refusal(503, "unavailable", message), address)
             published.append({"channel": p.channel, "seq": seq})
         return head.response(200, orjson.dumps({"published": published}))
+
+    def _status(self, head: RequestHead, address: str) -> bytes:
+        """``GET /v1/status``, for a key whose tier is ``admin``: the page's data."""
+        try:
+            grant = self._identity(head)
+            if not self.config.tiers[grant.tier].admin:
+                raise Refusal(403, "forbidden", "your key may not read the status")
+        except Refusal as refused:
+            return self._refusal(head, refused, address)
+        status = take_status(self, int(self._wall_clock() * 1000))
+        return head.response(200, orjson.dumps(status))
 
     def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:
         try:

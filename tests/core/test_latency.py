@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -33,3 +35,24 @@ def test_cumulative_counts_are_what_each_bound_covers(values: list[int]) -> None
 def test_bounds_must_be_distinct_and_increasing(bounds: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match=r"^bounds must be distinct and increasing$"):
         LatencyHistogram(bounds)
+
+
+def test_quantiles_are_the_upper_bounds_of_their_buckets() -> None:
+    histogram = LatencyHistogram((1, 5, 10))
+    assert histogram.quantile(0.5) is None
+    for ms in (0, 1, 3, 4, 7, 9, 9, 9, 20, 30):
+        histogram.record(ms)
+    # Cumulative: <=1: 2, <=5: 4, <=10: 8, above: 10.
+    assert histogram.quantile(0.2) == 1
+    assert histogram.quantile(0.21) == 5
+    assert histogram.quantile(0.4) == 5
+    assert histogram.quantile(0.5) == 10
+    assert histogram.quantile(0.8) == 10
+    assert histogram.quantile(0.81) == math.inf
+    assert histogram.quantile(1) == math.inf
+
+
+@pytest.mark.parametrize("q", [0, -0.1, 1.01])
+def test_a_quantile_is_a_fraction(q: float) -> None:
+    with pytest.raises(ValueError, match=f"a quantile is in \\(0, 1\\], got {q!r}"):
+        LatencyHistogram().quantile(q)

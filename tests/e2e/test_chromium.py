@@ -6,7 +6,9 @@ Without Chromium on PATH the test skips, saying how to install it; in CI it fail
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,6 +27,10 @@ from tests.e2e.conftest import HOST, running_stack
 pytestmark = pytest.mark.e2e
 
 CHANNEL: Final = "sim:trades:BTC-USD"
+ARTIFACTS: Final = Path(
+    os.environ.get("RELAY_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")
+)
+"""Where tests leave files for a person (the status page's screenshot)."""
 FLAGS: Final = (
     "--headless",
     "--no-sandbox",
@@ -140,3 +146,79 @@ async def test_chromium_negotiates_deflate_and_reads_compressed_frames(
         relay = stack.relay
         assert relay.deflate_sessions == 1
         assert relay.hub.compressed_deliveries >= 5
+
+
+async def call(page: WebSocketConnection, method: str, params: dict[str, Any]) -> Any:
+    """One DevTools command, and its result."""
+    await page.send_message(json.dumps({"id": 2, "method": method, "params": params}))
+    while (answer := json.loads(await page.get_message())).get("id") != 2:
+        pass  # events of the page
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+PAGE_FIGURES: Final = """(() => {
+  const figure = (id) => document.getElementById(id).textContent.replaceAll(",", "");
+  return {connections: figure("connections-total"), messages: figure("messages-total"),
+          deliveries: figure("deliveries-total"), p50: figure("latency-p50"),
+          rate: figure("messages-rate"),
+          channels: document.querySelectorAll("#channels tr").length,
+          error: document.getElementById("error").textContent};
+})()"""
+
+
+def metric(text: str, name: str) -> int:
+    """A counter or gauge of ``/metrics`` (Prometheus text), summed over its labels."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    ]
+    assert values, f"{name} not in /metrics"
+    return int(sum(values))
+
+
+async def test_the_status_page_renders_and_agrees_with_metrics(
+    nursery: trio.Nursery, tmp_path: Path, chromium: str
+) -> None:
+    admin = {"tiers": {"default": {"max_connections": 1000, "admin": True}}}
+    async with (
+        running_stack(nursery, rate=50.0, **admin) as stack,
+        open_websocket_url(stack.url) as first,
+        open_websocket_url(stack.url) as second,
+        devtools(chromium, tmp_path / "profile") as page,
+    ):
+        for ws in (first, second):
+            await ws.get_message()  # welcome
+            await ws.send_message(json.dumps({"action": "subscribe", "channel": CHANNEL}))
+        for ws in (first, second):
+            for _ in range(3):
+                await ws.get_message()  # subscribed, then data flowing
+        # The figures stop moving, so the page and /metrics can be compared exactly.
+        await stack.control("pause")
+        await trio.sleep(0.5)
+        metrics = (await stack.http.get(f"{stack.base}/metrics")).text
+        viewport = {"width": 1280, "height": 1100, "deviceScaleFactor": 1, "mobile": False}
+        await call(page, "Emulation.setDeviceMetricsOverride", viewport)
+        await call(page, "Page.navigate", {"url": f"{stack.base}/status"})
+        expected = {
+            "connections": str(metric(metrics, "relay_connections")),
+            "messages": str(metric(metrics, "relay_messages_published_total")),
+            "deliveries": str(metric(metrics, "relay_deliveries_total")),
+        }
+        assert expected["connections"] == "2"
+        with trio.fail_after(20):
+            while True:
+                shown = await evaluate(page, PAGE_FIGURES)
+                # Two polls: the rates (and the plot) come from the second.
+                if all(shown[k] == v for k, v in expected.items()) and shown["rate"] != "-":
+                    break
+                await trio.sleep(0.2)
+        assert shown["error"] == ""
+        assert shown["channels"] == 1
+        assert shown["p50"] != "-"
+        assert shown["rate"] == "0"  # the market is paused
+        # Kept for a person to look at (CI keeps test-artifacts/).
+        shot = await call(page, "Page.captureScreenshot", {"format": "png"})
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "status-page.png").write_bytes(base64.b64decode(shot["data"]))
