@@ -316,6 +316,24 @@ class ClusterNode:
             raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
         return int(seq)
 
+    async def snapshot(self, channel: str) -> tuple[int, int, dict[str, Any]] | None:
+        """(seq, ts, data) of a channel's state: this node's own while it relays the channel,
+        else what Redis holds (the holder writes it with every message). ClusterUnavailable
+        when Redis does not answer in time."""
+        if self.mirrors.live(channel):
+            return self.hub.snapshot(channel)
+        client = self._client
+        if client is None or self.redis_error is not None:
+            raise ClusterUnavailable(self.redis_error or "Redis not connected yet")
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                seq, ts, snap = await client.hmget(self.keys.state(channel), ["seq", "ts", "snap"])
+        except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
+            raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
+        if snap is None:
+            return None
+        return int(seq), int(ts), orjson.loads(snap)["data"]
+
     async def admit(self, identity: str, limit: int) -> bool:
         """Whether one more connection of ``identity`` keeps it within ``limit`` over the
         whole cluster (counted in Redis when it is, so two nodes cannot both take the last

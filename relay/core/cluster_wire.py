@@ -58,6 +58,11 @@ class ClusterKeys:
         a token's subject), for the tier's limit across the cluster."""
         return f"{self.prefix}:conns:{identity}"
 
+    def state(self, channel: str) -> str:
+        """Hash: a channel's last seq and ts, and its whole state for a channel that has one
+        (the scripts build the same name)."""
+        return f"{self.prefix}:chan:{channel}"
+
     def lease(self, source: str) -> str:
         return f"{self.prefix}:lease:{source}"
 

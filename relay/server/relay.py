@@ -10,9 +10,9 @@ import logging
 import os
 import ssl
 import time
-from importlib import resources
 from collections import Counter
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import Any
 
 import attrs
@@ -371,6 +371,15 @@ class Relay:
             return
         address = self.proxies.client_address(peer, head.headers)
         if not head.is_upgrade:
+            snapshot = head.path.startswith("/v1/snapshot/") and head.method in ("GET", "HEAD")
+            if self.cluster is not None and snapshot:
+                # A node that does not relay the channel reads its state in Redis.
+                response = None
+                with trio.move_on_at(deadline):
+                    response = await self._cluster_snapshot(head, address)
+                if response is not None:
+                    await stream.send_all(response)
+                return
             if head.path == "/v1/publish" and head.method == "POST":
                 response = None
                 with trio.move_on_at(deadline):
@@ -668,6 +677,24 @@ class Relay:
         return head.response(200, orjson.dumps(status))
 
     def _snapshot(self, head: RequestHead, channel: str, address: str) -> bytes:
+        refused = self._snapshot_refusal(head, channel, address)
+        if refused is not None:
+            return refused
+        return self._snapshot_response(head, channel, self.hub.snapshot(channel))
+
+    async def _cluster_snapshot(self, head: RequestHead, address: str) -> bytes:
+        assert self.cluster is not None
+        channel = head.path.removeprefix("/v1/snapshot/")
+        refused = self._snapshot_refusal(head, channel, address)
+        if refused is not None:
+            return refused
+        try:
+            snapshot = await self.cluster.snapshot(channel)
+        except ClusterUnavailable as exc:
+            return self._refusal(head, Refusal(503, "unavailable", str(exc)), address)
+        return self._snapshot_response(head, channel, snapshot)
+
+    def _snapshot_refusal(self, head: RequestHead, channel: str, address: str) -> bytes | None:
         try:
             grant = self._identity(head)
         except Refusal as refused:
@@ -675,7 +702,11 @@ class Relay:
         _, limits = self._limits_for(grant)
         if not matches_any(channel, limits.channels) and self.hub.known(channel):
             return head.response(403, error_body("forbidden", f"your tier may not read {channel}"))
-        snapshot = self.hub.snapshot(channel)
+        return None
+
+    def _snapshot_response(
+        self, head: RequestHead, channel: str, snapshot: tuple[int, int, dict[str, Any]] | None
+    ) -> bytes:
         if snapshot is None:
             return head.response(404, error_body("not_found", f"no state for channel {channel!r}"))
         seq, ts, data = snapshot

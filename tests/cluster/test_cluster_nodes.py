@@ -470,3 +470,29 @@ async def test_a_node_whose_redis_is_gone_still_stops_promptly(
             serving.cancel()
     # Within the stop's bound (3 requests' time), not hanging on a Redis that is gone.
     assert trio.current_time() - stopped_at < 3 * FAST_LEASES["request_timeout"] + 1.0
+
+
+async def test_any_node_answers_a_snapshot_from_redis(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, nodes=2) as cluster:
+        async with client(cluster.url(0)) as ws:
+            await subscribe(ws, BOOK)
+            await raw_until(ws, BOOK, 3)
+            # Node 1 has no client on the book: it reads the state in Redis.
+            base = f"http://{HOST}:{cluster.nodes[1][1]}"
+            answer = await cluster.http.get(f"{base}/v1/snapshot/{BOOK}")
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["channel"] == BOOK and body["seq"] >= 3
+            assert set(body["data"]) >= {"bids", "asks"}
+            relay = cluster.nodes[1][0]
+            assert relay.cluster is not None and not relay.cluster.mirrors.live(BOOK)
+        never = await cluster.http.get(f"{base}/v1/snapshot/sim:book:ETH-USD")
+        assert never.status_code == 404
+        redis_server.stop()
+        with trio.fail_after(10):
+            while (await cluster.readyz(1))[0] != 503:  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+        down = await cluster.http.get(f"{base}/v1/snapshot/{BOOK}")
+        assert (down.status_code, down.json()["error"]) == (503, "unavailable")

@@ -190,6 +190,7 @@ def test_keys_live_under_the_prefix() -> None:
         "p:node:n",
     )
     assert (keys.message_prefix(), keys.messages("c")) == ("p:msg:", "p:msg:c")
+    assert (keys.state("c"), keys.connections("k")) == ("p:chan:c", "p:conns:k")
 
 
 @given(
