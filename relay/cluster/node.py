@@ -23,7 +23,6 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,9 +31,19 @@ import coredis
 import orjson
 import trio
 
+from relay.cluster.connections import ConnectionCounts
 from relay.cluster.lease import RedisLeaseStore, hold_lease
 from relay.cluster.outlet import RedisOutlet
-from relay.cluster.scripts import ADMIT, JOIN, PUBLISH_APP
+from relay.cluster.redis import (
+    FAILURES,
+    REDIS_DOWN,
+    ClusterUnavailable,
+    answered_within,
+    for_a_client,
+    leaves,
+)
+from relay.cluster.scripts import JOIN, PUBLISH_APP
+from relay.cluster.wants import NodeWants, SourceInterest
 from relay.config import ClusterConfig
 from relay.core.backoff import Backoff
 from relay.core.channels import source_of
@@ -58,35 +67,6 @@ STOP_GRACE = 3
 """A stopping node's tasks (releasing its leases) and its Redis client get this many
 ``request_timeout`` to end before they are cancelled."""
 
-REDIS_DOWN = (coredis.exceptions.ConnectionError, coredis.exceptions.BusyLoadingError, OSError)
-"""What a Redis request raises when Redis cannot be reached (a timeout is the caller's
-``move_on_after``)."""
-
-WANTED = """
--- KEYS[1]: a source's wants, KEYS[2]: the live nodes. ARGV[1]: this node, ARGV[2]: its
--- channels of the source (space-separated, '' for none), ARGV[3]: ms a node stays alive.
--- Records this node's wants and liveness, forgets dead nodes, answers the union.
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
-if ARGV[2] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-local union = {}
-local rows = redis.call('HGETALL', KEYS[1])
-for i = 1, #rows, 2 do
-  local alive = tonumber(redis.call('ZSCORE', KEYS[2], rows[i]) or '0')
-  if alive < ms then
-    redis.call('HDEL', KEYS[1], rows[i])
-  else
-    union[#union + 1] = rows[i + 1]
-  end
-end
-return table.concat(union, ' ')
-"""
-
 
 @attrs.define(eq=False)
 class _Join:
@@ -103,48 +83,6 @@ class _Join:
     node's last relayed seq for a resynchronization; None for no replay."""
     done: trio.Event = attrs.Factory(trio.Event)
     abandoned: bool = False
-
-
-class ClusterUnavailable(Exception):
-    """Redis did not confirm an application's message in time: it may not have been
-    published."""
-
-
-class RedisLost(Exception):
-    """Redis did not answer in time: the node's Redis session ends and a new one starts."""
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
-
-
-class SourceInterest:
-    """The hub's listener for one source in a cluster node: which of the source's channels
-    this node's clients hold (the holder subscribes upstream to the union over all nodes)."""
-
-    def __init__(self, source: str, changed: Callable[[str, str, bool], None]) -> None:
-        self.source = source
-        self.channels: set[str] = set()
-        self._changed = changed
-
-    def want(self, channel: str) -> None:
-        self.channels.add(channel)
-        self._changed(self.source, channel, True)
-
-    def unwant(self, channel: str) -> None:
-        self.channels.discard(channel)
-        self._changed(self.source, channel, False)
-
-    def channel_state(self, channel: str) -> dict[str, Any] | None:
-        # A node's state of a channel is what the holder sent with its messages (the hub's
-        # mirrored state), never a book of its own.
-        return None
 
 
 class ClusterNode:
@@ -173,10 +111,15 @@ class ClusterNode:
         self._kind_of = kind_of
         self._history_for = history_for
         self.mirrors = ChannelMirrors()
-        self.interests = {
-            source: SourceInterest(source, self._interest_changed)
-            for source in (*supervisors, *published)
-        }
+        self.wants = NodeWants(
+            self.keys,
+            self.id,
+            (*supervisors, *published),
+            int(config.lease_ttl * 3000),
+            config.request_timeout,
+            self._interest_changed,
+        )
+        self.connections = ConnectionCounts(self.keys, self.id, config.request_timeout)
         self.holding: dict[str, RedisOutlet] = {}
         self._joins: dict[str, _Join] = {}
         self._join_queue: list[_Join] = []
@@ -184,7 +127,6 @@ class ClusterNode:
         self._follows: dict[str, bool] = {}
         """Pub/Sub changes to make: channel -> follow (True) or not."""
         self._follows_changed = trio.lowlevel.ParkingLot()
-        self._wants_changed = trio.lowlevel.ParkingLot()
         self._union_changed: dict[str, trio.lowlevel.ParkingLot] = {
             source: trio.lowlevel.ParkingLot() for source in supervisors
         }
@@ -192,12 +134,6 @@ class ClusterNode:
         """Why Redis is unreachable, None while it answers: /readyz reports it."""
         self._client: Any = None
         self._publish_app: Any = None
-        self._admit: Any = None
-        self.connections: Counter[str] = Counter()
-        """This node's open connections per key: the truth its counts in Redis are rewritten
-        from (after a Redis outage, at every new session)."""
-        self._connections_changed: set[str] = set()
-        self._connections_dirty = trio.lowlevel.ParkingLot()
         self._pubsub: Any = None
         self._answers_followed = False
         self.joins_answered = 0
@@ -207,10 +143,9 @@ class ClusterNode:
     # Hub wiring ------------------------------------------------------------------------------
 
     def listener(self, source: str) -> SourceInterest:
-        return self.interests[source]
+        return self.wants.interests[source]
 
-    def _interest_changed(self, source: str, channel: str, wanted: bool) -> None:
-        self._wants_changed.unpark_all()
+    def _interest_changed(self, channel: str, wanted: bool) -> None:
         if not wanted and not any(channel in join.channels for join in self._joins.values()):
             self.mirrors.unfollow(channel)
             self._follow(channel, False)
@@ -309,11 +244,8 @@ class ClusterNode:
         keep = bounds.max_messages if bounds.enabled else 0
         args = [self.keys.prefix, source_of(channel), channel, head, tail, str(ts)]
         args += ["1" if snapshot else "0", str(keep)]
-        try:
-            with trio.fail_after(self.config.request_timeout):
-                seq = await script(keys=[], args=args)
-        except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
-            raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
+        with for_a_client(self.config.request_timeout):
+            seq = await script(keys=[], args=args)
         return int(seq)
 
     async def snapshot(self, channel: str) -> tuple[int, int, dict[str, Any]] | None:
@@ -325,69 +257,19 @@ class ClusterNode:
         client = self._client
         if client is None or self.redis_error is not None:
             raise ClusterUnavailable(self.redis_error or "Redis not connected yet")
-        try:
-            with trio.fail_after(self.config.request_timeout):
-                seq, ts, snap = await client.hmget(self.keys.state(channel), ["seq", "ts", "snap"])
-        except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
-            raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
+        with for_a_client(self.config.request_timeout):
+            seq, ts, snap = await client.hmget(self.keys.state(channel), ["seq", "ts", "snap"])
         if snap is None:
             return None
         return int(seq), int(ts), orjson.loads(snap)["data"]
 
     async def admit(self, identity: str, limit: int) -> bool:
-        """Whether one more connection of ``identity`` keeps it within ``limit`` over the
-        whole cluster (counted in Redis when it is, so two nodes cannot both take the last
-        place). With Redis unreachable only this node's connections are counted: refusing
-        every client while Redis is away would be worse than a limit briefly too loose."""
-        if self.connections[identity] >= limit:
-            return False
-        script = self._admit
-        admitted = True
-        if script is not None and self.redis_error is None:
-            keys = [self.keys.connections(identity), self.keys.nodes]
-            try:
-                with trio.fail_after(self.config.request_timeout):
-                    admitted = await script(keys=keys, args=[self.id, str(limit)]) == 1
-            except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
-                log.warning("cluster: connection limits counted on this node only: %s", exc)
-        if admitted:
-            self.connections[identity] += 1
-            self._connection_counted(identity)
-        return admitted
+        """Whether one more connection of ``identity`` keeps it within ``limit`` across the
+        cluster (:class:`ConnectionCounts`)."""
+        return await self.connections.admit(identity, limit)
 
     def released(self, identity: str) -> None:
-        """A connection :meth:`admit` counted has ended."""
-        self.connections[identity] -= 1
-        if not self.connections[identity]:
-            del self.connections[identity]
-        self._connection_counted(identity)
-
-    def _connection_counted(self, identity: str) -> None:
-        self._connections_changed.add(identity)
-        self._connections_dirty.unpark_all()
-
-    async def _write_connections(self, client: Any) -> None:
-        """Write this node's count of each key whose count changed (the admit script counts
-        a connection in; this writes the truth, which also counts connections out)."""
-        while True:
-            if not self._connections_changed:
-                await self._connections_dirty.park()
-                continue
-            changed, self._connections_changed = self._connections_changed, set()
-            try:
-                with trio.fail_after(self.config.request_timeout):
-                    for identity in changed:
-                        key, count = self.keys.connections(identity), self.connections[identity]
-                        if count:
-                            await client.hset(key, {self.id: count})
-                        else:
-                            await client.hdel(key, [self.id])
-            except trio.TooSlowError:
-                self._connections_changed |= changed
-                raise RedisLost(f"no answer within {self.config.request_timeout:g}s") from None
-            except REDIS_DOWN:
-                self._connections_changed |= changed
-                raise
+        self.connections.released(identity)
 
     # Running ---------------------------------------------------------------------------------
 
@@ -458,8 +340,7 @@ class ClusterNode:
         client = coredis.Redis.from_url(url, decode_responses=False)
         self._client = client
         self._publish_app = client.register_script(PUBLISH_APP)
-        self._admit = client.register_script(ADMIT)
-        self._connections_changed.update(self.connections)
+        self.connections.connected(client)
         self._pubsub = None
         self._answers_followed = False
         # What the last session followed is followed again; what was live has missed messages.
@@ -475,14 +356,21 @@ class ClusterNode:
                 nursery.start_soon(self._read_pubsub, client)
                 nursery.start_soon(self._send_joins, client)
                 nursery.start_soon(self._apply_follows)
-                nursery.start_soon(self._keep_wants, client)
-                nursery.start_soon(self._write_connections, client)
+                # Also the node's heartbeat on Redis: its failure ends the session.
+                nursery.start_soon(
+                    self.wants.keep,
+                    client,
+                    self.supervisors,
+                    self.config.lease_renew,
+                    self._redis_answers,
+                )
+                nursery.start_soon(self.connections.write, client)
                 for source in self.supervisors:
                     nursery.start_soon(self._contend, client, source, http)
                 await stopping.wait()
                 nursery.cancel_scope.cancel()
-        except* (*REDIS_DOWN, TimeoutError, trio.TooSlowError, RedisLost) as group:
-            failure = "; ".join(sorted({str(e) or type(e).__name__ for e in _leaves(group)}))
+        except* FAILURES as group:
+            failure = "; ".join(sorted({str(e) or type(e).__name__ for e in leaves(group)}))
         return failure
 
     async def _adopt_epoch(self) -> None:
@@ -656,7 +544,7 @@ class ClusterNode:
             for join in ready:
                 self._join_queue.remove(join)
             oldest = int(time.time() * 1000)
-            try:
+            with answered_within(self.config.request_timeout):
                 for join in ready:
                     if join.abandoned:
                         continue
@@ -669,10 +557,7 @@ class ClusterNode:
                     after = "" if join.after is None else str(join.after)
                     for channel in join.channels:
                         args += [channel, after]
-                    with trio.fail_after(self.config.request_timeout):
-                        await script(keys=[], args=args)
-            except trio.TooSlowError:
-                raise RedisLost(f"no answer within {self.config.request_timeout:g}s") from None
+                    await script(keys=[], args=args)
 
     def _oldest(self, join: _Join, now_ms: int) -> int:
         if join.after is None or not join.channels:
@@ -682,41 +567,8 @@ class ClusterNode:
 
     # Wants -----------------------------------------------------------------------------------
 
-    async def _keep_wants(self, client: Any) -> None:
-        """Write this node's wanted channels and liveness, at every change and every
-        ``lease_renew`` (Redis may have lost them), and tell the holders. Also the node's
-        heartbeat on Redis: its failure ends the session."""
-        script = client.register_script(WANTED)
-        alive_ms = str(int(self.config.lease_ttl * 3000))
-        while True:
-            try:
-                with trio.fail_after(self.config.request_timeout):
-                    for source in self.supervisors:
-                        interest = self.interests[source]
-                        await script(
-                            keys=[self.keys.wants(source), self.keys.nodes],
-                            args=[self.id, " ".join(sorted(interest.channels)), alive_ms],
-                        )
-                        await client.publish(self.keys.wants_changed, source)
-            except trio.TooSlowError:
-                raise RedisLost(f"no answer within {self.config.request_timeout:g}s") from None
-            self.redis_error = None
-            with trio.move_on_after(self.config.lease_renew):
-                await self._wants_changed.park()
-
-    async def _union(self, client: Any, source: str) -> set[str]:
-        script = client.register_script(WANTED)
-        interest = self.interests[source]
-        with trio.fail_after(self.config.request_timeout):
-            union = await script(
-                keys=[self.keys.wants(source), self.keys.nodes],
-                args=[
-                    self.id,
-                    " ".join(sorted(interest.channels)),
-                    str(int(self.config.lease_ttl * 3000)),
-                ],
-            )
-        return set(union.decode().split())
+    def _redis_answers(self) -> None:
+        self.redis_error = None
 
     # Holding sources -------------------------------------------------------------------------
 
@@ -752,9 +604,9 @@ class ClusterNode:
         supervisor = self.supervisors[source]
         with scope:
             try:
-                with trio.fail_after(self.config.request_timeout):
+                with answered_within(self.config.request_timeout):
                     stored = await client.hgetall(self.keys.seqs(source))
-            except (*REDIS_DOWN, TimeoutError, trio.TooSlowError) as exc:
+            except FAILURES as exc:
                 log.warning("cluster: %s's seqs unreadable, not taking it yet: %s", source, exc)
                 return
             seqs = {k.decode(): int(v) for k, v in stored.items()}
@@ -786,7 +638,7 @@ class ClusterNode:
                 log.info("cluster: this node no longer holds %s", source, extra={"source": source})
 
     def mirrors_of(self, source: str) -> list[str]:
-        return [c for c in self.interests[source].channels if source_of(c) == source]
+        return [c for c in self.wants.of(source) if source_of(c) == source]
 
     async def _track_union(
         self, client: Any, source: str, supervisor: Any, wanted: set[str]
@@ -794,10 +646,7 @@ class ClusterNode:
         """Keep the upstream subscribed to the union of every node's wants for the source."""
         lot = self._union_changed[source]
         while True:
-            try:
-                union = await self._union(client, source)
-            except trio.TooSlowError:
-                raise RedisLost(f"no answer within {self.config.request_timeout:g}s") from None
+            union = await self.wants.union(client, source)
             for channel in union - wanted:
                 supervisor.want(channel)
             for channel in wanted - union:

@@ -155,3 +155,28 @@ end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
 """
+
+WANTED = """
+-- KEYS[1]: a source's wants, KEYS[2]: the live nodes. ARGV[1]: this node, ARGV[2]: its
+-- channels of the source (space-separated, '' for none), ARGV[3]: ms a node stays alive.
+-- Records this node's wants and liveness, forgets dead nodes, answers the union.
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[1])
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+local union = {}
+local rows = redis.call('HGETALL', KEYS[1])
+for i = 1, #rows, 2 do
+  local alive = tonumber(redis.call('ZSCORE', KEYS[2], rows[i]) or '0')
+  if alive < ms then
+    redis.call('HDEL', KEYS[1], rows[i])
+  else
+    union[#union + 1] = rows[i + 1]
+  end
+end
+return table.concat(union, ' ')
+"""

@@ -23,7 +23,8 @@ from prometheus_client import Histogram
 
 from relay.adapters import make_adapter, request_interval, source_url
 from relay.adapters.base import Adapter
-from relay.cluster.node import ClusterNode, ClusterUnavailable
+from relay.cluster.node import ClusterNode
+from relay.cluster.redis import ClusterUnavailable
 from relay.config import RelayConfig, TierConfig, TlsConfig
 from relay.core.admission import (
     AddressLimiter,

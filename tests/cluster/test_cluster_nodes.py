@@ -451,7 +451,7 @@ async def test_a_keys_connection_limit_holds_across_the_cluster(
                         await trio.sleep(0.05)
         relay = cluster.nodes[0][0]
         assert relay.cluster is not None
-        await wait_until(lambda: not relay.cluster.connections)
+        await wait_until(lambda: not relay.cluster.connections.open)
 
 
 async def test_a_node_whose_redis_is_gone_still_stops_promptly(
