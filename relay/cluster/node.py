@@ -146,9 +146,10 @@ class ClusterNode:
         return self.wants.interests[source]
 
     def _interest_changed(self, channel: str, wanted: bool) -> None:
-        if not wanted and not any(channel in join.channels for join in self._joins.values()):
-            self.mirrors.unfollow(channel)
-            self._follow(channel, False)
+        """The channel's first local subscriber came (it is followed already: its join did
+        that) or its last one left: stop following it unless a join still waits for it."""
+        if not wanted:
+            self._unfollow_unwanted([channel])
 
     def _follow(self, channel: str, follow: bool) -> None:
         self._follows[channel] = follow
