@@ -40,7 +40,6 @@ from relay.cluster.redis import (
     ClusterUnavailable,
     answered_within,
     for_a_client,
-    leaves,
 )
 from relay.cluster.scripts import JOIN, PUBLISH_APP
 from relay.cluster.wants import NodeWants, SourceInterest
@@ -60,6 +59,7 @@ from relay.core.lease import Lease
 from relay.core.mirror import ChannelMirrors, Verdict
 from relay.core.model import StreamKind
 from relay.core.protocol import ErrorCode, ProtocolError, RequestId, Since, encode_error
+from relay.server.upstream import leaf_exceptions
 
 log = logging.getLogger("relay.cluster")
 
@@ -371,7 +371,12 @@ class ClusterNode:
                 await stopping.wait()
                 nursery.cancel_scope.cancel()
         except* FAILURES as group:
-            failure = "; ".join(sorted({str(e) or type(e).__name__ for e in leaves(group)}))
+            failure = "; ".join(
+                sorted({str(e) or type(e).__name__ for e in leaf_exceptions(group)})
+            )
+        finally:
+            # Until the next session answers, admissions count on this node only, at once.
+            self.connections.disconnected()
         return failure
 
     async def _adopt_epoch(self) -> None:
@@ -611,7 +616,7 @@ class ClusterNode:
                 log.warning("cluster: %s's seqs unreadable, not taking it yet: %s", source, exc)
                 return
             seqs = {k.decode(): int(v) for k, v in stored.items()}
-            for channel in self.mirrors_of(source):
+            for channel in self.wants.of(source):
                 seqs[channel] = max(seqs.get(channel, 0), self.mirrors.seq(channel))
             wanted: set[str] = set()
             outlet = RedisOutlet(
@@ -637,9 +642,6 @@ class ClusterNode:
                 del self.holding[source]
                 supervisor.stand_by()
                 log.info("cluster: this node no longer holds %s", source, extra={"source": source})
-
-    def mirrors_of(self, source: str) -> list[str]:
-        return [c for c in self.wants.of(source) if source_of(c) == source]
 
     async def _track_union(
         self, client: Any, source: str, supervisor: Any, wanted: set[str]

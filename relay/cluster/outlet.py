@@ -58,6 +58,8 @@ class RedisOutlet:
         self._state_of = state_of
         self._history_for = history_for
         self._wanted = wanted
+        self._channels: dict[str, tuple[StreamKind | None, int]] = {}
+        """Per channel, its kind and history length: asked once, not per message."""
         self._queue: list[bytes | str] = []
         self._queued = trio.lowlevel.ParkingLot()
         self.published = 0
@@ -70,14 +72,21 @@ class RedisOutlet:
         seq = self._seqs.get(channel, 0) + 1
         self._seqs[channel] = seq
         payload = encode_envelope(channel, seq, ts, update.data, update.snapshot, update.reorg)
-        state = self._state(update, seq, ts, payload)
+        known = self._channels.get(channel)
+        if known is None:
+            bounds = self._history_for(channel)
+            known = self._channels[channel] = (
+                self._kind_of(channel),
+                bounds.max_messages if bounds.enabled else 0,
+            )
+        kind, keep = known
+        state = self._state(kind, update, seq, ts, payload)
         header, _ = encode_message(seq, ts, payload, update.snapshot, state)
-        bounds = self._history_for(channel)
-        keep = bounds.max_messages if bounds.enabled else 0
         self._push("m", channel, seq, ts, header, payload, state or b"", keep)
 
-    def _state(self, update: Update, seq: int, ts: int, payload: bytes) -> bytes | None:
-        kind = self._kind_of(update.channel)
+    def _state(
+        self, kind: StreamKind | None, update: Update, seq: int, ts: int, payload: bytes
+    ) -> bytes | None:
         if kind is StreamKind.STATE:
             if update.snapshot:
                 return payload

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import coredis
 import trio
@@ -47,13 +46,3 @@ def for_a_client(seconds: float) -> Iterator[None]:
             yield
     except FAILURES as exc:
         raise ClusterUnavailable(f"Redis unreachable: {exc}") from None
-
-
-def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(leaves(exc))
-        else:
-            found.append(exc)
-    return found

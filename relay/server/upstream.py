@@ -207,7 +207,7 @@ class UpstreamSupervisor:
             # One source's failure must never reach the relay's nursery, but a cancellation
             # that arrives together with a failure must still propagate, alone; and what is not
             # a failure of this source at all (KeyboardInterrupt, SystemExit) must stop it.
-            leaves = _leaves(exc)
+            leaves = leaf_exceptions(exc)
             if not all(isinstance(e, Exception | trio.Cancelled) for e in leaves):
                 raise
             failures = [e for e in leaves if not isinstance(e, trio.Cancelled)]
@@ -520,9 +520,10 @@ def _shows_life(event: UpstreamEvent) -> bool:
     return isinstance(event, Update | Heartbeat | Head)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) groups, or the exception itself."""
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+        return [leaf for e in exc.exceptions for leaf in leaf_exceptions(e)]
     return [exc]
 
 
