@@ -20,10 +20,11 @@ def tests(session: nox.Session) -> None:
 
 
 #: The tests' Node packages, each with a file its install creates: ganache, the Ethereum
-#: tests' node, and ws, a WebSocket client of the end-to-end tests.
+#: tests' node; ws and socket.io-client, clients of the end-to-end tests (one install, marked
+#: by the later of the two).
 NODE_PACKAGES = {
     Path("tests/ethereum/node"): Path("node_modules/.bin/ganache"),
-    Path("tests/node"): Path("node_modules/ws/package.json"),
+    Path("tests/node"): Path("node_modules/socket.io-client/package.json"),
 }
 
 

@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     profile = run.chosen_profile(args)
     rates = args.rates or profile.check_rates
-    selected = run.chosen_impls(args)
+    # Its clients speak the WebSocket protocol: the Socket.IO servers only when named (to say so).
+    selected = [i for i in run.chosen_impls(args) if i.protocol == "ws" or i.name in args.only]
     run.raise_nofile_limit()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             entries: dict[str, Any] = {}
             for impl in selected:
                 reason = impl.unavailable(args.skip_node)
+                if impl.protocol != "ws":
+                    reason = "skipped: the latency check speaks the WebSocket protocol only"
                 if reason is not None:
                     entries[impl.name] = {"status": reason}
                     continue

@@ -24,6 +24,11 @@ Why it looks the way it does:
   server's kernel autotunes its send buffer to 4 MB per socket on loopback and
   backpressure would reach the server after minutes instead of after about
   130 KB.
+* ``--protocol socketio`` makes every client a Socket.IO client over the
+  websocket transport (``SioClient``: Engine.IO v4, Socket.IO v5, namespace
+  ``/ws``), for the relay's Socket.IO endpoint and the socket.io peer; the
+  same counting and sampling, with the data frames told by their fixed prefix
+  ``42/ws,["data",``. Stalled clients speak the plain protocol only.
 
 Commands (all carry ``"cmd"``; most take a ``"group"`` name):
 ``open`` (n, channel or null, sample), ``storm`` (n, channel, limit), ``open_stalled``
@@ -53,6 +58,14 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
 EVENT_PREFIX = b'{"event"'
+SIO_NAMESPACE = b"/ws"
+SIO_EVENT = b"42" + SIO_NAMESPACE + b","
+"""A Socket.IO EVENT packet in the namespace (Engine.IO message ``4``, Socket.IO event ``2``):
+``42/ws,["name",{...}]``."""
+SIO_DATA_PREFIX = SIO_EVENT + b'["data",'
+SIO_CONNECT = b"40" + SIO_NAMESPACE + b","
+SIO_CONNECT_ERROR = b"44" + SIO_NAMESPACE + b","
+SIO_DISCONNECT = b"41" + SIO_NAMESPACE + b","
 CONNECT_CONCURRENCY = 64  # stays under the smallest listen backlog among the peers (100)
 HANDSHAKE_TIMEOUT = 15.0
 
@@ -114,6 +127,9 @@ class Group:
 class Client(WSListener):
     """One picows client. The hot path is ``on_ws_frame`` for a data frame: keep it tiny."""
 
+    DATA_PREFIX = b"{"
+    """Every data frame starts with it (and no event, ``{"event"...``, counts as data)."""
+
     def __init__(self, group: Group, sample: bool) -> None:
         loop = asyncio.get_running_loop()
         self.group = group
@@ -138,7 +154,7 @@ class Client(WSListener):
         # Reading frame.msg_type builds an enum object (about 130 ns); the payload's
         # first bytes tell data from everything else for less.
         payload = frame.get_payload_as_bytes()
-        if payload.startswith(EVENT_PREFIX) or not payload.startswith(b"{"):
+        if not payload.startswith(self.DATA_PREFIX) or payload.startswith(EVENT_PREFIX):
             self.on_other(transport, frame, payload)
             return
         self.count += 1
@@ -152,10 +168,20 @@ class Client(WSListener):
                 group.done.set()
         if self.sample:
             now = time.time() * 1000.0
-            envelope = orjson.loads(payload)
+            envelope = self.envelope(payload)
             group.latencies.append(now - envelope["ts"])
             group.sampled_bytes += len(payload)
             group.e2e.append(now - envelope["data"]["ts"])
+
+    @staticmethod
+    def envelope(payload: bytes) -> dict[str, Any]:
+        """The envelope of a data frame (sampling clients only)."""
+        envelope: dict[str, Any] = orjson.loads(payload)
+        return envelope
+
+    @staticmethod
+    def subscribe_message(channel: str) -> bytes:
+        return orjson.dumps({"action": "subscribe", "channel": channel, "id": 1})
 
     def on_first_data(self) -> None:
         """The first data frame since the group was armed (and, once, since connecting)."""
@@ -203,6 +229,55 @@ class Client(WSListener):
             # Mark the exception retrieved so asyncio does not log it at exit.
             if fut.done() and not fut.cancelled():
                 fut.exception()
+
+
+class SioClient(Client):
+    """A Socket.IO client on the websocket transport, connected straight to
+    ``/socket.io/?EIO=4&transport=websocket`` (no polling handshake): the Engine.IO open
+    packet ``0{...}`` comes first, the client answers with a CONNECT to ``/ws`` carrying
+    ``{"token": KEY}``, and the server's ``40/ws,{...}`` is the welcome. Events are
+    ``42/ws,["name",{body}]``, with the WebSocket event's ``data`` as the body, and go to
+    :meth:`Client.on_event` as ``{"event": name, "data": body}``; Engine.IO pings ``2`` are
+    answered with ``3``. A data frame is ``42/ws,["data",{envelope}]``: counted by its prefix,
+    and for a sampling client parsed without the prefix and the closing bracket."""
+
+    DATA_PREFIX = SIO_DATA_PREFIX
+
+    def __init__(self, group: Group, sample: bool, token: str | None) -> None:
+        super().__init__(group, sample)
+        self.connect_packet = SIO_CONNECT + (orjson.dumps({"token": token}) if token else b"")
+
+    @staticmethod
+    def envelope(payload: bytes) -> dict[str, Any]:
+        envelope: dict[str, Any] = orjson.loads(payload[len(SIO_DATA_PREFIX) : -1])
+        return envelope
+
+    @staticmethod
+    def subscribe_message(channel: str) -> bytes:
+        return SIO_EVENT + orjson.dumps(["subscribe", {"channel": channel}])
+
+    def on_other(self, transport: WSTransport, frame: WSFrame, payload: bytes) -> None:
+        if frame.msg_type != TEXT:
+            super().on_other(transport, frame, payload)
+        elif payload == b"2":  # Engine.IO ping
+            transport.send(TEXT, b"3")
+        elif payload.startswith(SIO_EVENT):
+            name, *args = orjson.loads(payload[len(SIO_EVENT) :])
+            self.on_event({"event": name, "data": args[0] if args else None})
+        elif payload.startswith(b"0"):  # Engine.IO open: connect to the namespace
+            transport.send(TEXT, self.connect_packet)
+        elif payload.startswith(SIO_CONNECT):
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+        elif payload.startswith(SIO_CONNECT_ERROR):
+            if not self.welcomed.done():
+                refusal = payload[len(SIO_CONNECT_ERROR) :].decode(errors="replace")
+                self.welcomed.set_exception(ConnectionError(f"connect refused: {refusal}"))
+            transport.disconnect()
+        elif payload.startswith(SIO_DISCONNECT) or payload == b"1":  # namespace or Engine.IO
+            transport.disconnect()
+        else:  # acks, Engine.IO noop
+            self.group.other_events += 1
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -268,8 +343,10 @@ async def stalled_connect(host: str, port: int, path: str, channels: list[str]) 
 class LoadGen:
     """Owns the groups and executes the harness's commands."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, protocol: str = "ws", token: str | None = None) -> None:
         self.url = url
+        self.protocol = protocol
+        self.token = token
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -280,6 +357,11 @@ class LoadGen:
         if name not in self.groups:
             self.groups[name] = Group(name)
         return self.groups[name]
+
+    def new_client(self, group: Group, sample: bool) -> Client:
+        if self.protocol == "socketio":
+            return SioClient(group, sample, self.token)
+        return Client(group, sample)
 
     async def _open_one(
         self,
@@ -292,7 +374,7 @@ class LoadGen:
     ) -> Client:
         """Connect, wait for the welcome, subscribe to ``channel`` (if any) and, for
         ``first_data``, wait for the first data frame; the client is closed on any failure."""
-        client = Client(group, sample)
+        client = self.new_client(group, sample)
         transport, _ = await ws_connect(
             lambda: client,
             self.url,
@@ -303,8 +385,7 @@ class LoadGen:
             async with asyncio.timeout(limit):
                 await client.welcomed
                 if channel is not None:
-                    msg = {"action": "subscribe", "channel": channel, "id": 1}
-                    transport.send(TEXT, orjson.dumps(msg))
+                    transport.send(TEXT, client.subscribe_message(channel))
                     await client.subscribed
                     if first_data:
                         await client.first_data
@@ -392,6 +473,8 @@ class LoadGen:
         }
 
     async def cmd_open_stalled(self, group: Group, n: int, channels: list[str]) -> dict[str, Any]:
+        if self.protocol != "ws":
+            raise ValueError("stalled clients speak the plain WebSocket protocol only")
         start = time.monotonic()
         errors: dict[str, int] = {}
         for _ in range(n):
@@ -521,9 +604,9 @@ class LoadGen:
         raise ValueError(f"unknown command {name!r}")
 
 
-async def main(url: str) -> None:
+async def main(url: str, protocol: str, token: str | None) -> None:
     """Answer the harness's commands until ``exit`` or end of input, then close every client."""
-    gen = LoadGen(url)
+    gen = LoadGen(url, protocol, token)
     await serve_commands(gen.dispatch, {"pid": os.getpid(), "nofile": raise_nofile_limit()})
     for name in list(gen.groups):
         gen.cmd_close(gen.groups[name])
@@ -531,6 +614,15 @@ async def main(url: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="relay benchmark load generator")
-    parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/ws")
+    parser.add_argument(
+        "--url", required=True, help="ws://127.0.0.1:PORT/ws (socketio: the websocket transport's)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("ws", "socketio"),
+        default="ws",
+        help="the relay's WebSocket protocol, or Socket.IO on namespace /ws",
+    )
+    parser.add_argument("--token", help="socketio: the CONNECT's auth token (API key)")
     args = parser.parse_args()
-    asyncio.run(main(args.url))
+    asyncio.run(main(args.url, args.protocol, args.token))

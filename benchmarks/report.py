@@ -28,6 +28,10 @@ IDLE_CEILING = 11 * KIB
 LATENCY_RATES = (100, 250)
 """Rates at which the relay's p50 and p99 must be no higher than the best peer's."""
 
+SOCKETIO_IMPLS = ("relay_sio", "node_sio")
+"""The Socket.IO profile: the relay's Socket.IO endpoint and the Node socket.io server, whose
+clients speak Socket.IO; compared with each other only (:func:`socketio_table`)."""
+
 Figure = dict[str, Any]
 """One figure over the runs: ``median``, ``min``, ``max``, ``spread_pct``, ``values``."""
 
@@ -214,8 +218,9 @@ def spread(figure: Figure | None, fmt: Callable[[float | None], str] = fmt_int) 
 
 
 def ratio(relay: float | None, other: float | None, name: str) -> str:
-    """The "vs relay" cell: "-" on the relay's own row and where either side is missing."""
-    if name == "relay" or relay is None or other is None or other <= 0:
+    """The "vs relay" cell: "-" on the relay's own row, where either side is missing, and for
+    the Socket.IO peer (another protocol than the relay's row: see the Socket.IO profile)."""
+    if name in ("relay", "node_sio") or relay is None or other is None or other <= 0:
         return "-"
     return f"relay / {name} = {relay / other:.2f}x"
 
@@ -225,8 +230,9 @@ def md_row(*cells: object) -> str:
 
 
 def is_peer(impl: str) -> bool:
-    """A comparison server, not the relay in one of its configurations (``relay_*``)."""
-    return impl != "relay" and not impl.startswith("relay_")
+    """A comparison server of the plain WebSocket protocol, not the relay in one of its
+    configurations (``relay_*``) nor a Socket.IO server (:data:`SOCKETIO_IMPLS`)."""
+    return impl != "relay" and not impl.startswith("relay_") and impl not in SOCKETIO_IMPLS
 
 
 def why_missing(results: dict[str, Any], impl: str, name: str) -> str:
@@ -305,6 +311,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += paced_tables(results)
     if "relay_cluster" in names and "relay" in names:
         lines += cluster_table(results)
+    if any(i in names for i in SOCKETIO_IMPLS):
+        lines += socketio_table(results)
     if any(has(i, "idle") for i in names):
         lines += [
             f"## Idle connections: {profile['idle']:,} unsubscribed connections (lower is better)",
@@ -478,6 +486,55 @@ def cluster_table(results: dict[str, Any]) -> list[str]:
                     f"{y - x:+.1f}",
                 )
             )
+    return [*lines, ""]
+
+
+def socketio_table(results: dict[str, Any]) -> list[str]:
+    """The Socket.IO profile: the relay's Socket.IO endpoint (relay_sio) beside the Node
+    socket.io server (node_sio), the same clients on both; medians and spread over the runs."""
+    summary = results["summary"]
+    names = results["order"]
+    lines = [
+        "## Socket.IO profile: the relay's Socket.IO endpoint against Node socket.io",
+        "",
+        f"{results['profile']['clients']:,} Socket.IO clients (websocket transport, namespace "
+        "`/ws`, `auth.token`) on both; the same burst and paced workloads. `relay_sio / "
+        "node_sio` is the ratio of the medians: above 1x the relay delivers more, for "
+        "latencies below 1x the relay is faster.",
+        "",
+        "| figure | relay_sio | spread | node_sio | spread | relay_sio / node_sio |",
+        "|---|---:|---|---:|---|---:|",
+    ]
+    missing = [  # on one line: a reason may hold the tail of a log
+        f"`{impl}`: {' '.join(why_missing(results, impl, 'burst').split())}"
+        for impl in SOCKETIO_IMPLS
+        if impl not in names or summary[impl]["burst"]["deliveries_per_s"] is None
+    ]
+
+    def row(label: str, get: Callable[[dict[str, Any]], Any], fmt: Callable[..., str]) -> None:
+        figs = [get(summary[i]) if i in names else None for i in SOCKETIO_IMPLS]
+        if all(f is None for f in figs):
+            return
+        mine, theirs = (med(f) for f in figs)
+        cells = [c for f in figs for c in (cell(f, fmt), spread(f, fmt))]
+        share = f"{mine / theirs:.2f}x" if mine is not None and theirs else "-"
+        lines.append(md_row(label, *cells, share))
+
+    def paced(rate: int, key: str) -> Callable[[dict[str, Any]], Figure | None]:
+        def get(s: dict[str, Any]) -> Figure | None:
+            st = s["paced"]["steps"].get(str(rate))
+            return None if st is None else st[key]
+
+        return get
+
+    row("burst deliveries/s", lambda s: s["burst"]["deliveries_per_s"], fmt_int)
+    for rate in results["profile"]["paced_rates"]:
+        row(f"paced {rate:,} msg/s deliveries/s", paced(rate, "deliveries_per_s"), fmt_int)
+        row(f"paced {rate:,} msg/s p50 ms", paced(rate, "p50_ms"), fmt_ms)
+        row(f"paced {rate:,} msg/s p99 ms", paced(rate, "p99_ms"), fmt_ms)
+    row("highest paced rate held msg/s", lambda s: s["paced"]["max_rate_held"], fmt_int)
+    if missing:
+        lines += ["", "Not measured: " + "; ".join(missing) + "."]
     return [*lines, ""]
 
 

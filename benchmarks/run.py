@@ -17,6 +17,10 @@ Workloads (see benchmarks/README.md for the exact definitions):
                 buffers have been filled, and the server's RSS meanwhile. Last,
                 because it may legitimately kill a peer (that is a result too).
 
+Two profiles run the burst and paced workloads only: the cluster (``relay_cluster``)
+and Socket.IO (``relay_sio``, the relay's Socket.IO endpoint, against ``node_sio``, a
+Node socket.io server; their clients are the load generator's ``--protocol socketio``).
+
 Results: ``latest.json``, ``latest.md`` and PNG plots in ``--out``; PASS/FAIL lines
 for the relay's must-show targets on stdout.
 """
@@ -68,6 +72,10 @@ FLOOD_CHANNEL = "sim:trades:ETH-USD"
 FLOOD_TOPIC = "trade.ETH-USD"
 SIM_SYMBOLS = "BTC-USD,ETH-USD"
 HOST = "127.0.0.1"
+BENCH_KEY = "bench-socketio-key"
+"""The API key the Socket.IO clients present (``auth: {token}``): one ``[[keys]]`` entry of
+every relay configuration here; the plain WebSocket clients present none (anonymous)."""
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +219,18 @@ class Impl:
     redis-server of the session's own, behind the one port."""
     workloads: tuple[str, ...] | None = None
     """The only workloads this implementation runs (None: all)."""
+    protocol: str = "ws"
+    """What its clients speak: the relay's WebSocket protocol on ``/ws`` ("ws"), or Socket.IO
+    on the websocket transport, namespace ``/ws`` ("socketio")."""
+    npm: tuple[str, ...] = ("ws",)
+    """For a Node server: the packages it needs in ``peers/node/node_modules``."""
+
+    def client_args(self, port: int) -> tuple[str, list[str]]:
+        """The load generator's URL and further arguments for this server's clients."""
+        if self.protocol == "socketio":
+            url = f"ws://{HOST}:{port}{SOCKETIO_PATH}"
+            return url, ["--protocol", "socketio", "--token", BENCH_KEY]
+        return f"ws://{HOST}:{port}/ws", []
 
     def argv(self, port: int, sim_port: int, workdir: Path, redis_port: int = 0) -> list[str]:
         upstream = f"ws://{HOST}:{sim_port}/ws"
@@ -236,8 +256,14 @@ class Impl:
             return None
         if skip_node:
             return "skipped: --skip-node"
-        if shutil.which("node") is None or not (HERE / "peers/node/node_modules/ws").is_dir():
+        if shutil.which("node") is None:
             return "skipped: node not present"
+        missing = [p for p in self.npm if not (HERE / "peers/node/node_modules" / p).is_dir()]
+        if missing:
+            return (
+                f"skipped: npm package {', '.join(missing)} not installed "
+                "(npm install --prefix benchmarks/peers/node)"
+            )
         return None
 
 
@@ -258,6 +284,24 @@ IMPLS = [
         workers=2,
         workloads=("burst", "paced"),
     ),
+    # The Socket.IO profile: the relay's Socket.IO endpoint (same configuration as `relay`)
+    # against a Node socket.io server, clients on the websocket transport, burst and paced.
+    Impl(
+        "relay_sio",
+        "relay, Socket.IO endpoint",
+        "relay",
+        workloads=("burst", "paced"),
+        protocol="socketio",
+    ),
+    Impl(
+        "node_sio",
+        "Node socket.io",
+        "node",
+        "peers/node/sio_peer.js",
+        workloads=("burst", "paced"),
+        protocol="socketio",
+        npm=("ws", "socket.io"),
+    ),
 ]
 
 
@@ -272,6 +316,8 @@ def relay_config(
 
     ``idle_timeout`` is raised from its 60 s default so the idle-connection workload,
     which holds unsubscribed connections on purpose, measures memory and not the reaper.
+    The one API key (:data:`BENCH_KEY`, tier ``default``) is what the Socket.IO clients
+    present; the WebSocket clients connect without credentials, as before.
     """
     return (
         f"""\
@@ -303,6 +349,7 @@ rest_url = "http://{HOST}:{sim_port}"
         + ("" if history else "[history]\nmax_messages = 0\n")
         + ("" if compression is None else f"[compression]\nenabled = {str(compression).lower()}\n")
         + ("" if redis_url is None else f'[cluster]\nredis_url = "{redis_url}"\n')
+        + f'[[keys]]\nkey = "{BENCH_KEY}"\ntier = "default"\nname = "bench"\n'
     )
 
 
@@ -429,10 +476,16 @@ class LoadGen:
     """A client process (the load generator, or another client program with the same
     command loop), driven over JSON lines with a timeout on every answer."""
 
-    def __init__(self, url: str, logdir: Path, script: Path = HERE / "loadgen.py") -> None:
+    def __init__(
+        self,
+        url: str,
+        logdir: Path,
+        script: Path = HERE / "loadgen.py",
+        args: list[str] | None = None,
+    ) -> None:
         self._err = (logdir / f"{script.stem}.log").open("wb")
         self.popen = subprocess.Popen(
-            [PY, str(script), "--url", url],
+            [PY, str(script), "--url", url, *(args or [])],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -658,7 +711,11 @@ class Session:
         t0 = time.monotonic()
         self.sim_port, self.port = free_port(), free_port()
         # Started first because it only connects when told to: its start-up overlaps the rest.
-        self.lg = LoadGen(f"ws://{HOST}:{self.port}/ws", self.workdir, self.client_script)
+        if self.client_script == HERE / "loadgen.py":
+            url, args = self.impl.client_args(self.port)
+        else:  # the other client programs speak the WebSocket protocol only
+            url, args = f"ws://{HOST}:{self.port}/ws", []
+        self.lg = LoadGen(url, self.workdir, self.client_script, args)
         self.sim = Proc(
             f"{self.impl.name}-sim",
             [PY, "-m", "relay", "--log-level", "warning", "simulate", "--port",
@@ -1255,9 +1312,10 @@ def machine_info() -> dict[str, Any]:
             versions["node"] = subprocess.run(
                 [node, "--version"], capture_output=True, text=True, timeout=10
             ).stdout.strip()
-    ws_pkg = HERE / "peers/node/node_modules/ws/package.json"
-    if ws_pkg.is_file():
-        versions["ws"] = json.loads(ws_pkg.read_text())["version"]
+    for pkg in ("ws", "socket.io"):
+        manifest = HERE / "peers/node/node_modules" / pkg / "package.json"
+        if manifest.is_file():
+            versions[pkg] = json.loads(manifest.read_text())["version"]
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         rev = subprocess.run(

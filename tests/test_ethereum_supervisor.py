@@ -119,7 +119,7 @@ class Client:
 
     def __init__(self) -> None:
         self.outbox = Outbox(10_000, 1 << 24)
-        self.deflate = 0
+        self.framing = 0
         self._ws = Connection(ConnectionType.CLIENT)
 
     def wake(self) -> None:

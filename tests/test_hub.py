@@ -31,7 +31,7 @@ OPEN = Limits(max_subscriptions=10)
 class FakeSession:
     def __init__(self, max_messages: int = 100, max_bytes: int = 1 << 20) -> None:
         self.outbox = Outbox(max_messages, max_bytes)
-        self.deflate = 0
+        self.framing = 0
         self.wakes = 0
         self.overflows = 0
         self._client = Connection(ConnectionType.CLIENT)
@@ -520,7 +520,7 @@ class DeflateSession(FakeSession):
 
     def __init__(self, bits: int = 15) -> None:
         super().__init__()
-        self.deflate = bits
+        self.framing = bits
         extension = PerMessageDeflate()
         extension.finalize(
             f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
@@ -594,7 +594,7 @@ def test_nothing_is_compressed_for_a_channel_without_deflate_subscribers() -> No
     hub.drop(deflated)
     hub.publish(big_trade(5), ts=9)
     assert hub.compressions == 1
-    assert hub._deflated == {}
+    assert hub._framed == {}
 
 
 def test_short_messages_and_excluded_channels_go_out_plain() -> None:

@@ -25,7 +25,7 @@ LIMITS = Limits(max_subscriptions=100)
 class Subscriber:
     def __init__(self) -> None:
         self.outbox = Outbox(10_000, 1 << 24)
-        self.deflate = 0
+        self.framing = 0
 
     def wake(self) -> None:
         pass

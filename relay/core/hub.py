@@ -1,9 +1,10 @@
 """Channels, subscribers and the fan-out: the relay's data path without any I/O.
 
 Each channel message is encoded once and framed once; the same ``bytes`` object is offered to
-every subscriber's outbox, synchronously. Subscribers that agreed to permessage-deflate get a
-compressed frame instead, compressed once per message for all of them (once per window size
-they agreed to), and only when the channel has such a subscriber. Nothing here awaits, so one
+every subscriber's outbox, synchronously. Subscribers that take another framing (a compressed
+frame, for those that agreed to permessage-deflate; a Socket.IO packet) get that frame instead,
+made once per message and framing for all of them (:mod:`relay.core.framing`), and only when
+the channel has such a subscriber. Nothing here awaits, so one
 slow client can only ever fill its own outbox, and what happens then is the outbox policy's
 decision.
 """
@@ -22,6 +23,7 @@ from wsproto.events import TextMessage
 from relay.core.channels import matches_any, source_of
 from relay.core.cluster_wire import ChannelMessage
 from relay.core.deflate import CompressedFramer, CompressionPolicy
+from relay.core.framing import PLAIN, SOCKETIO_WEBSOCKET, is_socketio
 from relay.core.history import ChannelHistory, HistoryBounds
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
@@ -29,6 +31,7 @@ from relay.core.protocol import (
     ChannelAck,
     ChannelRevoked,
     ErrorCode,
+    EventData,
     Lagged,
     ProtocolError,
     RequestId,
@@ -36,10 +39,10 @@ from relay.core.protocol import (
     Status,
     Subscribed,
     encode_envelope,
-    encode_error,
     encode_event,
 )
 from relay.core.registry import SubscriptionRegistry
+from relay.core.socketio import data_packet, event_packet
 
 _QUEUED = Offer.QUEUED
 _STATE = StreamKind.STATE
@@ -53,9 +56,10 @@ class Subscriber(Protocol):
     def outbox(self) -> Outbox: ...
 
     @property
-    def deflate(self) -> int:
-        """The server window bits of the compressed frames it takes; 0 for plain frames only.
-        Read when it subscribes or unsubscribes, and on deliveries to compressing channels."""
+    def framing(self) -> int:
+        """How it takes frames (:mod:`relay.core.framing`): plain, compressed with a window size,
+        or Socket.IO. Whether it is plain must not change while it holds subscriptions (the hub
+        counts the others per channel); one non-plain framing may change to another."""
         ...
 
     def __hash__(self) -> int: ...
@@ -169,9 +173,9 @@ class Hub:
         self.framer = Framer()
         self._compression = compression
         self._compressed = CompressedFramer(0 if compression is None else compression.level)
-        self._deflated: dict[str, int] = {}
-        """Per channel, its subscribers that take compressed frames (only channels with some):
-        the fan-out of every other channel stays the plain loop."""
+        self._framed: dict[str, int] = {}
+        """Per channel, its subscribers that take another framing than plain (only channels
+        with some): the fan-out of every other channel stays the plain loop."""
         self.compressions = 0
         """Messages compressed (once per message and window size, never per client)."""
         self.compressed_deliveries = 0
@@ -239,7 +243,9 @@ class Hub:
         error = self._refusal(sub, name, limits)
         if error is None:
             return False
-        self._control(sub.outbox, encode_error(ProtocolError(*error, request_id, name)))
+        sub.outbox.offer_control(
+            self.error_frame(sub.framing, ProtocolError(*error, request_id, name))
+        )
         return True
 
     def join(
@@ -256,8 +262,7 @@ class Hub:
         snapshot or the replay ``missed`` (payloads, from Redis's history) joins the live
         messages without a gap or a duplicate."""
         if not self.refuse(sub, name, request_id, limits):
-            missed_frames = None if missed is None else [self.framer.text(p) for p in missed]
-            self._add(sub, self.channel(name), request_id, resuming, missed_frames)
+            self._add(sub, self.channel(name), request_id, resuming, missed)
         sub.wake()
 
     def _add(
@@ -268,33 +273,36 @@ class Hub:
         resuming: bool,
         missed: list[bytes] | None,
     ) -> None:
+        """``missed``: the payloads to replay, or None for the snapshot."""
         outbox = sub.outbox
         name = state.name
+        framing = sub.framing
         added, first = self.registry.add(sub, name)
-        if added and sub.deflate:
-            self._deflated[name] = self._deflated.get(name, 0) + 1
+        if added and framing:
+            self._framed[name] = self._framed.get(name, 0) + 1
         if not added:
             # Already live on this channel: nothing to replay, nothing changes.
-            outbox.offer_control(self._subscribed(state, request_id, None))
+            outbox.offer_control(self._subscribed(framing, state, request_id, None))
             return
         recovered = missed is not None if resuming else None
-        outbox.offer_control(self._subscribed(state, request_id, recovered))
+        outbox.offer_control(self._subscribed(framing, state, request_id, recovered))
         if missed is not None:
             # Data, not control: the channel's policy bounds a long replay like live data.
             delta = state.delta or state.kind is _STATE
             for replayed in missed:
-                if outbox.offer(name, replayed, state.policy, delta) is _OVERFLOW:
+                frame = self.message_frame(framing, state, replayed)
+                if outbox.offer(name, frame, state.policy, delta) is _OVERFLOW:
                     sub.overflow()
                     break
         else:
             snapshot = self._snapshot_payload(state)
             if snapshot is not None:
-                outbox.offer_control(self._frame_for(sub.deflate, state, snapshot))
+                outbox.offer_control(self.message_frame(framing, state, snapshot))
         if first:
             self._listeners[source_of(name)].want(name)
 
     def _missed(self, state: ChannelState, since: Since, now: int) -> list[bytes] | None:
-        """The frames a resuming client missed, or None when they cannot all be replayed."""
+        """The payloads a resuming client missed, or None when they cannot all be replayed."""
         if since.epoch != self.epoch:
             return None
         if since.seq == state.seq:
@@ -303,10 +311,10 @@ class Hub:
         return None if history is None else history.after(since.seq, state.seq, now)
 
     def _subscribed(
-        self, state: ChannelState, request_id: RequestId, recovered: bool | None
+        self, framing: int, state: ChannelState, request_id: RequestId, recovered: bool | None
     ) -> bytes:
         data = Subscribed(state.name, state.seq, self.epoch, recovered)
-        return self.framer.text(encode_event("subscribed", data, request_id))
+        return self.event_frame(framing, "subscribed", data, request_id)
 
     def _refusal(self, sub: Subscriber, name: str, limits: Limits) -> tuple[str, str] | None:
         if not self.known(name):
@@ -326,17 +334,19 @@ class Hub:
         """Unsubscribing from a channel one does not hold is answered like any other: the
         client asked for a state it is now in. Unknown channels are errors."""
         outbox = sub.outbox
+        framing = sub.framing
         for name in channels:
             if not self.known(name):
                 error = ProtocolError(
                     ErrorCode.UNKNOWN_CHANNEL, f"no such channel: {name}", request_id, name
                 )
-                self._control(outbox, encode_error(error))
+                outbox.offer_control(self.error_frame(framing, error))
                 continue
             removed, last = self._remove(sub, name)
             if removed:
                 outbox.discard(name)
-            outbox.offer_control(self._ack("unsubscribed", name, request_id))
+            ack = self.event_frame(framing, "unsubscribed", ChannelAck(name), request_id)
+            outbox.offer_control(ack)
             if last:
                 self._listeners[source_of(name)].unwant(name)
         sub.wake()
@@ -351,7 +361,7 @@ class Hub:
         outbox = sub.outbox
         outbox.discard(channel)
         revoked = ChannelRevoked(channel, ErrorCode.FORBIDDEN, message)
-        if outbox.offer_control(self.framer.text(encode_event("unsubscribed", revoked))):
+        if outbox.offer_control(self.event_frame(sub.framing, "unsubscribed", revoked)):
             sub.wake()
         else:
             sub.overflow()
@@ -361,30 +371,51 @@ class Hub:
 
     def _remove(self, sub: Subscriber, channel: str) -> tuple[bool, bool]:
         removed, last = self.registry.remove(sub, channel)
-        if removed and sub.deflate:
-            self._uncount_deflated(channel)
+        if removed and sub.framing:
+            self._uncount_framed(channel)
         return removed, last
 
-    def _uncount_deflated(self, channel: str) -> None:
-        left = self._deflated[channel] - 1
+    def _uncount_framed(self, channel: str) -> None:
+        left = self._framed[channel] - 1
         if left:
-            self._deflated[channel] = left
+            self._framed[channel] = left
         else:
-            del self._deflated[channel]
+            del self._framed[channel]
 
     def drop(self, sub: Subscriber) -> None:
         """A session ended: release everything it held."""
-        if sub.deflate:
+        if sub.framing:
             for name in self.registry.channels_of(sub):
-                self._uncount_deflated(name)
+                self._uncount_framed(name)
         for name in self.registry.drop(sub):
             self._listeners[source_of(name)].unwant(name)
 
-    def _ack(self, event: str, channel: str, request_id: RequestId) -> bytes:
-        return self.framer.text(encode_event(event, ChannelAck(channel), request_id))
+    def event_frame(
+        self, framing: int, event: str, data: EventData | None = None, request_id: RequestId = None
+    ) -> bytes:
+        """One of the relay's events, framed for one framing: the WebSocket protocol's JSON
+        event, or a Socket.IO event (which has no request id: its acknowledgement is the
+        session's)."""
+        if is_socketio(framing):
+            packet = event_packet(event, data)
+            return self.framer.text(packet) if framing == SOCKETIO_WEBSOCKET else packet
+        return self.framer.text(encode_event(event, data, request_id))
 
-    def _control(self, outbox: Outbox, payload: bytes) -> None:
-        outbox.offer_control(self.framer.text(payload))
+    def error_frame(self, framing: int, error: ProtocolError) -> bytes:
+        return self.event_frame(framing, "error", error.data, error.id)
+
+    def _shared_event(self, subscribers: Iterable[Subscriber], event: str, data: EventData) -> None:
+        """One event to many subscribers, framed once per framing among them."""
+        frames: dict[int, bytes] = {}
+        for sub in subscribers:
+            framing = sub.framing
+            frame = frames.get(framing)
+            if frame is None:
+                frame = frames[framing] = self.event_frame(framing, event, data)
+            if sub.outbox.offer_control(frame):
+                sub.wake()
+            else:
+                sub.overflow()
 
     # Data ----------------------------------------------------------------------------------
 
@@ -403,13 +434,12 @@ class Hub:
         payload = encode_envelope(
             update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
         )
-        frame = self.framer.text(payload)
         if history is not None:
             # Kept while nobody listens too: the client that just dropped resumes from it.
-            history.append(state.seq, ts, frame)
+            history.append(state.seq, ts, payload)
             if not subscribers:
                 return
-        self._fan_out(subscribers, state, payload, frame, update.snapshot, ts)
+        self._fan_out(subscribers, state, payload, self.framer.text(payload), update.snapshot, ts)
 
     def _fan_out(
         self,
@@ -425,8 +455,8 @@ class Hub:
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.
         delta = state.delta or (not snapshot and state.kind is _STATE)
         self.publish_ts = ts
-        if name in self._deflated and self._compressible(state, payload):
-            self._fan_out_compressed(subscribers, state, payload, frame, delta)
+        if name in self._framed:
+            self._fan_out_framed(subscribers, state, payload, frame, delta)
         else:
             for sub in subscribers:
                 result = sub.outbox.offer(name, frame, policy, delta)
@@ -474,10 +504,16 @@ class Hub:
             for payload in missed:
                 self._fan_out(subscribers, state, payload, self.framer.text(payload), False, 0)
             return
-        frames = [] if snapshot is None else [self.framer.text(snapshot)]
-        if lost:
-            frames.append(self.framer.text(encode_event("lagged", Lagged(channel, lost))))
+        made: dict[int, list[bytes]] = {}
         for sub in subscribers:
+            framing = sub.framing
+            frames = made.get(framing)
+            if frames is None:
+                frames = made[framing] = []
+                if snapshot is not None:
+                    frames.append(self.message_frame(framing, state, snapshot))
+                if lost:
+                    frames.append(self.event_frame(framing, "lagged", Lagged(channel, lost)))
             for frame in frames:
                 if not sub.outbox.offer_control(frame):
                     sub.overflow()
@@ -498,7 +534,7 @@ class Hub:
         compression = self._compression
         return state.compress and compression is not None and len(payload) >= compression.min_bytes
 
-    def _fan_out_compressed(
+    def _fan_out_framed(
         self,
         subscribers: Iterable[Subscriber],
         state: ChannelState,
@@ -506,18 +542,17 @@ class Hub:
         frame: bytes,
         delta: bool,
     ) -> None:
-        """The fan-out of a channel some of whose subscribers take compressed frames: each
-        window size's frame is compressed at its first subscriber, then shared."""
+        """The fan-out of a channel some of whose subscribers take another framing than plain:
+        each framing's frame is made at its first subscriber, then shared."""
         name, policy = state.name, state.policy
-        variants: dict[int, bytes] = {0: frame}
+        variants: dict[int, bytes] = {PLAIN: frame}
         compressed = 0
         for sub in subscribers:
-            bits = sub.deflate
-            chosen = variants.get(bits)
+            framing = sub.framing
+            chosen = variants.get(framing)
             if chosen is None:
-                chosen = variants[bits] = self._compressed.text(payload, bits)
-                self.compressions += 1
-            compressed += bits != 0
+                chosen = variants[framing] = self._framed_message(framing, state, payload, frame)
+            compressed += framing < SOCKETIO_WEBSOCKET and chosen is not frame
             result = sub.outbox.offer(name, chosen, policy, delta)
             if result is _QUEUED:
                 sub.wake()
@@ -525,13 +560,32 @@ class Hub:
                 self._not_queued(sub, result)
         self.compressed_deliveries += compressed
 
-    def _frame_for(self, deflate: int, state: ChannelState, payload: bytes) -> bytes:
-        """One subscriber's frame of a message of its own (a snapshot on subscribing)."""
-        if deflate and self._compressible(state, payload):
+    def _framed_message(
+        self, framing: int, state: ChannelState, payload: bytes, frame: bytes
+    ) -> bytes:
+        """A message's frame for a framing other than plain; ``frame`` is its plain one (what a
+        compressing subscriber gets when the message is not worth compressing)."""
+        if is_socketio(framing):
+            return self._socketio_message(framing, payload)
+        if self._compressible(state, payload):
             self.compressions += 1
-            self.compressed_deliveries += 1
-            return self._compressed.text(payload, deflate)
-        return self.framer.text(payload)
+            return self._compressed.text(payload, framing)
+        return frame
+
+    def _socketio_message(self, framing: int, payload: bytes) -> bytes:
+        packet = data_packet(payload)
+        return self.framer.text(packet) if framing == SOCKETIO_WEBSOCKET else packet
+
+    def message_frame(self, framing: int, state: ChannelState, payload: bytes) -> bytes:
+        """One subscriber's frame of a message of its own (a snapshot, a replayed message)."""
+        if is_socketio(framing):
+            return self._socketio_message(framing, payload)
+        frame = self.framer.text(payload)
+        if framing == PLAIN:
+            return frame
+        chosen = self._framed_message(framing, state, payload, frame)
+        self.compressed_deliveries += chosen is not frame
+        return chosen
 
     def offers(self) -> dict[Offer, int]:
         """Deliveries by outcome, for metrics."""
@@ -539,13 +593,13 @@ class Hub:
         counts[Offer.QUEUED] = self.deliveries - sum(counts.values())
         return counts
 
-    def snapshot_frame(self, state: ChannelState) -> bytes | None:
+    def snapshot_frame(self, state: ChannelState, framing: int = PLAIN) -> bytes | None:
         """The channel's full latest state as a snapshot message, or None without state.
 
         It carries the seq of the last message it reflects, so the next message continues at
         seq + 1 for a client that starts from it."""
         payload = self._snapshot_payload(state)
-        return None if payload is None else self.framer.text(payload)
+        return None if payload is None else self.message_frame(framing, state, payload)
 
     def _snapshot_payload(self, state: ChannelState) -> bytes | None:
         if self.mirror:
@@ -586,19 +640,10 @@ class Hub:
     def upstream_refused(self, channel: str, message: str) -> None:
         """The upstream refused to serve a channel: its subscribers hear it rather than wait
         for data that will not come. They stay subscribed; the next connection asks again."""
-        frame = self.framer.text(
-            encode_error(ProtocolError(ErrorCode.UPSTREAM_REFUSED, message, None, channel))
-        )
-        for sub in self.registry.subscribers(channel):
-            if sub.outbox.offer_control(frame):
-                sub.wake()
-            else:
-                sub.overflow()
+        error = ProtocolError(ErrorCode.UPSTREAM_REFUSED, message, None, channel)
+        self._shared_event(self.registry.subscribers(channel), "error", error.data)
 
     def status(self, source: str, state: str) -> None:
-        frame = self.framer.text(encode_event("status", Status(source, state)))
-        for sub in self.registry.sessions_of_source(source):
-            if sub.outbox.offer_control(frame):
-                sub.wake()
-            else:
-                sub.overflow()
+        self._shared_event(
+            self.registry.sessions_of_source(source), "status", Status(source, state)
+        )

@@ -103,6 +103,11 @@ class ProtocolError:
     id: RequestId = None
     channel: str | None = None
 
+    @property
+    def data(self) -> ErrorData:
+        """The ``error`` event's data."""
+        return ErrorData(self.code, self.message, self.channel)
+
 
 @attrs.frozen
 class _ChannelRequest:
@@ -237,6 +242,12 @@ def parse_command(text: str | bytes) -> Command | ProtocolError:
         return ProtocolError(
             ErrorCode.BAD_REQUEST, "missing or non-string 'action'", _request_id(raw)
         )
+    return parse_request(action, raw)
+
+
+def parse_request(action: str, raw: dict[str, Any]) -> Command | ProtocolError:
+    """A decoded command object (with its ``action``) to a command: shared by the WebSocket
+    protocol and Socket.IO's events, whose name is the action and whose argument the rest."""
     try:
         if action in ("subscribe", "unsubscribe"):
             request = converter.structure(raw, _ChannelRequest)
@@ -359,8 +370,13 @@ def encode_event(event: str, data: EventData | None = None, id: RequestId = None
     return orjson.dumps(out)
 
 
+def encode_event_data(data: EventData) -> bytes:
+    """An event's ``data`` alone, as JSON (Socket.IO's events carry it as their argument)."""
+    return orjson.dumps(_unstructure_data(data))
+
+
 def encode_error(error: ProtocolError) -> bytes:
-    return encode_event("error", ErrorData(error.code, error.message, error.channel), error.id)
+    return encode_event("error", error.data, error.id)
 
 
 def encode_envelope(

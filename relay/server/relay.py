@@ -26,6 +26,7 @@ from relay.adapters.base import Adapter
 from relay.cluster.node import ClusterNode
 from relay.cluster.redis import ClusterUnavailable
 from relay.config import RelayConfig, TierConfig, TlsConfig
+from relay.core import engineio
 from relay.core.admission import (
     AddressLimiter,
     AddressLimits,
@@ -36,6 +37,7 @@ from relay.core.admission import (
 )
 from relay.core.channels import matches_any, source_of
 from relay.core.credentials import Grant
+from relay.core.engineio import EngineError
 from relay.core.forwarded import TrustedProxies
 from relay.core.handshake import accept
 from relay.core.hub import Hub, Limits
@@ -48,8 +50,6 @@ from relay.core.protocol import (
     ErrorCode,
     ProtocolError,
     Refusal,
-    encode_error,
-    encode_event,
 )
 from relay.core.publish import (
     KEY_PLACEHOLDER,
@@ -62,6 +62,7 @@ from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
 from relay.issues import ConfigError, Issue
 from relay.server.credentials import load_credentials
+from relay.server.engine import PROBE_TIMEOUT, Refused, SocketIOSession, upgrade
 from relay.server.frontdoor import (
     RequestHead,
     error_body,
@@ -71,7 +72,7 @@ from relay.server.frontdoor import (
 from relay.server.listener import Listener
 from relay.server.metrics import make_registry, render
 from relay.server.rounds import WriteRounds
-from relay.server.session import Session, SessionSettings
+from relay.server.session import CloseCode, Session, SessionSettings
 from relay.server.stats import RelayStats, take_stats
 from relay.server.status import take_status
 from relay.server.transports import HttpTransport, Transport
@@ -95,6 +96,9 @@ RESTART_SECTIONS = (
     "cluster",
 )
 
+
+POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
+"""Engine.IO's long-polling answers."""
 
 STATUS_PAGE = (resources.files("relay.server") / "status.html").read_bytes()
 """``/status``: the page that shows ``GET /v1/status`` (a file of the package)."""
@@ -176,6 +180,11 @@ class Relay:
             name: _session_settings(config, tier) for name, tier in config.tiers.items()
         }
         self.sessions: set[Session] = set()
+        self._engine_sessions: dict[str, SocketIOSession] = {}
+        """Socket.IO sessions by id, for their polls, posts and upgrade."""
+        self._unconnected, _ = _session_settings(config, TierConfig())
+        """A Socket.IO session's settings until its connect is admitted (the default tier's
+        command rate; the rest is the server's)."""
         self._per_identity: Counter[str] = Counter()
         server = config.server
         self.addresses = AddressLimiter(
@@ -371,6 +380,9 @@ class Relay:
         if head is None:
             return
         address = self.proxies.client_address(peer, head.headers)
+        if head.path == engineio.PATH:
+            await self._socketio(stream, head, address, deadline)
+            return
         if not head.is_upgrade:
             snapshot = head.path.startswith("/v1/snapshot/") and head.method in ("GET", "HEAD")
             if self.cluster is not None and snapshot:
@@ -498,23 +510,31 @@ class Relay:
                 head, Refusal(404, "not_found", "the WebSocket endpoint is /ws"), address
             )
         try:
-            if not origin_allowed(head.headers.get("origin"), self._origins):
-                raise Refusal(403, "forbidden_origin", "this origin may not connect")
-            self.addresses.check(address, trio.current_time())
+            self._check_client(head, address)
             grant = self._identity(head)
-            tier = self.config.tiers[grant.tier]
-            if len(self.sessions) >= self.config.server.max_connections:
-                raise Refusal(429, "server_full", "the server is at its connection limit")
-            if self._per_identity[grant.identity] >= tier.max_connections:
-                raise Refusal(
-                    429,
-                    "too_many_connections",
-                    f"at most {tier.max_connections} connections for this key",
-                )
+            self._check_key_limit(grant)
         except Refusal as refused:
             return self._refusal(head, refused, address)
         self.addresses.opened(address)
         return grant
+
+    def _check_client(self, head: RequestHead, address: str) -> None:
+        """Raises :class:`Refusal` for a connection from an origin or an address that may not
+        open one now, or when the server is full."""
+        if not origin_allowed(head.headers.get("origin"), self._origins):
+            raise Refusal(403, "forbidden_origin", "this origin may not connect")
+        self.addresses.check(address, trio.current_time())
+        if len(self.sessions) >= self.config.server.max_connections:
+            raise Refusal(429, "server_full", "the server is at its connection limit")
+
+    def _check_key_limit(self, grant: Grant) -> None:
+        tier = self.config.tiers[grant.tier]
+        if self._per_identity[grant.identity] >= tier.max_connections:
+            raise Refusal(
+                429,
+                "too_many_connections",
+                f"at most {tier.max_connections} connections for this key",
+            )
 
     async def _serve_session(
         self,
@@ -524,46 +544,45 @@ class Relay:
         address: str,
     ) -> None:
         settings, limits = self._limits_for(grant)
-        identity = grant.identity
-        # One nursery per connection, for the writer task a session starts when its socket is
-        # behind; the session's reader is this task.
+        session = Session(
+            stream,
+            websocket,
+            self.hub,
+            limits,
+            settings,
+            self.timers,
+            self.rounds,
+            grant.name,
+            self.fanout_latency,
+            grant,
+            self._authenticate,
+            self.cluster,
+        )
+        self.deflate_sessions += websocket.deflate != 0
+        await self._run_session(session, address)
+
+    async def _run_session(self, session: Session, address: str) -> None:
+        """A session from start to end, counted where the relay counts sessions.
+
+        One nursery per connection, for the writer task a session starts when its socket is
+        behind (and a token's expiry); the session's reader is this task. A Socket.IO session
+        may start without its grant: :meth:`_granted` is then called at its connect."""
         async with trio.open_nursery() as nursery:
-            session = Session(
-                stream,
-                websocket,
-                self.hub,
-                limits,
-                settings,
-                self.timers,
-                self.rounds,
-                grant.name,
-                self.fanout_latency,
-                grant,
-                self._authenticate,
-                self.cluster,
-            )
-            if grant.valid_until is not None:
-                session.expiry = trio.CancelScope(deadline=self._deadline(grant.valid_until))
-                nursery.start_soon(self._expire, session, session.expiry)
             self._timers_changed.unpark_all()
             self.sessions.add(session)
-            self._per_identity[identity] += 1
             self.accepted += 1
-            self.deflate_sessions += websocket.deflate != 0
-            log.info(
-                "client %s (%s) connected from %s",
-                session.id,
-                session.key_name,
-                address,
-                extra={"session": session.id, "key": session.key_name, "address": address},
-            )
+            if session.grant is not None:
+                self._granted(session, session.grant, nursery, address)
             try:
                 await session.run(nursery)
             finally:
                 self.sessions.discard(session)
-                self._per_identity[identity] -= 1
-                if not self._per_identity[identity]:
-                    del self._per_identity[identity]
+                grant = session.grant
+                if grant is not None:
+                    identity = grant.identity
+                    self._per_identity[identity] -= 1
+                    if not self._per_identity[identity]:
+                        del self._per_identity[identity]
                 self.bytes_out += session.bytes_out
                 self.writes += session.writes
                 if session.closing is not None:
@@ -584,6 +603,222 @@ class Relay:
                     },
                 )
                 nursery.cancel_scope.cancel()
+
+    def _granted(self, session: Session, grant: Grant, nursery: trio.Nursery, address: str) -> None:
+        """The session counts against its key from now on (until :meth:`_run_session` ends),
+        and a token's connection is closed when the token expires."""
+        self._per_identity[grant.identity] += 1
+        if grant.valid_until is not None:
+            session.expiry = trio.CancelScope(deadline=self._deadline(grant.valid_until))
+            nursery.start_soon(self._expire, session, session.expiry)
+        log.info(
+            "client %s (%s) connected from %s",
+            session.id,
+            session.key_name,
+            address,
+            extra={"session": session.id, "key": session.key_name, "address": address},
+        )
+
+    # Socket.IO -----------------------------------------------------------------------------
+
+    async def _socketio(
+        self, stream: trio.abc.Stream, head: RequestHead, address: str, deadline: float
+    ) -> None:
+        """An Engine.IO request: a new session's handshake (long-polling, or a WebSocket
+        straight away), a poll or a post of a polling session, or its upgrade."""
+        try:
+            request = engineio.read_query(head.query)
+        except EngineError as refused:
+            await stream.send_all(self._engine_refusal(head, refused))
+            return
+        if request.sid is None:
+            await self._open_socketio(stream, head, address, deadline, request.transport)
+            return
+        session = self._engine_sessions.get(request.sid)
+        if session is None:
+            await stream.send_all(self._engine_refusal(head, engineio.UNKNOWN_SID))
+            return
+        if request.transport == engineio.WEBSOCKET:
+            await self._upgrade_socketio(stream, head, session, deadline)
+            return
+        if head.is_upgrade:
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_REQUEST))
+            return
+        headers = self._cors(head)
+        if head.method == "GET":
+            body = await session.poll()
+            answer = (
+                head.response(200, body, POLL_CONTENT_TYPE, headers)
+                if body is not None
+                else self._engine_refusal(head, engineio.BAD_REQUEST)
+            )
+            with trio.move_on_after(self.config.server.send_timeout):
+                await stream.send_all(answer)
+        elif head.method == "POST":
+            body = None
+            with trio.move_on_at(deadline):
+                try:
+                    body = await head.read_body(stream, self.config.server.max_message_size)
+                except Refusal as refused:
+                    await stream.send_all(self._refusal(head, refused, address))
+                    return
+            if body is None:
+                return
+            error = await session.post(body)
+            answer = (
+                head.response(200, b"ok", "text/html", headers)
+                if error is None
+                else self._engine_refusal(head, error)
+            )
+            await stream.send_all(answer)
+        else:
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_METHOD))
+
+    async def _open_socketio(
+        self,
+        stream: trio.abc.Stream,
+        head: RequestHead,
+        address: str,
+        deadline: float,
+        transport: str,
+    ) -> None:
+        """A new Engine.IO session, admitted by origin and address (its credentials come with
+        its Socket.IO connect); this task holds it until it ends."""
+        server = self.config.server
+        if transport == engineio.POLLING and (head.is_upgrade or head.method != "GET"):
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_METHOD))
+            return
+        if transport == engineio.WEBSOCKET and not head.is_upgrade:
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_REQUEST))
+            return
+        try:
+            self._check_client(head, address)
+            websocket = None
+            if transport == engineio.WEBSOCKET:
+                response, websocket = accept(
+                    head.method, head.headers, head.trailing, server.max_message_size, False
+                )
+        except Refusal as refused:
+            await stream.send_all(self._refusal(head, refused, address))
+            return
+        self.addresses.opened(address)
+        try:
+            if websocket is None:
+                session = self._socketio_session(None, None, address)
+                answer = head.response(
+                    200, session.open_packet(upgrades=True), POLL_CONTENT_TYPE, self._cors(head)
+                )
+                del head
+                with trio.move_on_at(deadline):
+                    await _send_now(stream, answer)
+                # The handshake's connection is done with; this task goes on holding the session.
+                await trio.aclose_forcefully(stream)
+            else:
+                del head
+                with trio.move_on_at(deadline) as handshake:
+                    await _send_now(stream, response)
+                if handshake.cancelled_caught:
+                    self.handshakes["abandoned"] += 1
+                    return
+                self.handshakes["completed"] += 1
+                session = self._socketio_session(stream, websocket, address)
+            self._engine_sessions[session.id] = session
+            try:
+                await self._run_session(session, address)
+                if session.polling:
+                    # Its close reaches a long-polling client only with its next poll.
+                    with trio.move_on_after(self.config.server.close_timeout):
+                        await session.farewell_taken.wait()
+            finally:
+                del self._engine_sessions[session.id]
+                if session.grant is not None and self.cluster is not None:
+                    self.cluster.released(session.grant.identity)
+        finally:
+            self.addresses.release(address)
+
+    def _socketio_session(
+        self, stream: trio.abc.Stream | None, websocket: ServerWebSocket | None, address: str
+    ) -> SocketIOSession:
+        async def connect(session: SocketIOSession, credential: str | None) -> Refused | None:
+            return await self._connect_socketio(session, credential, address)
+
+        return SocketIOSession(
+            stream,
+            websocket,
+            self.hub,
+            self._unconnected,
+            self.timers,
+            self.rounds,
+            connect,
+            self.config.server.max_message_size,
+            self.fanout_latency,
+            self.cluster,
+        )
+
+    async def _connect_socketio(
+        self, session: SocketIOSession, credential: str | None, address: str
+    ) -> Refused | None:
+        """A Socket.IO connect: its credential checked and counted as a WebSocket's are."""
+        try:
+            grant = self.credentials.resolve(credential, self._wall_clock())
+            self._check_key_limit(grant)
+        except Refusal as refused:
+            self.rejected[refused.status] += 1
+            self._log_refusal(address, refused)
+            return refused.code, refused.message
+        limit = self.config.tiers[grant.tier].max_connections
+        if self.cluster is not None and not await self.cluster.admit(grant.identity, limit):
+            message = f"at most {limit} connections for this key, across the cluster"
+            return "too_many_connections", message
+        settings, limits = self._limits_for(grant)
+        session.admit(grant, settings, limits)
+        assert session.nursery is not None  # the connect is read inside the session's run
+        self._granted(session, grant, session.nursery, address)
+        return None
+
+    async def _upgrade_socketio(
+        self, stream: trio.abc.Stream, head: RequestHead, session: SocketIOSession, deadline: float
+    ) -> None:
+        """A polling session's WebSocket: the probe, then the upgrade packet, then its stream
+        is the session's (this task waits while the session's own task reads it)."""
+        if not head.is_upgrade:
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_REQUEST))
+            return
+        try:
+            response, websocket = accept(
+                head.method, head.headers, head.trailing, self.config.server.max_message_size, False
+            )
+        except Refusal:
+            await stream.send_all(self._engine_refusal(head, engineio.BAD_REQUEST))
+            return
+        del head
+        with trio.move_on_at(deadline) as handshake:
+            await _send_now(stream, response)
+        if handshake.cancelled_caught:
+            return
+        upgraded = False
+        with trio.move_on_after(PROBE_TIMEOUT):
+            upgraded = await upgrade(stream, websocket, session, self.hub.framer.text)
+        if not upgraded:
+            session.probe_failed()
+            with trio.move_on_after(self.config.server.close_timeout):
+                frame = websocket.close(CloseCode.POLICY, "upgrade failed")
+                if frame is not None:
+                    await stream.send_all(frame)
+            return
+        await session.ended.wait()
+
+    def _engine_refusal(self, head: RequestHead, refused: EngineError) -> bytes:
+        self.rejected[400] += 1
+        return head.response(400, refused.body(), headers=self._cors(head))
+
+    def _cors(self, head: RequestHead) -> list[tuple[str, str]]:
+        """Long-polling from a page of an allowed origin (every origin when none is listed)
+        needs the browser's permission to read the answers."""
+        origin = head.headers.get("origin")
+        if origin is None or not origin_allowed(origin, self._origins):
+            return []
+        return [("access-control-allow-origin", origin), ("vary", "origin")]
 
     # Plain HTTP --------------------------------------------------------------------------
 
@@ -753,10 +988,10 @@ class Relay:
                 raise Refusal(401, ErrorCode.INVALID_CREDENTIALS, "another subject's token")
         except Refusal as refused:
             error = ProtocolError(ErrorCode.INVALID_CREDENTIALS, refused.message, command.id)
-            session.reply(encode_error(error))
+            session.reply_error(error)
             return
         assert grant.expires is not None
-        session.reply(encode_event("authenticated", Authenticated(grant.expires), command.id))
+        session.reply("authenticated", Authenticated(grant.expires), command.id)
         self._regrant(session, grant)
 
     def _regrant(self, session: Session, grant: Grant) -> int:

@@ -24,12 +24,15 @@ import trio
 
 from relay.core.channels import matches_any
 from relay.core.credentials import Grant
+from relay.core.framing import PLAIN
 from relay.core.hub import Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.outbox import Outbox
 from relay.core.protocol import (
     Auth,
+    Command,
     ErrorCode,
+    EventData,
     Lagged,
     Ping,
     ProtocolError,
@@ -39,8 +42,6 @@ from relay.core.protocol import (
     Unsubscribe,
     Welcome,
     command_id,
-    encode_error,
-    encode_event,
     parse_command,
     refuse_binary,
 )
@@ -139,8 +140,8 @@ class Session:
         "_ws",
         "bytes_out",
         "closing",
-        "deflate",
         "expiry",
+        "framing",
         "grant",
         "id",
         "key_name",
@@ -150,8 +151,8 @@ class Session:
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
-        websocket: ServerWebSocket,
+        stream: trio.abc.Stream | None,
+        websocket: ServerWebSocket | None,
         hub: Hub,
         limits: Limits,
         settings: SessionSettings,
@@ -172,12 +173,15 @@ class Session:
         self.expiry: trio.CancelScope | None = None
         """For a token's connection: the scope whose deadline is the token's end."""
         self._stream = stream
+        """None only for a Socket.IO session while it long-polls (:mod:`relay.server.engine`):
+        then HTTP requests carry its packets, and nothing here reads or writes a stream."""
         # Only a real socket gets the synchronous write; other streams (tests' memory streams)
         # always go through the writer task.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self._ws = websocket
-        self.deflate = websocket.deflate
-        """The hub's :attr:`Subscriber.deflate`: which compressed frames this client takes."""
+        self.framing = PLAIN if websocket is None else websocket.deflate
+        """The hub's :attr:`Subscriber.framing`: plain frames, or compressed ones with the
+        window size this client agreed to (a Socket.IO session's are its own)."""
         self._hub = hub
         self._cluster = cluster
         """A cluster node's subscribes go through it: some wait for Redis (:class:`Joiner`)."""
@@ -291,6 +295,7 @@ class Session:
                 deadline=trio.current_time() + self._settings.send_timeout
             ) as deadline:
                 if self._fd is None:
+                    assert self._stream is not None  # only a stream's session writes
                     self._partial = True  # a cancelled send_all may have written any part
                     await self._stream.send_all(data)
                     self._partial = False
@@ -341,21 +346,29 @@ class Session:
         self._ping_frame = None
         if not outbox.pending:
             return ping, 0
-        hub = self._hub
-        drained = outbox.drain()
         oldest, self._oldest_ms = self._oldest_ms, 0
+        frames = self._drained(ping)
+        if not frames:
+            return None, oldest
+        return (b"".join(frames) if len(frames) > 1 else frames[0]), oldest
+
+    def _drained(self, ping: bytes | None) -> list[bytes]:
+        """Everything in the outbox, in order, as frames: the heartbeat ping first, then the
+        queue, each coalesced channel's fresh snapshot and a ``lagged`` event for each channel
+        that dropped messages."""
+        hub = self._hub
+        framing = self.framing
+        drained = self.outbox.drain()
         frames = drained.frames
         if ping is not None:
             frames.insert(0, ping)
         for channel in drained.resnapshot:
-            snapshot = hub.snapshot_frame(hub.channel(channel))
+            snapshot = hub.snapshot_frame(hub.channel(channel), framing)
             if snapshot is not None:
                 frames.append(snapshot)
         for channel, dropped in drained.lagged.items():
-            frames.append(hub.framer.text(encode_event("lagged", Lagged(channel, dropped))))
-        if not frames:
-            return None, oldest
-        return (b"".join(frames) if len(frames) > 1 else frames[0]), oldest
+            frames.append(hub.event_frame(framing, "lagged", Lagged(channel, dropped)))
+        return frames
 
     def _wrote(self, oldest: int, now_ms: int = 0) -> None:
         self.writes += 1
@@ -385,23 +398,30 @@ class Session:
         This task is the reader; the writer task exists only while the socket is behind.
         """
         self._nursery = nursery
-        welcome = Welcome(self.id, self._settings.heartbeat)
-        self._queue(self._hub.framer.text(encode_event("welcome", welcome)))
+        self._welcome()
         self._timers.add(self, trio.current_time())
         try:
-            early, self._ws.early = self._ws.early, []
-            await self._on(early)
-            self._answer()
             await self._read()
         finally:
             self._timers.remove(self)
             self._hub.drop(self)
             await self._close()
 
+    def _welcome(self) -> None:
+        self._queue(
+            self._hub.event_frame(
+                self.framing, "welcome", Welcome(self.id, self._settings.heartbeat)
+            )
+        )
+
     async def _read(self) -> None:
         """Until the session ends: ``_end`` cancels this task (a session that is only marked
         closing, waiting for its writer to finish, goes on reading)."""
         stream, ws = self._stream, self._ws
+        assert stream is not None and ws is not None
+        early, ws.early = ws.early, []
+        await self._on(early)
+        self._answer()
         while True:
             try:
                 data = await stream.receive_some(RECEIVE_BYTES)
@@ -430,13 +450,7 @@ class Session:
             if self.closing is not None:
                 return
             if isinstance(item, str | bytes):
-                waiting = self._handle(item)
-                if waiting is not None:
-                    join, had = waiting
-                    self._answer()
-                    assert self._cluster is not None
-                    await self._cluster.wait(join)
-                    self._commanded(had, trio.current_time())
+                await self._message(item)
             elif isinstance(item, Answer):
                 self._queue(item.frame)
             elif isinstance(item, PongReceived):
@@ -446,6 +460,24 @@ class Session:
                     self._end(Closing(item.code, "closed by client"))
                 else:
                     self._end(Closing(item.code, item.reason, flush=True))
+
+    async def _message(self, message: str | bytes) -> None:
+        """One message from the client: a command of the relay's protocol."""
+        await self._wait_for(self._handle(message))
+
+    async def _wait_for(self, waiting: tuple[Any, int] | None) -> None:
+        """Until a subscribe that waits for the cluster's Redis is answered (with ``waiting``,
+        the join and the subscription count before it, from :meth:`_execute`)."""
+        if waiting is not None:
+            join, had = waiting
+            self._answer()
+            assert self._cluster is not None
+            await self._cluster.wait(join)
+            self._commanded(had, trio.current_time())
+
+    def _farewell(self) -> bytes:
+        """What goes out just before the close frame (a Socket.IO session's disconnect)."""
+        return b""
 
     async def _close(self) -> None:
         """Send the close frame when the wire allows it, wait a moment for the client's (unless
@@ -460,10 +492,15 @@ class Session:
         if self.closing is None:
             self.closing = Closing(CloseCode.GOING_AWAY, "server shutting down")
         closing = self.closing
+        ws, stream = self._ws, self._stream
+        if ws is None or stream is None:
+            return  # a long-polling Socket.IO session: no connection of its own to close
         with trio.CancelScope(shield=True):
             frame = None
             if not (closing.hard or self._partial):
-                frame = self._ws.close(closing.code, closing.reason)
+                frame = ws.close(closing.code, closing.reason)
+                if frame is not None:
+                    frame = self._farewell() + frame
             if frame is not None:
                 queued = None
                 if closing.flush and not self._writing:
@@ -471,19 +508,18 @@ class Session:
                 with trio.move_on_after(self._settings.close_timeout):
                     try:
                         if queued is not None:
-                            await self._stream.send_all(queued + frame)
+                            await stream.send_all(queued + frame)
                             self.bytes_out += len(queued)
                         else:
-                            await self._stream.send_all(frame)
-                        await self._await_close_frame()
+                            await stream.send_all(frame)
+                        await self._await_close_frame(stream, ws)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
-            await trio.aclose_forcefully(self._stream)
+            await trio.aclose_forcefully(stream)
 
-    async def _await_close_frame(self) -> None:
-        ws = self._ws
+    async def _await_close_frame(self, stream: trio.abc.Stream, ws: ServerWebSocket) -> None:
         while ws.closing:
-            data = await self._stream.receive_some(RECEIVE_BYTES)
+            data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
                 return
             ws.receive(data)
@@ -492,22 +528,32 @@ class Session:
 
     def _handle(self, message: str | bytes) -> tuple[Any, int] | None:
         """Carry out a command; answers a cluster join to wait for (and the subscription
-        count before it) when the subscribe needs Redis."""
+        count before it) when the subscribe needs Redis. Commands are JSON text frames; a
+        binary frame is refused, not executed."""
         now = trio.current_time()
-        bucket = self._bucket
-        if not bucket.take(now):
-            if bucket.abusive:
-                self._end(Closing(CloseCode.RATE_LIMITED, "rate limited", flush=True))
-                return None
-            error = ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"at most {bucket.rate:g} commands per second",
-                command_id(message),
-            )
-            self.reply(encode_error(error))
+        if self._limited(now, message):
             return None
-        # Commands are JSON text frames; a binary frame is refused, not executed.
         command = parse_command(message) if isinstance(message, str) else refuse_binary(message)
+        return self._execute(command, now)
+
+    def _limited(self, now: float, message: str | bytes | None) -> bool:
+        """Over the command rate: the command is refused with an error (echoing the id in
+        ``message``, if any), or the session closes when the client keeps at it."""
+        bucket = self._bucket
+        if bucket.take(now):
+            return False
+        if bucket.abusive:
+            self._end(Closing(CloseCode.RATE_LIMITED, "rate limited", flush=True))
+            return True
+        error = ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            f"at most {bucket.rate:g} commands per second",
+            None if message is None else command_id(message),
+        )
+        self.reply_error(error)
+        return True
+
+    def _execute(self, command: Command | ProtocolError, now: float) -> tuple[Any, int] | None:
         had = self._hub.registry.count_of(self)
         match command:
             case Subscribe(channels, request_id, since) if self._cluster is not None:
@@ -520,7 +566,7 @@ class Session:
             case Unsubscribe(channels, request_id):
                 self._hub.unsubscribe(self, channels, request_id)
             case Ping(request_id):
-                self.reply(encode_event("pong", None, request_id))
+                self.reply("pong", None, request_id)
             case Auth(_, request_id):
                 if self._authenticate is None or self.grant is None or not self.grant.is_token:
                     error = ProtocolError(
@@ -528,14 +574,14 @@ class Session:
                         "this connection did not authenticate with a token",
                         request_id,
                     )
-                    self.reply(encode_error(error))
+                    self.reply_error(error)
                 else:
                     # The relay applies the new grant through regrant, which restarts the idle
                     # clock itself if it removed every subscription.
                     self._authenticate(self, command)
                     return None
             case ProtocolError():
-                self.reply(encode_error(command))
+                self.reply_error(command)
         self._commanded(had, now)
         return None
 
@@ -551,9 +597,12 @@ class Session:
         elif had and not has:
             self._timers.idle(self, now)
 
-    def reply(self, payload: bytes) -> None:
-        """Queue a reply (an encoded event), in order with everything else."""
-        self._queue(self._hub.framer.text(payload))
+    def reply(self, event: str, data: EventData | None, request_id: RequestId) -> None:
+        """Queue a reply (one of the protocol's events), in order with everything else."""
+        self._queue(self._hub.event_frame(self.framing, event, data, request_id))
+
+    def reply_error(self, error: ProtocolError) -> None:
+        self._queue(self._hub.error_frame(self.framing, error))
 
     # Credentials changing under a live connection (reload, token refresh) ----------------
 
@@ -562,12 +611,7 @@ class Session:
         subscription no longer allowed is removed with an event saying so; others stay, even
         above a lower ``max_subscriptions`` (it only refuses new ones). Answers how many were
         removed."""
-        self.grant = grant
-        self.key_name = grant.name
-        self._settings = settings
-        self._limits = limits
-        self._bucket.rate = settings.rate_limit
-        self._bucket.burst = settings.rate_burst
+        self._apply(grant, settings, limits)
         hub = self._hub
         held = hub.registry.channels_of(self)
         removed = 0
@@ -580,6 +624,14 @@ class Session:
             self._timers.idle(self, trio.current_time())
         return removed
 
+    def _apply(self, grant: Grant, settings: SessionSettings, limits: Limits) -> None:
+        self.grant = grant
+        self.key_name = grant.name
+        self._settings = settings
+        self._limits = limits
+        self._bucket.rate = settings.rate_limit
+        self._bucket.burst = settings.rate_burst
+
     def revoke(self, reason: str) -> None:
         """Close with 1008: the credentials were revoked or have expired."""
         self._end(Closing(CloseCode.POLICY, reason))
@@ -589,6 +641,7 @@ class Session:
     def ping(self, now: float) -> None:
         """Send a ping with the next batch; the timers close the session if no pong comes
         within the timeout."""
+        assert self._ws is not None  # a Socket.IO session pings with its own packet
         frame = self._ws.ping(PING_PAYLOAD) if self.closing is None else None
         if frame is not None:
             self._timers.pinged(self, now)

@@ -16,7 +16,12 @@ import orjson
 import pytest
 import tomli_w
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
+from trio_websocket import (
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from relay.config import parse_config
 from relay.server.relay import Relay
@@ -496,3 +501,36 @@ async def test_any_node_answers_a_snapshot_from_redis(
                 await trio.sleep(0.05)
         down = await cluster.http.get(f"{base}/v1/snapshot/{BOOK}")
         assert (down.status_code, down.json()["error"]) == (503, "unavailable")
+
+
+async def test_a_socketio_client_on_one_node_gets_the_envelopes_a_websocket_client_gets_on_another(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with running_cluster(nursery, redis_server, nodes=2) as cluster:
+        port = cluster.nodes[1][1]
+        sio_url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
+        async with client(cluster.url(0)) as ws, open_websocket_url(sio_url) as sio:
+            assert (await sio.get_message()).startswith("0{")
+            await sio.send_message("40/ws,")
+            assert (await sio.get_message()).startswith('40/ws,{"sid":')
+            await sio.send_message(f'42/ws,1["subscribe",{{"channel":"{TRADES}"}}]')
+            subscribed = orjson.loads((await sio.get_message()).removeprefix("42/ws,"))
+            assert subscribed[0] == "subscribed" and subscribed[1]["channel"] == TRADES
+            ack = await sio.get_message()
+            assert ack == f'43/ws,1[{{"subscribed":["{TRADES}"],"failed":[]}}]'
+            await subscribe(ws, TRADES)
+            start = subscribed[1]["seq"]
+            target = start + 20
+            plain = await raw_until(ws, TRADES, target)
+            packets: dict[int, str] = {}
+            with trio.fail_after(10):
+                while max(packets, default=0) < target:
+                    text = await sio.get_message()
+                    if text.startswith('42/ws,["data",'):
+                        envelope = text.removeprefix('42/ws,["data",').removesuffix("]")
+                        packets[orjson.loads(envelope)["seq"]] = envelope
+            # Consecutive on the Socket.IO side, and byte for byte the WebSocket's envelopes.
+            assert sorted(packets) == list(range(start + 1, target + 1))
+            common = set(packets) & set(plain)
+            assert len(common) >= 10
+            assert all(packets[seq] == plain[seq] for seq in common)

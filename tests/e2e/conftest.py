@@ -19,6 +19,7 @@ from relay.config import parse_config
 from relay.server.relay import Relay
 from relay.sim.server import SimServer
 from tests.ci import fold_skip
+from tests.e2e.node_sio import node_sio_missing, require_node_sio
 from tests.e2e.node_ws import node_ws_missing, require_node_ws
 
 HOST = "127.0.0.1"
@@ -170,6 +171,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     fold_skip(report, node_ws_missing(), require_node_ws)
+    fold_skip(report, node_sio_missing(), require_node_sio)
     return report
 
 

@@ -1,5 +1,6 @@
 """Headless Chromium as a client: a browser's WebSocket (which always offers permessage-deflate
-and compresses what it sends) against the relay, driven over the Chrome DevTools protocol.
+and compresses what it sends) against the relay, driven over the Chrome DevTools protocol; the
+status page; and a page with both the plain WebSocket and socket.io-client's browser build.
 
 Without Chromium on PATH the test skips, saying how to install it; in CI it fails instead
 (.ci/run installs it)."""
@@ -13,8 +14,10 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from tests.ci import skip_or_fail
 from tests.e2e.conftest import HOST, running_stack
+from tests.e2e.node_sio import BROWSER_BUNDLE, require_node_sio
 
 pytestmark = pytest.mark.e2e
 
@@ -222,3 +226,107 @@ async def test_the_status_page_renders_and_agrees_with_metrics(
         shot = await call(page, "Page.captureScreenshot", {"format": "png"})
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "status-page.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+PAGE: Final = Path(__file__).resolve().parent / "chromium_both.html"
+"""The page with both endpoints; served with socket.io-client's browser build next to it."""
+BOTH_FIGURES: Final = """(() => {
+  if (document.getElementById("sio-messages") === null) return null;  // not loaded yet
+  const text = (id) => document.getElementById(id).textContent;
+  const items = (id) => [...document.querySelectorAll(`#${id} li`)];
+  const seqs = (id) => items(id).map((li) => Number(li.dataset.seq));
+  const channels = (id) => [...new Set(items(id).map((li) => li.dataset.channel))];
+  return {ws: seqs("ws-messages"), sio: seqs("sio-messages"),
+          sio_transports: items("sio-messages").map((li) => li.dataset.transport),
+          ws_channels: channels("ws-messages"), sio_channels: channels("sio-messages"),
+          ws_state: text("ws-state"), ws_error: text("ws-error"),
+          sio_state: text("sio-state"), sio_transport: text("sio-transport"),
+          sio_upgrade: text("sio-upgrade"), sio_ack: text("sio-ack"), sio_error: text("sio-error")};
+})()"""
+
+
+async def serve_files(nursery: trio.Nursery, files: dict[str, tuple[Path, str]]) -> int:
+    """A tiny HTTP server on a port of its own (so the page's origin is not the relay's):
+    ``GET /NAME`` answers the file ``files[NAME]`` with its content type; answers its port."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            with trio.move_on_after(10):
+                while b"\r\n\r\n" not in head and (chunk := await stream.receive_some()):
+                    head += chunk
+            target = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else ""
+            found = files.get(target.split("?", 1)[0].lstrip("/"))
+            if found is None:
+                status, body, kind = "404 Not Found", b"not found", "text/plain"
+            else:
+                status, body, kind = "200 OK", found[0].read_bytes(), found[1]
+            await stream.send_all(
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host=HOST))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def socketio_bundle() -> Path:
+    """socket.io-client's browser build; skips (fails in CI) when it is not installed."""
+    require_node_sio()
+    return BROWSER_BUNDLE
+
+
+@pytest.mark.parametrize("transports", ["", "websocket"], ids=["polling-then-upgrade", "websocket"])
+async def test_a_page_reads_both_the_websocket_and_socketio_endpoints(
+    nursery: trio.Nursery, tmp_path: Path, chromium: str, socketio_bundle: Path, transports: str
+) -> None:
+    """The page is served from another origin than the relay's: long-polling's requests are
+    cross-origin (the relay answers them with ``Access-Control-Allow-Origin``), WebSockets are
+    not subject to CORS."""
+    async with (
+        running_stack(nursery) as stack,
+        devtools(chromium, tmp_path / "profile") as page,
+    ):
+        files = {
+            "page.html": (PAGE, "text/html; charset=utf-8"),
+            "socket.io.min.js": (socketio_bundle, "text/javascript"),
+        }
+        port = await serve_files(nursery, files)
+        query = {
+            "relay": f"{HOST}:{stack.relay_port}",
+            "channel": CHANNEL,
+            "transports": transports,
+        }
+        url = f"http://{HOST}:{port}/page.html?{urlencode(query)}"
+        await call(page, "Page.navigate", {"url": url})
+        with trio.fail_after(30):
+            while True:
+                shown = await evaluate(page, BOTH_FIGURES)
+                if shown is not None:
+                    assert shown["ws_error"] == "" and shown["sio_error"] == "", shown
+                    upgraded = shown["sio_transports"].count("websocket")
+                    if len(shown["ws"]) >= 10 and upgraded >= 10:
+                        break
+                await trio.sleep(0.2)
+        for endpoint in ("ws", "sio"):
+            seqs = shown[endpoint]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (endpoint, seqs)
+            assert shown[f"{endpoint}_channels"] == [CHANNEL], shown
+        assert shown["ws_state"] == "subscribed"
+        assert shown["sio_state"] == "connected"
+        if transports:
+            assert shown["sio_transport"] == "websocket" and shown["sio_upgrade"] == "", shown
+        else:
+            # Connected over long-polling (or just upgraded), then upgraded; the stream goes
+            # on, its seqs consecutive across the upgrade.
+            assert shown["sio_transport"] in ("polling", "websocket"), shown
+            assert shown["sio_upgrade"] == "websocket", shown
+            moved = shown["sio_transports"]
+            assert moved == sorted(moved, key=lambda t: t == "websocket"), moved
+        assert json.loads(shown["sio_ack"]) == {"subscribed": [CHANNEL], "failed": []}
+        # Both are relay sessions, the Socket.IO one as much as the other.
+        metrics = (await stack.http.get(f"{stack.base}/metrics")).text
+        assert metric(metrics, "relay_connections") == 2

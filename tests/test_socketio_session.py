@@ -1,0 +1,345 @@
+"""Socket.IO sessions through the relay's front door, on trio's MockClock (autojump): each HTTP
+request and WebSocket is a memory stream into ``Relay._handle_tcp``, so every deadline is
+asserted at its exact moment, for long-polling, the upgrade and the WebSocket transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import orjson
+import trio
+import trio.testing
+import wsproto
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from relay.core.model import Update
+from relay.server.relay import Relay
+from tests.test_session_timeouts import make_relay
+
+TRADES = "sim:trades:BTC-USD"
+BASE = "/socket.io/?EIO=4"
+HEARTBEAT = 15.0
+PONG_TIMEOUT = 10.0
+IDLE = 60.0
+
+
+def _start(relay: Relay, nursery: trio.Nursery) -> None:
+    if not getattr(relay, "_test_started", False):
+        relay._test_started = True  # type: ignore[attr-defined]
+        nursery.start_soon(relay.run_timers)
+        nursery.start_soon(relay.rounds.run)
+
+
+async def http(
+    relay: Relay, nursery: trio.Nursery, method: str, target: str, body: bytes = b""
+) -> tuple[int, bytes]:
+    """One request through the front door; the relay closes the connection after answering."""
+    _start(relay, nursery)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    nursery.start_soon(relay._handle_tcp, server_end)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("host", "relay"), ("content-length", str(len(body)))]
+    data = conn.send(h11.Request(method=method, target=target, headers=headers))
+    await client_end.send_all(data + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+    status, received = 0, b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await client_end.receive_some())
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            received += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, received
+
+
+def packets(body: bytes) -> list[str]:
+    return body.decode().split("\x1e")
+
+
+async def handshake(relay: Relay, nursery: trio.Nursery) -> str:
+    status, body = await http(relay, nursery, "GET", f"{BASE}&transport=polling")
+    assert status == 200 and body.startswith(b"0")
+    opened = orjson.loads(body[1:])
+    assert opened["upgrades"] == ["websocket"]
+    assert opened["pingInterval"] == HEARTBEAT * 1000
+    assert opened["pingTimeout"] == PONG_TIMEOUT * 1000
+    sid: str = opened["sid"]
+    return sid
+
+
+async def post(relay: Relay, nursery: trio.Nursery, sid: str, *sent: str) -> None:
+    body = "\x1e".join(sent).encode()
+    status, answer = await http(relay, nursery, "POST", f"{BASE}&transport=polling&sid={sid}", body)
+    assert (status, answer) == (200, b"ok")
+
+
+async def poll(relay: Relay, nursery: trio.Nursery, sid: str) -> tuple[int, bytes]:
+    return await http(relay, nursery, "GET", f"{BASE}&transport=polling&sid={sid}")
+
+
+async def connected(relay: Relay, nursery: trio.Nursery) -> str:
+    """A polling session connected to ``/ws``, its connect acknowledged."""
+    sid = await handshake(relay, nursery)
+    await post(relay, nursery, sid, "40/ws,")
+    status, body = await poll(relay, nursery, sid)
+    assert status == 200 and packets(body) == [f'40/ws,{{"sid":"{sid}"}}']
+    return sid
+
+
+def publish(relay: Relay, n: int) -> None:
+    relay.hub.publish(Update(TRADES, {"n": n}, n, False), ts=n)
+
+
+async def test_a_polling_session_is_pinged_every_interval_and_ends_when_a_pong_is_missing(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    start = trio.current_time()
+    sid = await connected(relay, nursery)
+    status, body = await poll(relay, nursery, sid)  # waits for the first ping
+    assert (status, packets(body)) == (200, ["2"])
+    assert trio.current_time() - start == HEARTBEAT
+    await post(relay, nursery, sid, "3")
+    status, body = await poll(relay, nursery, sid)
+    assert (status, packets(body)) == (200, ["2"])
+    assert trio.current_time() - start == 2 * HEARTBEAT
+    # No pong this time: the waiting poll is answered with the end.
+    status, body = await poll(relay, nursery, sid)
+    assert trio.current_time() - start == 2 * HEARTBEAT + PONG_TIMEOUT
+    assert packets(body) == ["41/ws,"]  # the close would make the client drop the disconnect
+    assert relay.close_codes[4001] == 1
+    status, body = await poll(relay, nursery, sid)
+    assert status == 400 and orjson.loads(body) == {"code": 1, "message": "Session ID unknown"}
+    await trio.testing.wait_all_tasks_blocked()
+    assert not relay.sessions and len(relay.hub.registry) == 0
+
+
+async def test_a_waiting_poll_is_answered_the_moment_a_post_queues_something(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    answers: list[tuple[float, list[str]]] = []
+
+    async def waiting_poll() -> None:
+        _, body = await poll(relay, nursery, sid)
+        answers.append((trio.current_time(), packets(body)))
+
+    nursery.start_soon(waiting_poll)
+    await trio.sleep(3)
+    assert answers == []
+    await post(relay, nursery, sid, f'42/ws,5["subscribe",{{"channel":"{TRADES}"}}]')
+    await trio.testing.wait_all_tasks_blocked()
+    [(at, sent)] = answers
+    assert at == trio.current_time()
+    assert [orjson.loads(p.removeprefix("42/ws,")) for p in sent[:1]] == [
+        ["subscribed", {"channel": TRADES, "seq": 0, "epoch": relay.hub.epoch}]
+    ]
+    assert sent[1] == f'43/ws,5[{{"subscribed":["{TRADES}"],"failed":[]}}]'
+    publish(relay, 1)
+    _, body = await poll(relay, nursery, sid)
+    [data] = packets(body)
+    assert data.startswith('42/ws,["data",') and orjson.loads(data[6:])[1]["seq"] == 1
+
+
+async def test_overlapping_polls_end_the_session(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    first: list[bytes] = []
+
+    async def waiting_poll() -> None:
+        first.append((await poll(relay, nursery, sid))[1])
+
+    nursery.start_soon(waiting_poll)
+    await trio.sleep(1)
+    status, _ = await poll(relay, nursery, sid)
+    assert status == 400
+    await trio.testing.wait_all_tasks_blocked()
+    assert first == [b"41/ws,"]
+    assert not relay.sessions
+
+
+async def test_an_unconnected_session_ends_at_the_idle_timeout(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    start = trio.current_time()
+    sid = await handshake(relay, nursery)
+    while True:
+        _, body = await poll(relay, nursery, sid)
+        if packets(body) != ["2"]:
+            break
+        await post(relay, nursery, sid, "3")
+    assert trio.current_time() - start == IDLE
+    assert packets(body) == ["1"]  # never connected to /ws: no namespace to leave
+    assert relay.close_codes[4000] == 1
+
+
+async def test_a_slow_polling_client_is_disconnected_by_the_outbox_policy(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay(max_messages=5, policy="disconnect")
+    sid = await connected(relay, nursery)
+    await post(relay, nursery, sid, f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    _, body = await poll(relay, nursery, sid)
+    assert packets(body)[0].startswith('42/ws,["subscribed"')
+    for n in range(1, 7):  # one more than the outbox holds, and the client does not poll
+        publish(relay, n)
+    await trio.testing.wait_all_tasks_blocked()
+    assert relay.close_codes[4008] == 1
+    assert not relay.sessions and len(relay.hub.registry) == 0
+    # The next poll learns the end; the session is gone after it.
+    status, body = await poll(relay, nursery, sid)
+    assert (status, packets(body)) == (200, ["41/ws,"])
+    await trio.testing.wait_all_tasks_blocked()
+    status, body = await poll(relay, nursery, sid)
+    assert status == 400 and orjson.loads(body)["code"] == 1
+
+
+class WebSocketClient:
+    """A hand-driven WebSocket client of the Engine.IO endpoint."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.texts: list[str] = []
+        self.closed: CloseConnection | None = None
+
+    @classmethod
+    async def open(cls, relay: Relay, nursery: trio.Nursery, target: str) -> WebSocketClient:
+        _start(relay, nursery)
+        client_end, server_end = trio.testing.memory_stream_pair()
+        nursery.start_soon(relay._handle_tcp, server_end)
+        client = cls(client_end)
+        await client_end.send_all(client.ws.send(Request(host="relay", target=target)))
+        while True:
+            client.ws.receive_data(await client_end.receive_some())
+            if any(isinstance(e, AcceptConnection) for e in client.ws.events()):
+                return client
+
+    async def send(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+    async def next_text(self) -> str:
+        while not self.texts:
+            data = await self.stream.receive_some()
+            if not data:
+                raise EOFError(f"closed: {self.closed}")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.texts.append(event.data)
+                elif isinstance(event, CloseConnection):
+                    self.closed = event
+        return self.texts.pop(0)
+
+    async def until_closed(self) -> CloseConnection:
+        while self.closed is None:
+            try:
+                self.texts.append(await self.next_text())
+            except EOFError:
+                break
+        assert self.closed is not None
+        return self.closed
+
+
+def payload(text: str) -> Any:
+    assert text.startswith("42/ws,")
+    return orjson.loads(text[6:])
+
+
+async def test_the_upgrade_hands_a_polling_session_over_to_its_websocket(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    await post(relay, nursery, sid, f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    _, body = await poll(relay, nursery, sid)
+    assert payload(packets(body)[0])[0] == "subscribed"
+    answers: list[bytes] = []
+
+    async def waiting_poll() -> None:
+        answers.append((await poll(relay, nursery, sid))[1])
+
+    nursery.start_soon(waiting_poll)
+    await trio.sleep(1)
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
+    await ws.send("2probe")
+    assert await ws.next_text() == "3probe"
+    await trio.testing.wait_all_tasks_blocked()
+    assert answers == [b"6"]  # the waiting poll lets go, so the client can pause polling
+    publish(relay, 1)  # still for the polls: queued until the upgrade, then on the WebSocket
+    await trio.testing.wait_all_tasks_blocked()
+    await ws.send("5")
+    assert payload(await ws.next_text())[1]["seq"] == 1
+    publish(relay, 2)
+    assert payload(await ws.next_text())[1]["seq"] == 2
+    status, body = await poll(relay, nursery, sid)
+    assert status == 400 and orjson.loads(body)["code"] == 3
+    # A poll after the upgrade is refused, and the session goes on.
+    await ws.send(f'42/ws,9["unsubscribe",{{"channel":"{TRADES}"}}]')
+    assert payload(await ws.next_text()) == ["unsubscribed", {"channel": TRADES}]
+    assert await ws.next_text() == f'43/ws,9[{{"unsubscribed":["{TRADES}"],"failed":[]}}]'
+    # Heartbeats now run on the WebSocket, as Engine.IO packets.
+    assert await ws.next_text() == "2"
+    await ws.send("3")
+    assert len(relay.sessions) == 1
+
+
+async def test_a_probe_without_its_upgrade_is_dropped_and_the_session_keeps_polling(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
+    start = trio.current_time()
+    await ws.send("2probe")
+    assert await ws.next_text() == "3probe"
+    closed = await ws.until_closed()
+    assert closed.code == 1008 and trio.current_time() - start == 10.0
+    await post(relay, nursery, sid, f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    _, body = await poll(relay, nursery, sid)
+    # The probe's noop (there was no poll waiting to take it), then the subscribe's answer.
+    assert packets(body)[0] == "6" and payload(packets(body)[1])[0] == "subscribed"
+    assert len(relay.sessions) == 1
+
+
+async def test_a_websocket_session_is_pinged_with_engineio_packets_and_ends_without_pongs(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    start = trio.current_time()
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket")
+    opened = await ws.next_text()
+    assert opened.startswith("0") and orjson.loads(opened[1:])["upgrades"] == []
+    await ws.send("40/ws,")
+    assert (await ws.next_text()).startswith('40/ws,{"sid":')
+    await ws.send(f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    assert payload(await ws.next_text())[0] == "subscribed"
+    assert await ws.next_text() == "2"
+    assert trio.current_time() - start == HEARTBEAT
+    closed = await ws.until_closed()
+    assert ws.texts[-1] == "41/ws,"  # the namespace is told before the WebSocket closes
+    assert closed.code == 4001 and trio.current_time() - start == HEARTBEAT + PONG_TIMEOUT
+
+
+async def test_a_refused_connect_gets_connect_error_and_the_socket_closes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket")
+    await ws.next_text()
+    await ws.send('40/ws,{"token":"not a key"}')
+    refused = await ws.next_text()
+    assert refused.startswith("44/ws,")
+    error = orjson.loads(refused[6:])
+    assert error["message"] == "invalid_credentials"
+    assert error["data"]["code"] == "invalid_credentials"
+    closed = await ws.until_closed()
+    assert closed.code == 1008
+    assert relay.rejected[401] == 1
