@@ -484,8 +484,9 @@ def test_a_socketio_subscriber_resuming_gets_the_historys_payloads_as_data_event
         hub.publish(trade(n, BIG if n % 2 else {}), ts=n)
     history = hub.channel(TRADES).history
     assert history is not None
-    payloads = history.after(1, 4, now=5)
-    assert payloads is not None and len(payloads) == 3
+    kept = history.after(1, 4, now=5)
+    assert kept is not None and len(kept) == 3
+    payloads = [Framer.payload_of(frame) for frame in kept]  # the history keeps plain frames
     sub = Sub(framing)
     hub.subscribe(sub, [TRADES], 8, OPEN, Since(1, "e"), now=5)
     frames = sub.queued()[1:]
@@ -700,3 +701,23 @@ def test_a_mirrors_refused_join_is_an_error_in_each_framing() -> None:
     assert plain.received() == [{"event": "error", "data": error, "id": 5}]
     assert sio.received() == [["error", error]]
     assert plain.wakes == sio.wakes == 1
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_payload_of_reads_back_every_header_length_the_framer_writes(size: int) -> None:
+    payload = b'{"x":"' + b"a" * size + b'"}'
+    assert Framer.payload_of(Framer().text(payload)) == payload
+
+
+def test_a_replay_shares_the_historys_frames_with_plain_clients() -> None:
+    hub, _ = make_hub(history_for=lambda _: HistoryBounds(100, 60_000))
+    for n in range(1, 4):
+        hub.publish(Update(TRADES, {"n": n}, n, False), ts=n)
+    one, two, sio = Sub(PLAIN), Sub(PLAIN), Sub(SOCKETIO_WEBSOCKET)
+    for sub in (one, two, sio):
+        hub.subscribe(sub, [TRADES], None, OPEN, Since(1, "e"), now=3)
+    replay_one, replay_two = one.queued(), two.queued()
+    # The subscribed event, then seq 2 and 3: the very same bytes objects for both clients.
+    assert len(replay_one) == 3
+    assert all(a is b for a, b in zip(replay_one[1:], replay_two[1:], strict=True))
+    assert [event[1]["data"] for event in sio.received()[1:]] == [{"n": 2}, {"n": 3}]

@@ -14,6 +14,7 @@ import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from relay.core.model import Update
+from relay.server.engine import SocketIOSession
 from relay.server.relay import Relay
 from tests.test_session_timeouts import make_relay
 
@@ -22,6 +23,7 @@ BASE = "/socket.io/?EIO=4"
 HEARTBEAT = 15.0
 PONG_TIMEOUT = 10.0
 IDLE = 60.0
+HANDSHAKE = 5.0
 
 
 def _start(relay: Relay, nursery: trio.Nursery) -> None:
@@ -296,12 +298,13 @@ async def test_a_probe_without_its_upgrade_is_dropped_and_the_session_keeps_poll
 ) -> None:
     relay = make_relay()
     sid = await connected(relay, nursery)
-    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
     start = trio.current_time()
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
     await ws.send("2probe")
     assert await ws.next_text() == "3probe"
     closed = await ws.until_closed()
-    assert closed.code == 1008 and trio.current_time() - start == 10.0
+    # The upgrade must come within the handshake's deadline.
+    assert closed.code == 1008 and trio.current_time() - start == HANDSHAKE
     await post(relay, nursery, sid, f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
     _, body = await poll(relay, nursery, sid)
     # The probe's noop (there was no poll waiting to take it), then the subscribe's answer.
@@ -343,3 +346,126 @@ async def test_a_refused_connect_gets_connect_error_and_the_socket_closes(
     closed = await ws.until_closed()
     assert closed.code == 1008
     assert relay.rejected[401] == 1
+
+
+async def test_a_poll_left_waiting_through_the_upgrade_is_released_with_a_noop(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
+    await ws.send("2probe")
+    assert await ws.next_text() == "3probe"
+    _, body = await poll(relay, nursery, sid)
+    assert body == b"6"  # the probe's noop, for the client to pause polling
+    answers: list[bytes] = []
+
+    async def waiting_poll() -> None:
+        answers.append((await poll(relay, nursery, sid))[1])
+
+    nursery.start_soon(waiting_poll)  # a client that polls once more: it must not hang
+    await trio.sleep(1)
+    await ws.send("5")
+    await trio.testing.wait_all_tasks_blocked()
+    assert answers == [b"6"]
+    publish(relay, 1)
+    await ws.send(f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    assert payload(await ws.next_text())[0] == "subscribed"
+
+
+async def test_a_second_probe_is_refused_and_leaves_the_first_to_upgrade(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    first = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
+    await first.send("2probe")
+    assert await first.next_text() == "3probe"
+    second = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket&sid={sid}")
+    await second.send("2probe")
+    assert (await second.until_closed()).code == 1008
+    await first.send("5")
+    await first.send(f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    assert payload(await first.next_text())[0] == "subscribed"
+
+
+async def test_a_post_carries_as_many_packets_as_the_client_buffered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """socket.io-client posts its whole buffer at once: 20 emits in a loop are one post."""
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    known = [f"sim:{kind}:BTC-USD" for kind in ("trades", "ticker", "book")]
+    channels = [known[n % 3] for n in range(20)]  # 20 emits, some for the same channel
+    await post(
+        relay,
+        nursery,
+        sid,
+        *(f'42/ws,{n}["subscribe",{{"channel":"{c}"}}]' for n, c in enumerate(channels)),
+    )
+    _, body = await poll(relay, nursery, sid)
+    acks = [p for p in packets(body) if p.startswith("43/ws,")]
+    assert acks == [
+        f'43/ws,{n}[{{"subscribed":["{c}"],"failed":[]}}]' for n, c in enumerate(channels)
+    ]
+    assert relay.hub.registry.count_of(next(iter(relay.sessions))) == 3
+
+
+async def test_everything_a_socketio_client_sends_counts_against_its_command_rate(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Not only events: connects to other namespaces and packets before the connect too; a
+    client that keeps at it is closed with 4029 as on the WebSocket endpoint."""
+    relay = make_relay()
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket")
+    await ws.next_text()
+    for _ in range(200):
+        await ws.send('40/other,{"token":"x"}')
+    closed = await ws.until_closed()
+    assert closed.code == 4029
+    await ws.stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    refusals = [t for t in ws.texts if t.startswith("44/other,")]
+    limited = [t for t in ws.texts if t.startswith('42/ws,["error"') and "rate_limited" in t]
+    assert refusals and limited  # answered while under the rate, then refused, then closed
+    assert relay.close_codes[4029] == 1
+
+
+async def test_the_sessions_end_cancels_a_connect_its_post_is_waiting_for(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A post's task is not the session's: when the session ends (here its heartbeat), a
+    connect the post waits for (a cluster's count in Redis) is cancelled, and nothing is
+    counted for a session that is gone."""
+    relay = make_relay()
+    _start(relay, nursery)
+    waiting = trio.Event()
+
+    async def connect(session: SocketIOSession, credential: str | None) -> None:
+        waiting.set()
+        await trio.sleep_forever()
+
+    session = SocketIOSession(
+        None, None, relay.hub, relay._unconnected, relay.timers, relay.rounds, connect, 65536
+    )
+
+    async def own() -> None:
+        async with trio.open_nursery() as connection:
+            await session.run(connection)
+
+    nursery.start_soon(own)
+    await trio.testing.wait_all_tasks_blocked()
+    relay._timers_changed.unpark_all()  # as Relay._run_session does for a new session
+    posted: list[object] = []
+
+    async def posting() -> None:
+        posted.append(await session.post(b'40/ws,{"token":"k"}'))
+        posted.append(trio.current_time())
+
+    start = trio.current_time()
+    nursery.start_soon(posting)
+    await waiting.wait()
+    await session.ended.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert posted == [None, start + HEARTBEAT + PONG_TIMEOUT]
+    assert not session.connected and session.grant is None

@@ -58,7 +58,7 @@ from relay.core.hub import Hub, Limits, Subscriber
 from relay.core.lease import Lease
 from relay.core.mirror import ChannelMirrors, Verdict
 from relay.core.model import StreamKind
-from relay.core.protocol import ErrorCode, ProtocolError, RequestId, Since, encode_error
+from relay.core.protocol import ErrorCode, ProtocolError, RequestId, Since
 from relay.server.upstream import leaf_exceptions
 
 log = logging.getLogger("relay.cluster")
@@ -203,7 +203,7 @@ class ClusterNode:
                 join.request_id,
                 channel,
             )
-            join.sub.outbox.offer_control(self.hub.framer.text(encode_error(error)))
+            join.sub.outbox.offer_control(self.hub.error_frame(join.sub.framing, error))
         join.sub.wake()
 
     def _unfollow_unwanted(self, channels: Iterable[str]) -> None:

@@ -35,8 +35,6 @@ PROBE: Final = "probe"
 PROBE_ANSWER: Final = b"3probe"
 SEPARATOR: Final = b"\x1e"
 """Between packets in a long-polling body."""
-MAX_PACKETS_PER_POST: Final = 16
-"""As python-engineio's decoder: a post is a handful of commands, not a stream."""
 
 POLLING: Final = "polling"
 WEBSOCKET: Final = "websocket"
@@ -126,16 +124,15 @@ def decode(text: str) -> Received:
 
 
 def decode_payload(body: bytes) -> list[Received]:
-    """A long-polling post's packets; raises :class:`EngineError` for a body that is not UTF-8,
-    holds too many packets, or any packet :func:`decode` refuses."""
+    """A long-polling post's packets; raises :class:`EngineError` for a body that is not UTF-8
+    or any packet :func:`decode` refuses. No count bound: socket.io-client posts everything
+    it has buffered at once, bounded only by bytes (``maxPayload``, which the caller applies),
+    and each packet is rate limited like a WebSocket message."""
     try:
         text = body.decode()
     except UnicodeDecodeError:
         raise BAD_REQUEST from None
-    parts = text.split("\x1e")
-    if len(parts) > MAX_PACKETS_PER_POST:
-        raise BAD_REQUEST
-    return [decode(part) for part in parts]
+    return [decode(part) for part in text.split("\x1e")]
 
 
 class Phase(enum.Enum):

@@ -1,11 +1,11 @@
-"""Each channel's recent messages, kept as their encoded payloads, so a client that comes back
+"""Each channel's recent messages, kept as the frames already sent, so a client that comes back
 with the last ``seq`` it saw gets exactly what it missed instead of a snapshot and a gap.
 
-The history stores the same ``bytes`` object the fan-out framed for every client: keeping it
-costs one append per channel message, never a copy or an encode; a replay frames it again for
-the resuming client's framing (plain, compressed or Socket.IO). It is bounded by count (a
-``deque`` with ``maxlen``) and by age, measured on the relay's receive times (``ts``, in
-milliseconds) that the caller passes in; nothing here reads a clock.
+The history stores the same ``bytes`` object the fan-out offered to every client: keeping it
+costs one append per channel message, never a copy or an encode, and a replay to plain clients
+shares it too (clients of another framing get it re-framed: ``Framer.payload_of``). It is
+bounded by count (a ``deque`` with ``maxlen``) and by age, measured on the relay's receive
+times (``ts``, in milliseconds) that the caller passes in; nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class HistoryBounds:
 
 
 class ChannelHistory:
-    """The last messages of one channel, oldest first, as ``(seq, ts, payload)``.
+    """The last messages of one channel, oldest first, as ``(seq, ts, frame)``.
 
     ``seq`` values are appended in increasing order (the hub numbers them), so the messages
     after a given ``seq`` are a suffix of the deque.

@@ -122,6 +122,14 @@ class Framer:
     def text(self, payload: bytes) -> bytes:
         return self._ws.send(TextMessage(data=payload.decode()))
 
+    @staticmethod
+    def payload_of(frame: bytes) -> bytes:
+        """The payload of a frame :meth:`text` built (final, unmasked, uncompressed), for a
+        replay from the history to a client of another framing: the header is 2, 4 or 10
+        bytes, as its length field says (RFC 6455, section 5.2)."""
+        length = frame[1] & 0x7F
+        return frame[2 if length < 126 else 4 if length == 126 else 10 :]
+
 
 @attrs.define(slots=True, eq=False)
 class ChannelState:
@@ -262,7 +270,8 @@ class Hub:
         snapshot or the replay ``missed`` (payloads, from Redis's history) joins the live
         messages without a gap or a duplicate."""
         if not self.refuse(sub, name, request_id, limits):
-            self._add(sub, self.channel(name), request_id, resuming, missed)
+            missed_frames = None if missed is None else [self.framer.text(p) for p in missed]
+            self._add(sub, self.channel(name), request_id, resuming, missed_frames)
         sub.wake()
 
     def _add(
@@ -273,7 +282,8 @@ class Hub:
         resuming: bool,
         missed: list[bytes] | None,
     ) -> None:
-        """``missed``: the payloads to replay, or None for the snapshot."""
+        """``missed``: the frames to replay (plain, as the history keeps them), or None for
+        the snapshot."""
         outbox = sub.outbox
         name = state.name
         framing = sub.framing
@@ -290,7 +300,9 @@ class Hub:
             # Data, not control: the channel's policy bounds a long replay like live data.
             delta = state.delta or state.kind is _STATE
             for replayed in missed:
-                frame = self.message_frame(framing, state, replayed)
+                frame = replayed
+                if framing != PLAIN:
+                    frame = self.message_frame(framing, state, Framer.payload_of(replayed))
                 if outbox.offer(name, frame, state.policy, delta) is _OVERFLOW:
                     sub.overflow()
                     break
@@ -302,7 +314,7 @@ class Hub:
             self._listeners[source_of(name)].want(name)
 
     def _missed(self, state: ChannelState, since: Since, now: int) -> list[bytes] | None:
-        """The payloads a resuming client missed, or None when they cannot all be replayed."""
+        """The frames a resuming client missed, or None when they cannot all be replayed."""
         if since.epoch != self.epoch:
             return None
         if since.seq == state.seq:
@@ -434,12 +446,13 @@ class Hub:
         payload = encode_envelope(
             update.channel, state.seq, ts, update.data, update.snapshot, update.reorg
         )
+        frame = self.framer.text(payload)
         if history is not None:
             # Kept while nobody listens too: the client that just dropped resumes from it.
-            history.append(state.seq, ts, payload)
+            history.append(state.seq, ts, frame)
             if not subscribers:
                 return
-        self._fan_out(subscribers, state, payload, self.framer.text(payload), update.snapshot, ts)
+        self._fan_out(subscribers, state, payload, frame, update.snapshot, ts)
 
     def _fan_out(
         self,

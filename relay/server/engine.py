@@ -27,7 +27,7 @@ from relay.core.engineio import EngineError, EngineState
 from relay.core.framing import SOCKETIO_POLLING, SOCKETIO_WEBSOCKET
 from relay.core.hub import Hub, Limits
 from relay.core.latency import LatencyHistogram
-from relay.core.protocol import ErrorCode, ProtocolError
+from relay.core.protocol import Command, ErrorCode, ProtocolError
 from relay.core.timers import SessionTimers
 from relay.core.websocket import Answer, Closed, ServerWebSocket
 from relay.server.rounds import WriteRounds
@@ -48,8 +48,6 @@ Connector = Callable[["SocketIOSession", str | None], Awaitable[Refused | None]]
 (having called :meth:`SocketIOSession.admit`), else why not."""
 
 NORMAL_CLOSURE: Final = 1000
-PROBE_TIMEOUT: Final = 10.0
-"""How long a probing WebSocket may take to send the upgrade packet after its probe."""
 
 
 class SocketIOSession(Session):
@@ -57,9 +55,11 @@ class SocketIOSession(Session):
 
     __slots__ = (
         "_connect",
+        "_connecting",
         "_handed_over",
         "_max_payload",
         "_poll_ready",
+        "_posts",
         "connected",
         "ended",
         "engine",
@@ -106,6 +106,10 @@ class SocketIOSession(Session):
         """Set when the session's transport is a WebSocket, or the session has ended."""
         self.ended = trio.Event()
         """Set when everything the session held is released."""
+        self._posts: set[trio.CancelScope] = set()
+        """The scopes of the posts being carried out."""
+        self._connecting = False
+        """A connect is waiting for the relay's admission (a cluster's count in Redis)."""
         self.farewell_taken = trio.Event()
         """Set when a poll has taken the session's last payload (its close), so a long-polling
         client learns why it ended (a refused connect's ``connect_error``, say)."""
@@ -168,6 +172,8 @@ class SocketIOSession(Session):
         super()._end(closing)
         self._poll_ready.set()
         self._handed_over.set()
+        for scope in self._posts:
+            scope.cancel()
 
     def _farewell(self) -> bytes:
         """A server-side close tells the namespace first, so the client knows it was not the
@@ -206,11 +212,18 @@ class SocketIOSession(Session):
                 self._end(Closing(CloseCode.POLICY, "overlapping polls"))
             return None
         try:
-            while not (self._requested or self._ping_frame is not None or self.closing is not None):
+            while not (
+                self._requested
+                or self._ping_frame is not None
+                or self.closing is not None
+                or not self.polling
+            ):
                 self._poll_ready = trio.Event()
                 await self._poll_ready.wait()
         finally:
             self.engine.polled()
+        if not self.polling:
+            return engineio.NOOP_PACKET  # upgraded meanwhile: the WebSocket carries the rest
         return self._take_payload()
 
     def _take_payload(self) -> bytes:
@@ -246,10 +259,17 @@ class SocketIOSession(Session):
             packets = engineio.decode_payload(body)
         except EngineError as refused:
             return refused
-        for packet in packets:
-            if self.closing is not None:
-                break
-            await self._engine_packet(packet)
+        # The post's task is not the session's: the session's end cancels what it carries out
+        # (a connect or a subscribe waiting for the cluster), as it cancels its own reader.
+        with trio.CancelScope() as scope:
+            self._posts.add(scope)
+            try:
+                for packet in packets:
+                    if self.closing is not None:
+                        break
+                    await self._engine_packet(packet)
+            finally:
+                self._posts.discard(scope)
         return None
 
     # The upgrade ------------------------------------------------------------------------
@@ -279,21 +299,25 @@ class SocketIOSession(Session):
         for packet in queued:
             self._queue(self._frame(packet))
         self._handed_over.set()
+        self._poll_ready.set()
         return True
 
     def probe_failed(self) -> None:
         self.engine.probe_failed()
 
     # Reading ----------------------------------------------------------------------------
+    # Everything a client sends counts against its command rate, as on the WebSocket endpoint,
+    # except what keeps the connection alive or ends it (pongs, closes, disconnects).
 
     async def _message(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            self.reply_error(ProtocolError(ErrorCode.BAD_REQUEST, "packets are text, not binary"))
-            return
         try:
-            packet = engineio.decode(message)
+            packet = engineio.decode(message) if isinstance(message, str) else None
         except EngineError:
-            self.reply_error(ProtocolError(ErrorCode.BAD_REQUEST, "not an Engine.IO packet"))
+            packet = None
+        if packet is None:
+            if not self._limited(trio.current_time(), None):
+                error = ProtocolError(ErrorCode.BAD_REQUEST, "not an Engine.IO text packet")
+                self.reply_error(error)
             return
         await self._engine_packet(packet)
 
@@ -301,19 +325,33 @@ class SocketIOSession(Session):
         kind = packet.type
         if kind == engineio.PONG:
             self._timers.answered(self)
-        elif kind == engineio.MESSAGE:
-            await self._socketio(socketio.read(packet.data))
         elif kind == engineio.CLOSE:
             self._end(Closing(NORMAL_CLOSURE, "closed by client"))
+        elif kind == engineio.MESSAGE:
+            received = socketio.read(packet.data)
+            if not isinstance(received, socketio.Disconnect) and self._limited(
+                trio.current_time(), None
+            ):
+                if isinstance(received, socketio.Request) and received.ack is not None:
+                    limited = ProtocolError(ErrorCode.RATE_LIMITED, "over the command rate")
+                    self._acknowledge(received.ack, limited)
+            else:
+                await self._socketio(received)
+        elif self._limited(trio.current_time(), None):
+            return
         elif kind == engineio.PING:
             self._queue(self._frame(b"3" + packet.data.encode()))
         # UPGRADE and NOOP carry nothing once the transport is settled.
 
     async def _socketio(self, packet: socketio.ClientPacket) -> None:
         if isinstance(packet, socketio.Connect):
-            if self.connected:
+            if self.connected or self._connecting:
                 return  # a second connect to the same namespace changes nothing
-            refused = await self._connect(self, packet.credential)
+            self._connecting = True
+            try:
+                refused = await self._connect(self, packet.credential)
+            finally:
+                self._connecting = False
             if refused is None:
                 self.connected = True
                 self._queue(self._frame(socketio.connected_packet(self.id)))
@@ -332,15 +370,14 @@ class SocketIOSession(Session):
             await self._request(packet)
 
     async def _request(self, request: socketio.Request) -> None:
-        now = trio.current_time()
-        command = request.command
-        if self._limited(now, None):
-            command = ProtocolError(ErrorCode.RATE_LIMITED, "over the command rate")
-        else:
-            await self._wait_for(self._execute(command, now))
-        if request.ack is not None and self.closing is None:
+        await self._wait_for(self._execute(request.command, trio.current_time()))
+        if request.ack is not None:
+            self._acknowledge(request.ack, request.command)
+
+    def _acknowledge(self, ack: int, command: Command | ProtocolError) -> None:
+        if self.closing is None:
             result = socketio.ack_result(command, self._holds, self._hub.known)
-            self._queue(self._frame(socketio.ack_packet(request.ack, result)))
+            self._queue(self._frame(socketio.ack_packet(ack, result)))
 
     def _holds(self, channel: str) -> bool:
         return self in self._hub.registry.subscribers(channel)
@@ -355,29 +392,35 @@ async def upgrade(
     """The probe on a polling session's new WebSocket (``2probe``, answered ``3probe``), then
     the client's upgrade packet (``5``); True once the session has taken the WebSocket over,
     with whatever followed the upgrade packet still to read. ``text`` frames a packet."""
-    pending = websocket.early
-    websocket.early = []
     probed = False
-    while True:
-        while pending:
-            item = pending.pop(0)
-            if isinstance(item, Answer):
-                await stream.send_all(item.frame)
-            elif isinstance(item, Closed | bytes):
-                return False
-            elif not isinstance(item, str):
-                continue  # a pong to nothing
-            elif not probed:
-                if item != "2" + engineio.PROBE or not session.probed():
+    upgraded = False
+    try:
+        pending = websocket.early
+        websocket.early = []
+        while True:
+            while pending:
+                item = pending.pop(0)
+                if isinstance(item, Answer):
+                    await stream.send_all(item.frame)
+                elif isinstance(item, Closed | bytes):
                     return False
-                probed = True
-                await stream.send_all(text(engineio.PROBE_ANSWER))
-            elif item == "5":
-                websocket.early = pending
-                return session.upgraded(stream, websocket)
-            else:
+                elif not isinstance(item, str):
+                    continue  # a pong to nothing
+                elif not probed:
+                    if item != "2" + engineio.PROBE or not session.probed():
+                        return False
+                    probed = True
+                    await stream.send_all(text(engineio.PROBE_ANSWER))
+                elif item == "5":
+                    websocket.early = pending
+                    upgraded = session.upgraded(stream, websocket)
+                    return upgraded
+                else:
+                    return False
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
                 return False
-        data = await stream.receive_some(RECEIVE_BYTES)
-        if not data:
-            return False
-        pending = websocket.receive(data)
+            pending = websocket.receive(data)
+    finally:
+        if probed and not upgraded:
+            session.probe_failed()  # this WebSocket's probe only: polling goes on

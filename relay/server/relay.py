@@ -62,7 +62,7 @@ from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
 from relay.issues import ConfigError, Issue
 from relay.server.credentials import load_credentials
-from relay.server.engine import PROBE_TIMEOUT, Refused, SocketIOSession, upgrade
+from relay.server.engine import Refused, SocketIOSession, upgrade
 from relay.server.frontdoor import (
     RequestHead,
     error_body,
@@ -709,8 +709,10 @@ class Relay:
                     200, session.open_packet(upgrades=True), POLL_CONTENT_TYPE, self._cors(head)
                 )
                 del head
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(deadline) as handshake:
                     await _send_now(stream, answer)
+                if handshake.cancelled_caught:
+                    return  # the client never had its session's id
                 # The handshake's connection is done with; this task goes on holding the session.
                 await trio.aclose_forcefully(stream)
             else:
@@ -767,9 +769,14 @@ class Relay:
             self._log_refusal(address, refused)
             return refused.code, refused.message
         limit = self.config.tiers[grant.tier].max_connections
-        if self.cluster is not None and not await self.cluster.admit(grant.identity, limit):
-            message = f"at most {limit} connections for this key, across the cluster"
-            return "too_many_connections", message
+        if self.cluster is not None:
+            if not await self.cluster.admit(grant.identity, limit):
+                message = f"at most {limit} connections for this key, across the cluster"
+                return "too_many_connections", message
+            if session.closing is not None:
+                # Ended while Redis counted it (a post's connect is not the session's task).
+                self.cluster.released(grant.identity)
+                return "unavailable", "the connection ended"
         settings, limits = self._limits_for(grant)
         session.admit(grant, settings, limits)
         assert session.nursery is not None  # the connect is read inside the session's run
@@ -797,10 +804,11 @@ class Relay:
         if handshake.cancelled_caught:
             return
         upgraded = False
-        with trio.move_on_after(PROBE_TIMEOUT):
+        # The probe and the upgrade within the handshake's deadline: the client sends both at
+        # once when the probe is answered (its waiting poll is released for it).
+        with trio.move_on_at(deadline):
             upgraded = await upgrade(stream, websocket, session, self.hub.framer.text)
         if not upgraded:
-            session.probe_failed()
             with trio.move_on_after(self.config.server.close_timeout):
                 frame = websocket.close(CloseCode.POLICY, "upgrade failed")
                 if frame is not None:

@@ -18,7 +18,6 @@ from relay.core.engineio import (
     BAD_METHOD,
     BAD_REQUEST,
     BAD_VERSION,
-    MAX_PACKETS_PER_POST,
     UNKNOWN_SID,
     UNKNOWN_TRANSPORT,
     EngineError,
@@ -243,12 +242,10 @@ def test_a_post_of_several_packets_decodes_each_in_order() -> None:
     assert decode_payload("4é".encode()) == [Received(4, "é")]
 
 
-def test_a_post_holds_at_most_16_packets() -> None:
-    assert MAX_PACKETS_PER_POST == 16
-    assert len(decode_payload(b"\x1e".join([b"6"] * 16))) == 16
-    with pytest.raises(EngineError) as refused:
-        decode_payload(b"\x1e".join([b"6"] * 17))
-    assert refused.value is BAD_REQUEST
+def test_a_post_holds_as_many_packets_as_its_bytes_allow() -> None:
+    # socket.io-client posts its whole buffer at once (20 emits in a loop are one post).
+    body = b"\x1e".join([b'42/ws,["subscribe",{"channel":"a"}]'] * 500)
+    assert decode_payload(body) == [Received(4, '2/ws,["subscribe",{"channel":"a"}]')] * 500
 
 
 @pytest.mark.parametrize(
@@ -286,7 +283,7 @@ client_types = st.sampled_from(
 packet_data = st.text(st.characters(exclude_characters="\x1e", exclude_categories=("Cs",)))
 
 
-@given(st.lists(st.tuples(client_types, packet_data), min_size=1, max_size=MAX_PACKETS_PER_POST))
+@given(st.lists(st.tuples(client_types, packet_data), min_size=1, max_size=40))
 def test_a_post_python_engineio_encodes_decodes_to_its_packets(
     packets: list[tuple[int, str]],
 ) -> None:
