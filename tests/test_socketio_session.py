@@ -4,6 +4,7 @@ asserted at its exact moment, for long-polling, the upgrade and the WebSocket tr
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import h11
@@ -227,25 +228,29 @@ class WebSocketClient:
     async def send(self, text: str) -> None:
         await self.stream.send_all(self.ws.send(TextMessage(data=text)))
 
+    async def _read(self) -> bool:
+        """One read's messages into ``texts`` (and the close frame); False at the end."""
+        data = await self.stream.receive_some()
+        if not data:
+            return False
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self.texts.append(event.data)
+            elif isinstance(event, CloseConnection):
+                self.closed = event
+        return True
+
     async def next_text(self) -> str:
         while not self.texts:
-            data = await self.stream.receive_some()
-            if not data:
+            if not await self._read():
                 raise EOFError(f"closed: {self.closed}")
-            self.ws.receive_data(data)
-            for event in self.ws.events():
-                if isinstance(event, TextMessage):
-                    self.texts.append(event.data)
-                elif isinstance(event, CloseConnection):
-                    self.closed = event
         return self.texts.pop(0)
 
     async def until_closed(self) -> CloseConnection:
-        while self.closed is None:
-            try:
-                self.texts.append(await self.next_text())
-            except EOFError:
-                break
+        """Reads until the close frame (the texts before it stay in ``texts``)."""
+        while self.closed is None and await self._read():
+            pass
         assert self.closed is not None
         return self.closed
 
@@ -419,16 +424,21 @@ async def test_everything_a_socketio_client_sends_counts_against_its_command_rat
     relay = make_relay()
     ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket")
     await ws.next_text()
-    for _ in range(200):
-        await ws.send('40/other,{"token":"x"}')
-    closed = await ws.until_closed()
-    assert closed.code == 4029
+    with contextlib.suppress(trio.BrokenResourceError):  # the relay may close mid-way
+        for _ in range(200):
+            await ws.send('40/other,{"token":"x"}')
+    while ws.closed is None and await ws._read():
+        pass
+    # Over memory streams every write goes through a writer task; when the close interrupts
+    # one, the relay cannot know how much of a frame went out and cuts the connection instead
+    # of sending its close frame (over a socket it knows, and sends it).
+    assert ws.closed is None or ws.closed.code == 4029
     await ws.stream.aclose()
     await trio.testing.wait_all_tasks_blocked()
     refusals = [t for t in ws.texts if t.startswith("44/other,")]
     limited = [t for t in ws.texts if t.startswith('42/ws,["error"') and "rate_limited" in t]
     assert refusals and limited  # answered while under the rate, then refused, then closed
-    assert relay.close_codes[4029] == 1
+    assert dict(relay.close_codes) == {4029: 1}
 
 
 async def test_the_sessions_end_cancels_a_connect_its_post_is_waiting_for(

@@ -162,6 +162,9 @@ async def call(page: WebSocketConnection, method: str, params: dict[str, Any]) -
 
 
 PAGE_FIGURES: Final = """(() => {
+  const ids = ["connections-total", "messages-total", "deliveries-total", "latency-p50",
+               "messages-rate", "channels", "error"];
+  if (ids.some((id) => document.getElementById(id) === null)) return null;  // still loading
   const figure = (id) => document.getElementById(id).textContent.replaceAll(",", "");
   return {connections: figure("connections-total"), messages: figure("messages-total"),
           deliveries: figure("deliveries-total"), p50: figure("latency-p50"),
@@ -215,7 +218,11 @@ async def test_the_status_page_renders_and_agrees_with_metrics(
             while True:
                 shown = await evaluate(page, PAGE_FIGURES)
                 # Two polls: the rates (and the plot) come from the second.
-                if all(shown[k] == v for k, v in expected.items()) and shown["rate"] != "-":
+                if (
+                    shown is not None
+                    and all(shown[k] == v for k, v in expected.items())
+                    and shown["rate"] != "-"
+                ):
                     break
                 await trio.sleep(0.2)
         assert shown["error"] == ""
