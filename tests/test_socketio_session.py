@@ -102,6 +102,9 @@ async def test_a_polling_session_is_pinged_every_interval_and_ends_when_a_pong_i
     relay = make_relay()
     start = trio.current_time()
     sid = await connected(relay, nursery)
+    await trio.testing.wait_all_tasks_blocked()
+    # Between requests a polling session holds no TCP connection, and none is counted.
+    assert (len(relay.sessions), relay.tcp_connections) == (1, 0)
     status, body = await poll(relay, nursery, sid)  # waits for the first ping
     assert (status, packets(body)) == (200, ["2"])
     assert trio.current_time() - start == HEARTBEAT
@@ -118,6 +121,7 @@ async def test_a_polling_session_is_pinged_every_interval_and_ends_when_a_pong_i
     assert status == 400 and orjson.loads(body) == {"code": 1, "message": "Session ID unknown"}
     await trio.testing.wait_all_tasks_blocked()
     assert not relay.sessions and len(relay.hub.registry) == 0
+    assert relay.tcp_connections == 0
 
 
 async def test_a_waiting_poll_is_answered_the_moment_a_post_queues_something(

@@ -702,6 +702,7 @@ class Relay:
             await stream.send_all(self._refusal(head, refused, address))
             return
         self.addresses.opened(address)
+        connectionless = False
         try:
             if websocket is None:
                 session = self._socketio_session(None, None, address)
@@ -713,8 +714,12 @@ class Relay:
                     await _send_now(stream, answer)
                 if handshake.cancelled_caught:
                     return  # the client never had its session's id
-                # The handshake's connection is done with; this task goes on holding the session.
+                # The handshake's connection is done with; this task goes on holding the session,
+                # which has no connection of its own (its polls' and its upgrade's are counted
+                # by their own tasks).
                 await trio.aclose_forcefully(stream)
+                self.tcp_connections -= 1
+                connectionless = True
             else:
                 del head
                 with trio.move_on_at(deadline) as handshake:
@@ -737,6 +742,8 @@ class Relay:
                     self.cluster.released(session.grant.identity)
         finally:
             self.addresses.release(address)
+            if connectionless:
+                self.tcp_connections += 1  # _handle_tcp takes it off as this task ends
 
     def _socketio_session(
         self, stream: trio.abc.Stream | None, websocket: ServerWebSocket | None, address: str
