@@ -97,11 +97,6 @@ def open_packet(
     )
 
 
-def message(payload: bytes) -> bytes:
-    """An Engine.IO message packet (Socket.IO's packets travel in them)."""
-    return b"4" + payload
-
-
 @attrs.frozen
 class Received:
     """One decoded Engine.IO packet from the client: its type, and its text for a message."""

@@ -409,25 +409,38 @@ class Hub:
         event, or a Socket.IO event (which has no request id: its acknowledgement is the
         session's)."""
         if is_socketio(framing):
-            packet = event_packet(event, data)
-            return self.framer.text(packet) if framing == SOCKETIO_WEBSOCKET else packet
+            return self.socketio_frame(framing, event_packet(event, data))
         return self.framer.text(encode_event(event, data, request_id))
+
+    def socketio_frame(self, framing: int, packet: bytes) -> bytes:
+        """A Socket.IO packet as a Socket.IO framing takes it: in a WebSocket frame, or bare
+        (for a long-polling answer)."""
+        return self.framer.text(packet) if framing == SOCKETIO_WEBSOCKET else packet
 
     def error_frame(self, framing: int, error: ProtocolError) -> bytes:
         return self.event_frame(framing, "error", error.data, error.id)
 
     def _shared_event(self, subscribers: Iterable[Subscriber], event: str, data: EventData) -> None:
         """One event to many subscribers, framed once per framing among them."""
-        frames: dict[int, bytes] = {}
+        self._offer_shared(subscribers, lambda framing: [self.event_frame(framing, event, data)])
+
+    def _offer_shared(
+        self, subscribers: Iterable[Subscriber], frames_for: Callable[[int], list[bytes]]
+    ) -> None:
+        """Control frames to many subscribers, made once per framing among them: a subscriber
+        whose outbox takes them all is woken; one whose outbox is full overflows."""
+        made: dict[int, list[bytes]] = {}
         for sub in subscribers:
             framing = sub.framing
-            frame = frames.get(framing)
-            if frame is None:
-                frame = frames[framing] = self.event_frame(framing, event, data)
-            if sub.outbox.offer_control(frame):
-                sub.wake()
+            frames = made.get(framing)
+            if frames is None:
+                frames = made[framing] = frames_for(framing)
+            for frame in frames:
+                if not sub.outbox.offer_control(frame):
+                    sub.overflow()
+                    break
             else:
-                sub.overflow()
+                sub.wake()
 
     # Data ----------------------------------------------------------------------------------
 
@@ -517,22 +530,14 @@ class Hub:
             for payload in missed:
                 self._fan_out(subscribers, state, payload, self.framer.text(payload), False, 0)
             return
-        made: dict[int, list[bytes]] = {}
-        for sub in subscribers:
-            framing = sub.framing
-            frames = made.get(framing)
-            if frames is None:
-                frames = made[framing] = []
-                if snapshot is not None:
-                    frames.append(self.message_frame(framing, state, snapshot))
-                if lost:
-                    frames.append(self.event_frame(framing, "lagged", Lagged(channel, lost)))
-            for frame in frames:
-                if not sub.outbox.offer_control(frame):
-                    sub.overflow()
-                    break
-            else:
-                sub.wake()
+
+        def frames_for(framing: int) -> list[bytes]:
+            frames = [] if snapshot is None else [self.message_frame(framing, state, snapshot)]
+            if lost:
+                frames.append(self.event_frame(framing, "lagged", Lagged(channel, lost)))
+            return frames
+
+        self._offer_shared(subscribers, frames_for)
 
     def _not_queued(self, sub: Subscriber, result: Offer) -> None:
         """The rare outcomes of an offer, counted here (counting the common case would cost an
@@ -579,20 +584,16 @@ class Hub:
         """A message's frame for a framing other than plain; ``frame`` is its plain one (what a
         compressing subscriber gets when the message is not worth compressing)."""
         if is_socketio(framing):
-            return self._socketio_message(framing, payload)
+            return self.socketio_frame(framing, data_packet(payload))
         if self._compressible(state, payload):
             self.compressions += 1
             return self._compressed.text(payload, framing)
         return frame
 
-    def _socketio_message(self, framing: int, payload: bytes) -> bytes:
-        packet = data_packet(payload)
-        return self.framer.text(packet) if framing == SOCKETIO_WEBSOCKET else packet
-
     def message_frame(self, framing: int, state: ChannelState, payload: bytes) -> bytes:
         """One subscriber's frame of a message of its own (a snapshot, a replayed message)."""
         if is_socketio(framing):
-            return self._socketio_message(framing, payload)
+            return self.socketio_frame(framing, data_packet(payload))
         frame = self.framer.text(payload)
         if framing == PLAIN:
             return frame

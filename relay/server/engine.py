@@ -38,6 +38,7 @@ from relay.server.session import (
     Joiner,
     Session,
     SessionSettings,
+    socket_fd,
 )
 
 Refused = tuple[str, str]
@@ -127,7 +128,7 @@ class SocketIOSession(Session):
         return self._ws is None
 
     def _frame(self, packet: bytes) -> bytes:
-        return packet if self._ws is None else self._hub.framer.text(packet)
+        return self._hub.socketio_frame(self.framing, packet)
 
     # Credentials ------------------------------------------------------------------------
 
@@ -292,7 +293,7 @@ class SocketIOSession(Session):
         ping, self._ping_frame = self._ping_frame, None
         queued = self._drained(ping if ping != engineio.NOOP_PACKET else None)
         self._stream = stream
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._fd = socket_fd(stream)
         self._ws = websocket
         self.framing = SOCKETIO_WEBSOCKET
         self._requested = False

@@ -407,15 +407,10 @@ class Relay:
             self.handshakes["refused"] += 1
             await stream.send_all(admitted)
             return
-        limit = self.config.tiers[admitted.tier].max_connections
-        if self.cluster is not None and not await self.cluster.admit(admitted.identity, limit):
+        over = await self._cluster_refusal(admitted)
+        if over is not None:
             self.handshakes["refused"] += 1
             self.addresses.release(address)
-            over = Refusal(
-                429,
-                "too_many_connections",
-                f"at most {limit} connections for this key, across the cluster",
-            )
             await stream.send_all(self._refusal(head, over, address))
             return
         # Admitted: counted as open for its address (and in a cluster, for its key) from here
@@ -526,6 +521,17 @@ class Relay:
         self.addresses.check(address, trio.current_time())
         if len(self.sessions) >= self.config.server.max_connections:
             raise Refusal(429, "server_full", "the server is at its connection limit")
+
+    async def _cluster_refusal(self, grant: Grant) -> Refusal | None:
+        """In a cluster, the key's connection counted across the nodes, or the refusal when it
+        is at its tier's limit there (released with ``cluster.released`` at the end)."""
+        if self.cluster is None:
+            return None
+        limit = self.config.tiers[grant.tier].max_connections
+        if await self.cluster.admit(grant.identity, limit):
+            return None
+        message = f"at most {limit} connections for this key, across the cluster"
+        return Refusal(429, "too_many_connections", message)
 
     def _check_key_limit(self, grant: Grant) -> None:
         tier = self.config.tiers[grant.tier]
@@ -775,15 +781,13 @@ class Relay:
             self.rejected[refused.status] += 1
             self._log_refusal(address, refused)
             return refused.code, refused.message
-        limit = self.config.tiers[grant.tier].max_connections
-        if self.cluster is not None:
-            if not await self.cluster.admit(grant.identity, limit):
-                message = f"at most {limit} connections for this key, across the cluster"
-                return "too_many_connections", message
-            if session.closing is not None:
-                # Ended while Redis counted it (a post's connect is not the session's task).
-                self.cluster.released(grant.identity)
-                return "unavailable", "the connection ended"
+        over = await self._cluster_refusal(grant)
+        if over is not None:
+            return over.code, over.message
+        if self.cluster is not None and session.closing is not None:
+            # Ended while Redis counted it (a post's connect is not the session's task).
+            self.cluster.released(grant.identity)
+            return "unavailable", "the connection ended"
         settings, limits = self._limits_for(grant)
         session.admit(grant, settings, limits)
         assert session.nursery is not None  # the connect is read inside the session's run

@@ -73,6 +73,12 @@ class Joiner(Protocol):
     async def wait(self, join: Any) -> None: ...
 
 
+def socket_fd(stream: trio.abc.Stream | None) -> int | None:
+    """The socket a session writes to synchronously: only a real socket gets the synchronous
+    write; other streams (tests' memory streams) always go through the writer task."""
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+
 class CloseCode:
     """The codes the session closes with itself; 1009 and the protocol errors come from
     :mod:`relay.core.websocket`, and a client's own close is answered with its code."""
@@ -175,9 +181,7 @@ class Session:
         self._stream = stream
         """None only for a Socket.IO session while it long-polls (:mod:`relay.server.engine`):
         then HTTP requests carry its packets, and nothing here reads or writes a stream."""
-        # Only a real socket gets the synchronous write; other streams (tests' memory streams)
-        # always go through the writer task.
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._fd = socket_fd(stream)
         self._ws = websocket
         self.framing = PLAIN if websocket is None else websocket.deflate
         """The hub's :attr:`Subscriber.framing`: plain frames, or compressed ones with the

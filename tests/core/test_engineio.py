@@ -125,8 +125,7 @@ def test_the_fixed_packets_are_what_python_engineio_encodes() -> None:
     assert reference(engineio.PING) == engineio.PING_PACKET
     assert reference(engineio.NOOP) == engineio.NOOP_PACKET
     assert reference(engineio.PONG, engineio.PROBE) == engineio.PROBE_ANSWER
-    assert engineio.message(b'2/ws,["x"]') == reference(engineio.MESSAGE, '2/ws,["x"]')
-    assert engineio.message(b"") == b"4"
+    assert reference(engineio.CLOSE) == engineio.CLOSE_PACKET
     assert [engineio.OPEN, engineio.CLOSE, engineio.PING, engineio.PONG] == [0, 1, 2, 3]
     assert [engineio.MESSAGE, engineio.UPGRADE, engineio.NOOP] == [4, 5, 6]
     assert (engineio.PROTOCOL, engineio.PATH) == ("4", "/socket.io/")
