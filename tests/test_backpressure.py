@@ -136,6 +136,8 @@ async def test_disconnect_closes_a_slow_consumer_with_4008(
     await trio.testing.wait_all_tasks_blocked()  # message 1 is being written, and blocks
     for n in range(2, 21):
         relay.hub.publish(Update(TRADES, {"n": n}, n, False), ts=n)
+    assert session.closing is None  # offered at the next write round, not at each publish
+    await trio.testing.wait_all_tasks_blocked()
     assert session.closing is not None and session.closing.code == 4008
     client.messages.clear()
     await client.read_forever()

@@ -77,6 +77,7 @@ class Fixture:
         self.hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="test")
         self.hub.add_source("sim", Source())
         self.rounds = WriteRounds(self.hub, pacer)
+        self.hub.flush_before_writing(self.rounds.published)
         self.timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
         self.sessions: list[Session] = []
         self.peers: list[Peer] = []
@@ -180,7 +181,13 @@ async def test_light_load_writes_each_message_and_a_backlog_batches_then_back_ag
 
 
 class Counter:
+    """An ingest that only counts: its messages reach no outbox here."""
+
     messages_in = 0
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
 
 
 class CostlyWriter:
@@ -239,6 +246,69 @@ async def test_after_a_loaded_round_a_light_one_does_not_rest(
     ]
     # Only the rounds after a loaded one wait (for the end of its 5 ms rest).
     assert delays == [0.0, 0.002, 0.0, 0.0, 0.002]
+
+
+async def test_a_batch_started_brings_a_round_that_flushes_it_before_the_writes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """No writer asks for a round until the flush offers it something: the ingest's word that
+    a batch started is what brings the round, and the flush comes before the writes."""
+    writer = CostlyWriter(autojump_clock, 0.001)
+    writes_before_flush: list[int] = []
+
+    class Batching(Counter):
+        def flush(self) -> None:
+            super().flush()
+            writes_before_flush.append(len(writer.released_at))
+            rounds.request(writer)  # what a subscriber offered a batch does
+
+    ingest = Batching()
+    rounds = WriteRounds(ingest, RoundPacer())
+    nursery.start_soon(rounds.run)
+    await trio.sleep(1.0)
+    assert (rounds.rounds, ingest.flushes) == (0, 0)
+    ingest.messages_in += 1
+    rounds.published()
+    await trio.sleep(0.1)
+    assert (rounds.rounds, ingest.flushes) == (1, 1)
+    assert writes_before_flush == [0] and len(writer.released_at) == 1
+
+
+async def test_slow_ticks_do_not_hold_a_round_back_past_the_settle_bound(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A reconnect storm: every scheduler tick runs thousands of handshake steps (here a
+    neighbour that costs 0.2 s of virtual time per tick) and the ingest publishes in each
+    tick. Counted in ticks, settling went on for 256 of them (51 s here); bounded in time,
+    the round starts at the first tick past ``max_settle``."""
+    ingest = Counter()
+    rounds = WriteRounds(ingest, RoundPacer(max_settle=0.050))
+    writer = CostlyWriter(autojump_clock, 0.001)
+
+    async def storm() -> None:
+        while True:
+            autojump_clock.jump(0.2)
+            ingest.messages_in += 1
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(rounds.run)
+    nursery.start_soon(storm)
+    await trio.lowlevel.checkpoint()
+    requested_at = trio.current_time()
+    rounds.request(writer)
+    with trio.fail_after(5.0):
+        while not writer.released_at:
+            await trio.lowlevel.checkpoint()
+    # Woken in the next tick, then a tick or two of settling: at most four of the
+    # neighbour's ticks, depending on where trio puts each task in its (shuffled) batches.
+    assert writer.released_at[0] - requested_at <= 0.8 + 1e-9
+    # The rest after a round is at most half of what its writes cost (1 ms), never a part of
+    # the slow ticks around it (with them, 0.2 s a round).
+    for _ in range(3):
+        rounds.request(writer)
+        await trio.sleep(1.0)
+    assert rounds.rounds == 4
+    assert 0 < rounds.rested <= 4 * 0.0005 + 1e-9
 
 
 async def test_replies_are_written_by_the_reader_without_a_write_round(

@@ -70,8 +70,11 @@ class Outbox:
     max_bytes: int = attrs.field(validator=attrs.validators.gt(0))
     _queue: list[bytes] = attrs.field(init=False, factory=list, repr=False)
     """A list, not a deque: drain hands the whole list over without copying, and an empty
-    list costs 56 bytes where an empty deque allocates a 600-byte block (per idle client)."""
+    list costs 56 bytes where an empty deque allocates a 600-byte block (per idle client).
+    An entry may hold several messages of one channel (a write round's batch)."""
     _bytes: int = attrs.field(init=False, default=0)
+    _messages: int = attrs.field(init=False, default=0)
+    """Messages queued, data and control: what ``max_messages`` bounds."""
     _held: dict[str, bytes | None] = attrs.field(init=False, factory=dict, repr=False)
     """Held channels: the latest coalesced frame, or None for a resnapshot mark."""
     _dropped: dict[str, int] = attrs.field(init=False, factory=dict, repr=False)
@@ -79,7 +82,7 @@ class Outbox:
 
     def __len__(self) -> int:
         """Queued messages, data and control (coalesced slots not included)."""
-        return len(self._queue)
+        return self._messages
 
     @property
     def queued_bytes(self) -> int:
@@ -102,17 +105,33 @@ class Outbox:
         ``delta`` says the message only makes sense on top of the previous ones (a book delta):
         coalescing then means "send a fresh snapshot instead" rather than "keep the latest".
         """
-        queue = self._queue
         size = len(frame)
         if (
-            len(queue) < self.max_messages
+            self._messages < self.max_messages
             and self._bytes + size <= self.max_bytes
             and channel not in self._held
         ):
-            queue.append(frame)
+            self._queue.append(frame)
             self._bytes += size
+            self._messages += 1
             return _QUEUED
         return self._full(channel, frame, policy, delta)
+
+    def offer_all(self, channel: str, frames: bytes, count: int) -> bool:
+        """Queue ``count`` data messages of ``channel``, framed back to back in ``frames``, if
+        they all fit (exactly when :meth:`offer` would queue each of them); otherwise change
+        nothing and answer False, and the caller offers them one by one."""
+        size = len(frames)
+        if (
+            self._messages + count <= self.max_messages
+            and self._bytes + size <= self.max_bytes
+            and channel not in self._held
+        ):
+            self._queue.append(frames)
+            self._bytes += size
+            self._messages += count
+            return True
+        return False
 
     def _full(self, channel: str, frame: bytes, policy: Policy, delta: bool) -> Offer:
         if policy is Policy.DROP:
@@ -142,6 +161,7 @@ class Outbox:
             return False
         self._queue.append(frame)
         self._bytes += size
+        self._messages += 1
         return True
 
     def take(self) -> list[bytes] | None:
@@ -153,6 +173,7 @@ class Outbox:
         frames = self._queue
         self._queue = []
         self._bytes = 0
+        self._messages = 0
         return frames
 
     def drain(self) -> Drained:
@@ -160,6 +181,7 @@ class Outbox:
         frames = self._queue
         self._queue = []
         self._bytes = 0
+        self._messages = 0
         held = self._held
         resnapshot: list[str] = []
         for channel, slot in held.items():

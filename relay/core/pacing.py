@@ -14,7 +14,10 @@ So the decisions here only batch what is really there:
   ticks alone, and the round starts as soon as it has published nothing new for ``quiet_ticks``
   ticks in a row: a burst still arriving, or messages that queued in the socket during the last
   round, are all in the same round; a lone message is written within two ticks (tens of
-  microseconds). ``max_settle_ticks`` bounds what a never-ending stream can add.
+  microseconds). ``max_settle`` bounds, in time, what a never-ending stream can add, and
+  what slow ticks can add: while thousands of clients connect at once, one scheduler tick runs
+  every connection's handshake step and can last a second, and a bound counted in ticks (256,
+  as it was) held the first data of a reconnect storm's clients back for six seconds.
 - **Resting.** After a round, the task rests in proportion to the round's cost *and* to the
   backlog it carried: a round of one message (idle, light load) rests not at all, so the next
   message is written as soon as it comes; a round that carried ``full_batch`` messages or more
@@ -35,9 +38,10 @@ import attrs
 class RoundPacer:
     quiet_ticks: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     """Consecutive ticks without a new message that mean "the burst is in"."""
-    max_settle_ticks: int = attrs.field(default=256, validator=attrs.validators.ge(1))
-    """Ticks after which a round starts anyway (a tick with only the ingest runnable is about
-    20 us, so this bounds what a never-ending stream adds to latency)."""
+    max_settle: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    """Seconds after which a round starts anyway, however many ticks that was. A burst of
+    200 messages to 1,000 clients settles 20 to 40 ms (a tick is one publish to every
+    subscriber, 0.3 ms), so the bound only cuts what would otherwise wait longer."""
     pacing: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     """The rest after a fully loaded round, as a fraction of its cost. Measured with 1,000
     clients (docs/performance.md): 0 leaves no CPU for the ingest at a million deliveries a
@@ -46,25 +50,24 @@ class RoundPacer:
     """Messages in a round at which the rest reaches ``pacing`` times the round's cost."""
     _seen: int = attrs.field(init=False, default=0)
     _quiet: int = attrs.field(init=False, default=0)
-    _ticks: int = attrs.field(init=False, default=0)
+    _since: float = attrs.field(init=False, default=0.0)
     _released_at: int = attrs.field(init=False, default=0)
     """The ingest's message count when the last round started."""
 
-    def settle(self, messages_in: int) -> None:
-        """A round is wanted: start watching the ingest."""
+    def settle(self, messages_in: int, now: float) -> None:
+        """A round is wanted (``now`` in seconds): start watching the ingest."""
         self._seen = messages_in
         self._quiet = 0
-        self._ticks = 0
+        self._since = now
 
-    def tick(self, messages_in: int) -> bool:
+    def tick(self, messages_in: int, now: float) -> bool:
         """After one scheduler tick: True when the round should start now."""
-        self._ticks += 1
         if messages_in == self._seen:
             self._quiet += 1
         else:
             self._quiet = 0
             self._seen = messages_in
-        return self._quiet >= self.quiet_ticks or self._ticks >= self.max_settle_ticks
+        return self._quiet >= self.quiet_ticks or now - self._since >= self.max_settle
 
     def release(self, messages_in: int) -> int:
         """The round starts: how many messages arrived since the previous one did (its

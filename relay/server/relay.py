@@ -209,6 +209,7 @@ class Relay:
         self._timers_changed = trio.lowlevel.ParkingLot()
         self._key_file_configured = trio.lowlevel.ParkingLot()
         self.rounds = WriteRounds(self.hub)
+        self.hub.flush_before_writing(self.rounds.published)
         self.metrics = make_registry(self)
         self.tcp_connections = 0
         """TCP connections open: sessions, and those still in the front door."""

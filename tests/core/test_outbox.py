@@ -121,6 +121,40 @@ def test_frames_are_handed_out_as_the_same_objects() -> None:
 # --- stateful -------------------------------------------------------------------------------
 
 
+def test_a_batch_is_queued_whole_only_when_each_of_its_messages_would_be() -> None:
+    box = Outbox(max_messages=5, max_bytes=20)
+    assert box.offer_all("c", b"aabbcc", 3)
+    assert (len(box), box.queued_bytes) == (3, 6)
+    assert not box.offer_all("c", b"ddeeff", 3)  # six messages: one too many
+    assert box.offer_all("c", b"ddee", 2)  # exactly the room left
+    assert (len(box), box.queued_bytes) == (5, 10)
+    assert box.offer("c", b"x", Policy.DROP, False) is Offer.DROPPED  # the bound counts messages
+    assert box.drain() == Drained([b"aabbcc", b"ddee"], {"c": 1}, [])
+    assert (len(box), box.queued_bytes) == (0, 0)
+    assert box.offer_all("c", b"f" * 20, 2)  # exactly the bytes
+    assert not box.offer_all("d", b"g", 1)  # one byte over, though a message would fit
+    assert box.take() == [b"f" * 20] and len(box) == 0
+
+
+def test_a_batch_of_a_held_channel_is_never_queued_whole() -> None:
+    box = Outbox(max_messages=10, max_bytes=10)
+    assert box.offer("t", b"t1", Policy.COALESCE, False) is Offer.QUEUED
+    assert box.offer("t", b"t2-too-long", Policy.COALESCE, False) is Offer.COALESCED
+    # Room for a short batch, but t is held: its batch would overtake the held message.
+    assert not box.offer_all("t", b"t3t4", 2)
+    assert box.offer_all("u", b"u1u2", 2)
+    assert box.drain().frames == [b"t1", b"u1u2", b"t2-too-long"]
+
+
+def test_control_frames_count_against_the_message_bound() -> None:
+    box = Outbox(max_messages=2, max_bytes=100)
+    assert box.offer_control(b"ack")
+    assert len(box) == 1
+    assert not box.offer_all("c", b"d1d2", 2)
+    assert box.offer("c", b"d1", Policy.DROP, False) is Offer.QUEUED
+    assert len(box) == 2
+
+
 class OutboxMachine(RuleBasedStateMachine):
     """Random offers, control frames, drains and unsubscribes, with every frame distinct, against
     a plain-list model of the policies."""

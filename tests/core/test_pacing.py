@@ -10,15 +10,18 @@ from hypothesis import strategies as st
 from relay.core.pacing import RoundPacer
 
 
-def settle_ticks(pacer: RoundPacer, counts: list[int], start: int = 0) -> int:
+def settle_ticks(
+    pacer: RoundPacer, counts: list[int], start: int = 0, tick_seconds: float = 0.001
+) -> int:
     """How many ticks the pacer settles, the ingest's count being ``counts[i]`` after tick i
-    (the last count repeats when the list runs out)."""
-    pacer.settle(start)
+    (the last count repeats when the list runs out), each tick lasting ``tick_seconds``."""
+    now = 0.0
+    pacer.settle(start, now)
     tick = 0
     while True:
         count = counts[min(tick, len(counts) - 1)] if counts else start
         tick += 1
-        if pacer.tick(count):
+        if pacer.tick(count, now + tick * tick_seconds):
             return tick
 
 
@@ -33,16 +36,26 @@ def test_a_burst_still_arriving_is_waited_for() -> None:
     assert settle_ticks(RoundPacer(), [1, 2, 3, 4], start=0) == 6
 
 
-def test_a_never_ending_stream_is_cut_at_the_bound() -> None:
+def test_a_never_ending_stream_is_cut_at_the_bound_in_time() -> None:
     counts = list(range(1, 1000))
-    assert settle_ticks(RoundPacer(max_settle_ticks=10), counts) == 10
-    assert settle_ticks(RoundPacer(max_settle_ticks=256), counts) == 256
+    assert settle_ticks(RoundPacer(max_settle=0.010), counts, tick_seconds=0.001) == 10
+    assert settle_ticks(RoundPacer(max_settle=0.050), counts, tick_seconds=0.001) == 50
+    assert settle_ticks(RoundPacer(max_settle=0.050), counts, tick_seconds=0.0002) == 250
+
+
+def test_slow_ticks_reach_the_bound_in_fewer_of_them() -> None:
+    """In a reconnect storm one tick runs thousands of handshake steps: a message in each of
+    them must not hold the round back for hundreds of such ticks."""
+    counts = list(range(1, 1000))
+    assert settle_ticks(RoundPacer(max_settle=0.050), counts, tick_seconds=0.5) == 1
+    assert settle_ticks(RoundPacer(max_settle=0.050), counts, tick_seconds=0.02) == 3
 
 
 def test_each_settle_starts_afresh() -> None:
-    pacer = RoundPacer(quiet_ticks=2, max_settle_ticks=5)
+    pacer = RoundPacer(quiet_ticks=2, max_settle=0.005)
     assert settle_ticks(pacer, [1, 2, 3, 4, 5, 6]) == 5
     assert settle_ticks(pacer, [6], start=6) == 2
+    assert settle_ticks(pacer, [7, 8, 9, 10, 11, 12], start=6) == 5
 
 
 @given(
@@ -54,12 +67,13 @@ def test_settling_ends_at_the_first_quiet_run_or_the_bound(
     quiet: int, bound: int, changes: list[bool]
 ) -> None:
     """Against a direct reading of the rule: the round starts at the first tick that ends
-    ``quiet`` unchanged ticks in a row, or at tick ``bound``, whichever comes first."""
+    ``quiet`` unchanged ticks in a row, or at the tick that reaches the bound (``bound``
+    ticks of 1 ms each), whichever comes first."""
     counts, count = [], 0
     for changed in changes:
         count += changed
         counts.append(count)
-    pacer = RoundPacer(quiet_ticks=quiet, max_settle_ticks=bound)
+    pacer = RoundPacer(quiet_ticks=quiet, max_settle=bound / 1000 - 1e-9)
     got = settle_ticks(pacer, counts)
     run, expected = 0, None
     for tick in range(1, bound + 1):
@@ -115,7 +129,7 @@ def test_the_rest_is_bounded_and_never_shrinks_as_the_backlog_grows(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"quiet_ticks": 0}, {"max_settle_ticks": 0}, {"pacing": -0.1}, {"full_batch": 1}],
+    [{"quiet_ticks": 0}, {"max_settle": 0}, {"pacing": -0.1}, {"full_batch": 1}],
 )
 def test_settings_are_checked(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
