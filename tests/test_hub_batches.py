@@ -120,8 +120,9 @@ def test_a_round_offers_each_subscriber_the_batch_as_one_shared_entry() -> None:
         hub.publish(trade(n), 100 + n)
     assert rounds == [1]  # wanted once, when the batch started
     assert all(len(sub.outbox) == 0 for sub in subs)  # nothing offered before the round
-    assert hub.deliveries == 15
+    assert hub.deliveries == 0  # counted when offered
     hub.flush()
+    assert hub.deliveries == 15
     entries = [sub.outbox._queue for sub in subs]
     assert all(len(entry) == 1 for entry in entries)
     assert entries[0][0] is entries[1][0] is entries[2][0]
@@ -149,6 +150,24 @@ def test_a_flush_wakes_each_subscriber_once_with_the_oldest_messages_time() -> N
     # the receipt time of the batch's first message; outside the flush there is none.
     assert sub.woken_at[-2:] == [101, 102]
     assert hub.publish_ts == 0
+
+
+def test_a_batch_a_resync_replay_started_takes_the_receipt_time_of_its_first_live_message() -> None:
+    hub = Hub(CATALOGUE.get, lambda _: Policy.DROP, epoch="e", mirror=True)
+    hub.add_source("sim", Listener())
+    hub.flush_before_writing(lambda: None)
+    sub = Sub()
+    sub.hub = hub
+    hub.join(sub, TRADES, None, OPEN, False, None)
+    sub.write()
+    hub.resynced(TRADES, [encode_envelope(TRADES, 1, 1, {"n": 1}, False)], 0, None)
+    payload = encode_envelope(TRADES, 2, 500, {"n": 2}, False)
+    header, tail = encode_message(2, 500, payload, False, None)
+    hub.relay(TRADES, 2, 500, decode_message(header + payload + tail))
+    hub.flush()
+    assert sub.woken_at[-1] == 500  # the replay has no receipt time to measure from
+    sub.write()
+    assert [m["seq"] for m in sub.read[1:]] == [1, 2]
 
 
 def test_a_batch_larger_than_the_room_left_is_offered_message_by_message() -> None:

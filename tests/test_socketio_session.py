@@ -284,12 +284,16 @@ async def test_the_upgrade_hands_a_polling_session_over_to_its_websocket(
     assert await ws.next_text() == "3probe"
     await trio.testing.wait_all_tasks_blocked()
     assert answers == [b"6"]  # the waiting poll lets go, so the client can pause polling
-    publish(relay, 1)  # still for the polls: queued until the upgrade, then on the WebSocket
+    # Still for the polls: queued until the upgrade (two in one write round, so one entry of
+    # two packets), then on the WebSocket, one packet per frame.
+    publish(relay, 1)
+    publish(relay, 2)
     await trio.testing.wait_all_tasks_blocked()
     await ws.send("5")
     assert payload(await ws.next_text())[1]["seq"] == 1
-    publish(relay, 2)
     assert payload(await ws.next_text())[1]["seq"] == 2
+    publish(relay, 3)
+    assert payload(await ws.next_text())[1]["seq"] == 3
     status, body = await poll(relay, nursery, sid)
     assert status == 400 and orjson.loads(body)["code"] == 3
     # A poll after the upgrade is refused, and the session goes on.

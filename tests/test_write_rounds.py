@@ -11,12 +11,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType
 from wsproto.connection import Connection
+from wsproto.events import TextMessage
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from relay.core.hub import Hub, Limits
@@ -27,7 +29,7 @@ from relay.core.pacing import RoundPacer
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
 from relay.server.rounds import WriteRounds
-from relay.server.session import Session, SessionSettings
+from relay.server.session import Closing, Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
 SETTINGS = SessionSettings(
@@ -91,18 +93,7 @@ class Fixture:
 
     def session(self) -> tuple[Session, trio.socket.SocketType]:
         """A session on one end of a socket pair, and the other end."""
-        ours, theirs = trio.socket.socketpair()
-        session = Session(
-            trio.SocketStream(ours),
-            ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
-            self.hub,
-            Limits(10),
-            SETTINGS,
-            self.timers,
-            self.rounds,
-            latency=LatencyHistogram(),
-        )
-        return session, theirs
+        return paired_session(self.hub, self.rounds, SETTINGS, self.timers)
 
     def publish(self) -> None:
         self.published += 1
@@ -114,6 +105,42 @@ class Fixture:
     async def confirmed(self) -> None:
         for peer in self.peers:
             assert (await peer.messages(1))[0]["event"] == "subscribed"
+
+
+def paired_session(
+    hub: Hub,
+    rounds: WriteRounds,
+    settings: SessionSettings = SETTINGS,
+    timers: SessionTimers[Session] | None = None,
+) -> tuple[Session, trio.socket.SocketType]:
+    """A session on one end of a socket pair, and the other end."""
+    ours, theirs = trio.socket.socketpair()
+    session = Session(
+        trio.SocketStream(ours),
+        ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
+        hub,
+        Limits(10),
+        settings,
+        timers if timers is not None else SessionTimers(15.0, 60.0, 10.0),
+        rounds,
+        latency=LatencyHistogram(),
+    )
+    return session, theirs
+
+
+def batching_hub(kind: StreamKind, policy: Policy) -> tuple[Hub, WriteRounds]:
+    """A hub whose batches wait for write rounds (none runs unless a test starts one)."""
+    hub = Hub(lambda _: kind, lambda _: policy, epoch="test")
+    hub.add_source("sim", Source())
+    rounds = WriteRounds(hub)
+    hub.flush_before_writing(rounds.published)
+    return hub, rounds
+
+
+def read_texts(data: bytes) -> list[dict[str, Any]]:
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(data)
+    return [orjson.loads(e.data) for e in client.events() if isinstance(e, TextMessage)]
 
 
 async def test_an_idle_relay_writes_a_message_the_moment_it_arrives(
@@ -309,6 +336,61 @@ async def test_slow_ticks_do_not_hold_a_round_back_past_the_settle_bound(
         await trio.sleep(1.0)
     assert rounds.rounds == 4
     assert 0 < rounds.rested <= 4 * 0.0005 + 1e-9
+
+
+async def test_a_fresh_snapshot_is_never_followed_by_a_message_it_reflects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A state channel under the coalesce policy, one message of room: the outbox holds a
+    request for a fresh snapshot when the session collects, and a message published since
+    waits in the hub's batch. The channel's state already has it, so the snapshot reflects it;
+    the batch must reach the outbox first (into the held slot), never after the snapshot."""
+    hub, rounds = batching_hub(StreamKind.STATE, Policy.COALESCE)
+    session, _ = paired_session(hub, rounds, attrs.evolve(SETTINGS, max_messages=1))
+    hub.subscribe(session, [CHANNEL], None, Limits(10))
+    session.outbox.drain()
+    for n in (1, 2, 3):
+        hub.publish(Update(CHANNEL, {"n": n}, n, False), n)
+        if n < 3:
+            hub.flush()  # 1 is queued; 2 finds no room, and its channel waits for a snapshot
+    data, _ = session._collect()
+    assert data is not None
+    hub.flush()
+    assert not session.outbox.pending  # nothing left to follow the snapshot
+    got = read_texts(data)
+    assert [(m["seq"], m.get("snapshot", False)) for m in got] == [(1, False), (3, True)]
+    assert got[-1]["data"] == {"n": 3}
+
+
+async def test_a_reply_follows_the_messages_published_before_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub, rounds = batching_hub(StreamKind.EVENT, Policy.DROP)
+    session, _ = paired_session(hub, rounds)
+    hub.subscribe(session, [CHANNEL], None, Limits(10))
+    session.outbox.drain()
+    hub.publish(Update(CHANNEL, {"n": 1}, 1, False), 1)  # waits in the hub's batch
+    session._queue(hub.event_frame(0, "pong", None, 5))
+    data, _ = session._collect()
+    assert data is not None
+    assert [m.get("seq", m.get("event")) for m in read_texts(data)] == [1, "pong"]
+
+
+async def test_a_close_for_what_the_client_sent_writes_the_waiting_batch_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub, rounds = batching_hub(StreamKind.EVENT, Policy.DROP)
+    session, theirs = paired_session(hub, rounds)
+    hub.subscribe(session, [CHANNEL], None, Limits(10))
+    session.outbox.drain()
+    hub.publish(Update(CHANNEL, {"n": 1}, 1, False), 1)  # waits in the hub's batch
+    session.closing = Closing(4029, "rate limited", flush=True)
+    await session._close()  # gives up waiting for the client's close after close_timeout
+    frames = FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(await theirs.recv(1 << 16))
+    got = list(frames.received_frames())
+    assert [f.opcode for f in got] == [Opcode.TEXT, Opcode.CLOSE]
+    assert orjson.loads(got[0].payload)["seq"] == 1
 
 
 async def test_replies_are_written_by_the_reader_without_a_write_round(

@@ -10,11 +10,13 @@ offers per message had taken a quarter of the relay's CPU. Subscribers that take
 framing's batch instead, made once per message and framing for all of them
 (:mod:`relay.core.framing`), and only when the channel has such a subscriber.
 
-Whatever else touches subscriptions or outboxes (a subscribe, an unsubscribe, a session's end,
-an event to a channel's subscribers) flushes first, so a batch always goes to exactly the
-subscribers the channel had when its messages were published, in order, before anything that
-followed them. Nothing here awaits, so one slow client can only ever fill its own outbox, and
-what happens then is the outbox policy's decision.
+Whatever else changes a channel's subscribers or queues something for them (a subscribe, an
+unsubscribe, a revoke, an event to a channel's subscribers; and, in the session, a reply or a
+fresh snapshot) flushes first, so a batch goes to exactly the subscribers the channel had when
+its messages were published, in order, before anything that followed them. (A session that
+ends need not: its share of a batch is simply not offered.) Nothing here awaits, so one slow
+client can only ever fill its own outbox, and what happens then is the outbox policy's
+decision.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ class Subscriber(Protocol):
     def __hash__(self) -> int: ...
 
     def wake(self) -> None:
-        """Something was queued: let the writer run. Inside :meth:`Hub.publish`,
-        ``hub.publish_ts`` holds the message's receive time (0 elsewhere), for a subscriber that
+        """Something was queued: let the writer run. Inside :meth:`Hub.flush`,
+        ``hub.publish_ts`` holds the receive time of the oldest message being offered (0
+        elsewhere), for a subscriber that
         measures fan-out latency; it is not an argument, to keep each delivery one call."""
 
     def overflow(self) -> None:
@@ -492,7 +495,8 @@ class Hub:
     # Data ----------------------------------------------------------------------------------
 
     def publish(self, update: Update, ts: int) -> None:
-        """Sequence, encode, frame once; offer the same bytes to every subscriber."""
+        """Sequence, encode, frame once; the frame joins its channel's batch, which the next
+        :meth:`flush` offers to every subscriber."""
         state = self.channel(update.channel)
         state.seq += 1
         state.ts = ts
@@ -527,12 +531,13 @@ class Hub:
         # A state channel whose messages are not each a snapshot (blocks: each extends the
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.
         delta = state.delta or (not snapshot and state.kind is _STATE)
-        self.deliveries += len(subscribers)
         pending = self._pending
         batch = pending.get(state.name)
         if batch is not None:
             batch.frames.append(frame)
             batch.deltas.append(delta)
+            if not batch.ts:
+                batch.ts = ts  # a resync's replay has no receipt time; live messages do
             return
         pending[state.name] = _Batch(state, frame, delta, ts)
         if self._round is None:
@@ -551,6 +556,7 @@ class Hub:
             state, frames = batch.state, batch.frames
             self.publish_ts = batch.ts
             subscribers = self.registry.subscribers(name)
+            self.deliveries += len(subscribers) * len(frames)
             if name in self._framed:
                 self._offer_framed(subscribers, state, frames, batch.deltas)
                 continue

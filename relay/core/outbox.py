@@ -1,9 +1,10 @@
 """One client's bounded outbound queue, and what happens when it is full.
 
-The fan-out loop offers the same pre-built frame to every subscriber of a channel, synchronously,
-so :meth:`Outbox.offer` is on the relay's hottest path: when the frame fits it costs two
+The hub's flush offers each channel's batch (its messages since the last write round, framed
+back to back once) to every subscriber of the channel, synchronously, so :meth:`Outbox.offer_all`
+and :meth:`Outbox.offer` are on the relay's hottest path: when the batch fits it costs a few
 comparisons, a dict lookup and a list append. Everything else (a full queue) is the slow path,
-where the channel's policy decides, and it only ever touches this one client.
+where the channel's policy decides for each message, and it only ever touches this one client.
 
 Frames are shared between clients and never copied or changed here.
 """

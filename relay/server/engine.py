@@ -297,8 +297,12 @@ class SocketIOSession(Session):
         self._ws = websocket
         self.framing = SOCKETIO_WEBSOCKET
         self._requested = False
-        for packet in queued:
-            self._queue(self._frame(packet))
+        for entry in queued:
+            # An entry may be a write round's batch of packets, joined as a poll answer joins
+            # them; a WebSocket carries one packet per frame. (No packet holds the separator:
+            # JSON escapes control characters.)
+            for packet in entry.split(engineio.SEPARATOR):
+                self._queue(self._frame(packet))
         self._handed_over.set()
         self._poll_ready.set()
         return True

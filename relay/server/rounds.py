@@ -75,7 +75,7 @@ class WriteRounds:
             self._wakeup.unpark()
 
     def published(self) -> None:
-        """The ingest started a batch (called once per flush): a round must come for it."""
+        """The ingest started a batch while none was waiting: a round must come to flush it."""
         self._published = True
         self._wakeup.unpark()
 

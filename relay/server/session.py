@@ -362,6 +362,10 @@ class Session:
         that dropped messages."""
         hub = self._hub
         framing = self.framing
+        # A channel's state moves when a message is published, its frame reaches the outboxes
+        # at the next flush: every message the fresh snapshots below reflect must be offered
+        # first (held channels take them into their slots), or it would follow its snapshot.
+        hub.flush()
         drained = self.outbox.drain()
         frames = drained.frames
         if ping is not None:
@@ -380,7 +384,9 @@ class Session:
             self._latency.record(max(0, (now_ms or time.time_ns() // 1_000_000) - oldest))
 
     def _queue(self, frame: bytes) -> None:
-        """A frame of the relay's own (a reply or a pong), in order with the data."""
+        """A frame of the relay's own (a reply or a pong), in order with the data: what was
+        published before it is offered first."""
+        self._hub.flush()
         if self.outbox.offer_control(frame):
             self.wake()
         else:
@@ -508,6 +514,7 @@ class Session:
             if frame is not None:
                 queued = None
                 if closing.flush and not self._writing:
+                    self._hub.flush()
                     queued, _ = self._collect()
                 with trio.move_on_after(self._settings.close_timeout):
                     try:
