@@ -22,7 +22,7 @@ decision.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
 import attrs
@@ -150,6 +150,11 @@ class _Framed(NamedTuple):
     each: list[bytes]
     joined: bytes
     compressed: int
+
+
+def _joined(frames: list[bytes], separator: bytes = b"") -> bytes:
+    """A batch's frames as one outbox entry (a lone frame as it is: no copy)."""
+    return frames[0] if len(frames) == 1 else separator.join(frames)
 
 
 class _Batch:
@@ -516,18 +521,11 @@ class Hub:
             history.append(state.seq, ts, frame)
             if not subscribers:
                 return
-        self._fan_out(subscribers, state, frame, update.snapshot, ts)
+        self._fan_out(state, frame, update.snapshot, ts)
 
-    def _fan_out(
-        self,
-        subscribers: Collection[Subscriber],
-        state: ChannelState,
-        frame: bytes,
-        snapshot: bool,
-        ts: int,
-    ) -> None:
-        """Add a message to its channel's batch (``subscribers`` are the channel's, and stay
-        so until the batch is flushed: whatever changes them flushes first)."""
+    def _fan_out(self, state: ChannelState, frame: bytes, snapshot: bool, ts: int) -> None:
+        """Add a message of a channel with subscribers to its batch (they stay its subscribers
+        until the batch is flushed: whatever changes them flushes first)."""
         # A state channel whose messages are not each a snapshot (blocks: each extends the
         # last) must coalesce into a fresh snapshot too, never into its latest message alone.
         delta = state.delta or (not snapshot and state.kind is _STATE)
@@ -560,17 +558,7 @@ class Hub:
             if name in self._framed:
                 self._offer_framed(subscribers, state, frames, batch.deltas)
                 continue
-            policy = state.policy
-            if len(frames) == 1:
-                frame, delta = frames[0], batch.deltas[0]
-                for sub in subscribers:
-                    result = sub.outbox.offer(name, frame, policy, delta)
-                    if result is _QUEUED:
-                        sub.wake()
-                    else:
-                        self._not_queued(sub, result)
-                continue
-            joined, count = b"".join(frames), len(frames)
+            policy, joined, count = state.policy, _joined(frames), len(frames)
             for sub in subscribers:
                 if sub.outbox.offer_all(name, joined, count):
                     sub.wake()
@@ -606,7 +594,7 @@ class Hub:
         subscribers = self.registry.subscribers(channel)
         if subscribers:
             payload = message.payload
-            self._fan_out(subscribers, state, self.framer.text(payload), message.snapshot, ts)
+            self._fan_out(state, self.framer.text(payload), message.snapshot, ts)
 
     def mirrored(self, channel: str, seq: int, ts: int, snapshot: bytes | None) -> None:
         """A cluster node read a channel's seq and state in Redis (a join's answer)."""
@@ -627,7 +615,7 @@ class Hub:
             return
         if missed is not None:
             for payload in missed:
-                self._fan_out(subscribers, state, self.framer.text(payload), False, 0)
+                self._fan_out(state, self.framer.text(payload), False, 0)
             return
 
         def frames_for(framing: int) -> list[bytes]:
@@ -661,7 +649,7 @@ class Hub:
         """The flush of a channel some of whose subscribers take another framing than plain:
         each framing's batch is made at its first subscriber, then shared."""
         name, policy, count = state.name, state.policy, len(frames)
-        plain = _Framed(frames, frames[0] if count == 1 else b"".join(frames), 0)
+        plain = _Framed(frames, _joined(frames), 0)
         variants: dict[int, _Framed] = {PLAIN: plain}
         compressed = 0
         for sub in subscribers:
@@ -684,8 +672,7 @@ class Hub:
         if framing < SOCKETIO_WEBSOCKET:
             compressed = sum(m is not f for m, f in zip(made, frames, strict=True))
         separator = SEPARATOR if framing == SOCKETIO_POLLING else b""
-        joined = made[0] if len(made) == 1 else separator.join(made)
-        return _Framed(made, joined, compressed)
+        return _Framed(made, _joined(made, separator), compressed)
 
     def _framed_message(
         self, framing: int, state: ChannelState, payload: bytes, frame: bytes
