@@ -778,18 +778,22 @@ class Session:
     # -- helpers -------------------------------------------------------------------------------
 
     def quiesce(self, limit: float, idle_cpu: float = 0.15, window: float = 0.2) -> float:
-        """Wait (market paused) until the server uses under ``idle_cpu`` of a core.
+        """Wait (market paused) until the server and the load generator each use under
+        ``idle_cpu`` of a core.
 
         A saturated server carries a backlog, and closing thousands of connections costs
         a server work after the client side is done; either would leak into the next
-        workload's numbers. Returns the seconds waited.
+        workload's numbers. So does a load generator still reading what a saturating step
+        left in its sockets' buffers: the server may be idle while it is seconds behind,
+        and the next workload's clients would then wait on it. Returns the seconds waited.
         """
         t0 = time.monotonic()
         while time.monotonic() - t0 < limit:
             self.S.check()
-            c0 = self.S.cpu()
+            s0, l0 = self.S.cpu(), self.L.cpu()
             time.sleep(window)
-            if (self.S.cpu() - c0) / window < idle_cpu:
+            server, loadgen = (self.S.cpu() - s0) / window, (self.L.cpu() - l0) / window
+            if server < idle_cpu and loadgen < idle_cpu:
                 break
         return time.monotonic() - t0
 
@@ -933,7 +937,8 @@ class Session:
             "clients": p.clients,
             "steps": steps,
             "max_rate_held": max(held, default=None),
-            "drain_seconds": self.quiesce(p.drain_limit),
+            # A saturating last step leaves the load generator furthest behind.
+            "drain_seconds": self.quiesce(3 * p.drain_limit),
         }
 
     def idle(self) -> dict[str, Any]:
