@@ -17,6 +17,7 @@ import orjson
 import trio
 
 from relay.core.protocol import Refusal
+from relay.server.nowait import receive_by
 
 _RECEIVE_SIZE = 16384
 
@@ -125,11 +126,15 @@ def error_response(refused: Refusal) -> bytes:
     return head + body
 
 
-async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> RequestHead | None:
-    """Read up to the end of the request head. None when the peer closes first.
+async def read_request_head(
+    stream: trio.abc.ReceiveStream, max_bytes: int, deadline: float
+) -> RequestHead | None:
+    """Read up to the end of the request head. None when the peer closes first or
+    ``deadline`` passes.
 
-    The caller owns the deadline: a client that sends nothing, or a byte a second, is cut off by
-    the cancel scope around this call, not by a per-read timeout it could keep resetting.
+    One deadline for the whole head: a client that sends nothing, or a byte a second, is cut
+    off when it passes, not by a per-read timeout it could keep resetting. A head that is
+    already waiting (nearly every one, in a reconnect storm) is read without a checkpoint.
     Raises :class:`Refusal` for bytes that are not a request head this port can serve.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
@@ -141,7 +146,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int) -> R
             status = exc.error_status_hint
             raise Refusal(status, "bad_request", str(exc) or "malformed request") from None
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(_RECEIVE_SIZE)
+            data = await receive_by(stream, _RECEIVE_SIZE, deadline)
             if not data:
                 return None
             raw += data

@@ -71,6 +71,7 @@ from relay.server.frontdoor import (
 )
 from relay.server.listener import Listener
 from relay.server.metrics import make_registry, render
+from relay.server.nowait import send_by
 from relay.server.rounds import WriteRounds
 from relay.server.session import CloseCode, Session, SessionSettings
 from relay.server.stats import RelayStats, take_stats
@@ -369,15 +370,13 @@ class Relay:
         and every log line names."""
         server = self.config.server
         deadline = accepted_at + server.handshake_timeout
-        head = None
-        with trio.move_on_at(deadline):
-            try:
-                head = await read_request_head(stream, server.max_head_bytes)
-            except Refusal as refused:
-                self.rejected[refused.status] += 1
-                self._log_refusal(peer, refused)
-                await stream.send_all(error_response(refused))
-                return
+        try:
+            head = await read_request_head(stream, server.max_head_bytes, deadline)
+        except Refusal as refused:
+            self.rejected[refused.status] += 1
+            self._log_refusal(peer, refused)
+            await send_by(stream, error_response(refused), deadline)
+            return
         if head is None:
             return
         address = self.proxies.client_address(peer, head.headers)
@@ -432,10 +431,9 @@ class Relay:
             # The parsed head (and its h11 state) must not live as long as the connection, nor
             # the response (this frame lives as long as the session).
             del head
-            with trio.move_on_at(deadline) as handshake:
-                await _send_now(stream, response)
+            sent = await send_by(stream, response, deadline)
             del response
-            if handshake.cancelled_caught:
+            if not sent:
                 self.handshakes["abandoned"] += 1
                 return
             self.handshakes["completed"] += 1
@@ -717,9 +715,7 @@ class Relay:
                     200, session.open_packet(upgrades=True), POLL_CONTENT_TYPE, self._cors(head)
                 )
                 del head
-                with trio.move_on_at(deadline) as handshake:
-                    await _send_now(stream, answer)
-                if handshake.cancelled_caught:
+                if not await send_by(stream, answer, deadline):
                     return  # the client never had its session's id
                 # The handshake's connection is done with; this task goes on holding the session,
                 # which has no connection of its own (its polls' and its upgrade's are counted
@@ -729,9 +725,7 @@ class Relay:
                 connectionless = True
             else:
                 del head
-                with trio.move_on_at(deadline) as handshake:
-                    await _send_now(stream, response)
-                if handshake.cancelled_caught:
+                if not await send_by(stream, response, deadline):
                     self.handshakes["abandoned"] += 1
                     return
                 self.handshakes["completed"] += 1
@@ -811,9 +805,7 @@ class Relay:
             await stream.send_all(self._engine_refusal(head, engineio.BAD_REQUEST))
             return
         del head
-        with trio.move_on_at(deadline) as handshake:
-            await _send_now(stream, response)
-        if handshake.cancelled_caught:
+        if not await send_by(stream, response, deadline):
             return
         upgraded = False
         # The probe and the upgrade within the handshake's deadline: the client sends both at
@@ -1199,24 +1191,6 @@ def _file_signature(path: str | None) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return status.st_mtime_ns, status.st_size, status.st_ino
-
-
-async def _send_now(stream: trio.abc.Stream, data: bytes) -> None:
-    """``send_all``, but a plain socket that takes all of ``data`` at once (a fresh one always
-    takes a 101) gets it with one non-blocking write, sparing a handshake the task switch and
-    two checkpoints of ``send_all``: in a reconnect storm every scheduler pass carries every
-    handshake in progress, so each pass saved is saved thousands of times."""
-    if isinstance(stream, trio.SocketStream):
-        try:
-            sent = os.write(stream.socket.fileno(), data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise trio.BrokenResourceError from exc
-        if sent == len(data):
-            return
-        data = data[sent:]
-    await stream.send_all(data)
 
 
 def _peer_address(stream: trio.abc.Stream) -> str:

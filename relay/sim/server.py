@@ -348,13 +348,13 @@ class SimServer:
             await trio.aclose_forcefully(stream)
 
     async def _dispatch(self, stream: trio.SocketStream) -> None:
-        head: RequestHead | None = None
-        with trio.move_on_after(self._handshake_timeout):
-            try:
-                head = await read_request_head(stream, _MAX_HEAD_BYTES)
-            except Refusal as refused:
+        deadline = trio.current_time() + self._handshake_timeout
+        try:
+            head = await read_request_head(stream, _MAX_HEAD_BYTES, deadline)
+        except Refusal as refused:
+            with trio.move_on_at(deadline):
                 await stream.send_all(error_response(refused))
-                return
+            return
         if head is None:
             return
         if head.is_upgrade:
