@@ -420,6 +420,37 @@ async def test_replies_are_written_by_the_reader_without_a_write_round(
     connection.cancel()
 
 
+async def test_the_welcome_goes_out_with_the_handshake_response_and_only_there(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The relay writes the 101 and the welcome as one (``Session.handshake``); the session
+    then answers the client's first command without queueing a second welcome."""
+    f = Fixture(0)
+    session, theirs = f.session()
+    response = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+    first = session.handshake(response)
+    assert first.startswith(response)
+    welcome_frame = first[len(response) :]
+    frames = FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(welcome_frame)
+    (welcome,) = [orjson.loads(frame.payload) for frame in frames.received_frames()]
+    assert welcome["event"] == "welcome" and welcome["data"]["session"] == session.id
+    assert (session.writes, session.bytes_out) == (1, len(welcome_frame))
+
+    async def serve() -> None:
+        async with trio.open_nursery() as conn:
+            await session.run(conn)
+
+    nursery.start_soon(serve)
+    command = orjson.dumps({"action": "subscribe", "channels": [CHANNEL], "id": 7})
+    await theirs.send(FrameProtocol(client=True, extensions=[]).send_data(command.decode(), True))
+    with trio.fail_after(1):
+        reply = (await Peer(theirs).messages(1))[0]
+    assert (reply["event"], reply["id"]) == ("subscribed", 7)
+    assert session.writes == 2
+    nursery.cancel_scope.cancel()
+
+
 async def test_each_write_records_how_long_its_oldest_message_waited(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

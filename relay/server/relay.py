@@ -431,14 +431,16 @@ class Relay:
             # The parsed head (and its h11 state) must not live as long as the connection, nor
             # the response (this frame lives as long as the session).
             del head
-            sent = await send_by(stream, response, deadline)
+            session = self._session(stream, websocket, admitted)
+            sent = await send_by(stream, session.handshake(response), deadline)
             del response
             if not sent:
                 self.handshakes["abandoned"] += 1
                 return
             self.handshakes["completed"] += 1
             self.handshake_seconds.observe(trio.current_time() - accepted_at)
-            await self._serve_session(stream, websocket, admitted, address)
+            self.deflate_sessions += websocket.deflate != 0
+            await self._run_session(session, address)
         finally:
             self.addresses.release(address)
             if self.cluster is not None:
@@ -541,15 +543,11 @@ class Relay:
                 f"at most {tier.max_connections} connections for this key",
             )
 
-    async def _serve_session(
-        self,
-        stream: trio.abc.Stream,
-        websocket: ServerWebSocket,
-        grant: Grant,
-        address: str,
-    ) -> None:
+    def _session(
+        self, stream: trio.abc.Stream, websocket: ServerWebSocket, grant: Grant
+    ) -> Session:
         settings, limits = self._limits_for(grant)
-        session = Session(
+        return Session(
             stream,
             websocket,
             self.hub,
@@ -563,8 +561,6 @@ class Relay:
             self._authenticate,
             self.cluster,
         )
-        self.deflate_sessions += websocket.deflate != 0
-        await self._run_session(session, address)
 
     async def _run_session(self, session: Session, address: str) -> None:
         """A session from start to end, counted where the relay counts sessions.

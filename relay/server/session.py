@@ -141,6 +141,7 @@ class Session:
         "_settings",
         "_stream",
         "_timers",
+        "_welcomed",
         "_writing",
         "_ws",
         "bytes_out",
@@ -196,6 +197,8 @@ class Session:
         self._timers = timers
         self._rounds = rounds
         self._requested = False
+        self._welcomed = False
+        """The welcome went out with the handshake's response (:meth:`handshake`)."""
         self._writing = False
         """A writer task owns the socket's write side, from a write the socket did not take
         in full until it has caught up."""
@@ -409,7 +412,8 @@ class Session:
         This task is the reader; the writer task exists only while the socket is behind.
         """
         self._nursery = nursery
-        self._welcome()
+        if not self._welcomed:
+            self._welcome()
         self._timers.add(self, trio.current_time())
         try:
             await self._read()
@@ -418,12 +422,24 @@ class Session:
             self._hub.drop(self)
             await self._close()
 
+    def handshake(self, response: bytes) -> bytes:
+        """The handshake's ``response`` with this session's welcome after it, for the relay
+        to write as one: a client waits for both before it subscribes, so they cost one system
+        call here and one read there (in a reconnect storm, ten thousand of each). Called
+        before :meth:`run`, which then does not queue the welcome again; the welcome counts
+        as this session's first write."""
+        frame = self._welcome_frame()
+        self._welcomed = True
+        self.bytes_out += len(frame)
+        self.writes += 1
+        return response + frame
+
     def _welcome(self) -> None:
-        self._queue(
-            self._hub.event_frame(
-                self.framing, "welcome", Welcome(self.id, self._settings.heartbeat)
-            )
-        )
+        self._queue(self._welcome_frame())
+
+    def _welcome_frame(self) -> bytes:
+        welcome = Welcome(self.id, self._settings.heartbeat)
+        return self._hub.event_frame(self.framing, "welcome", welcome)
 
     async def _read(self) -> None:
         """Until the session ends: ``_end`` cancels this task (a session that is only marked
