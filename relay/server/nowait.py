@@ -37,13 +37,19 @@ async def receive_by(
     stream: trio.abc.ReceiveStream, max_bytes: int, deadline: float
 ) -> bytes | bytearray | None:
     """The next bytes from ``stream`` (``b""`` at its end), or None when ``deadline`` passes
-    first: what is ready at once without a checkpoint, else ``receive_some`` under the
+    first: what is ready at once without a checkpoint, else what comes once the socket is
+    readable (``receive_some`` would first try the read that just failed again), under the
     deadline."""
     data = receive_ready(stream, max_bytes)
     if data is not None:
         return data
     with trio.move_on_at(deadline):
-        return await stream.receive_some(max_bytes)
+        if not isinstance(stream, trio.SocketStream):
+            return await stream.receive_some(max_bytes)
+        while data is None:
+            await trio.lowlevel.wait_readable(stream.socket)
+            data = receive_ready(stream, max_bytes)
+        return data
     return None
 
 
