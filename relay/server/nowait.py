@@ -3,12 +3,11 @@
 A trio stream operation always checkpoints, and under a deadline it needs a cancel scope,
 even when the socket could complete it at once. In a reconnect storm every scheduler pass
 carries every handshake in progress, so each pass and each scope a handshake spares is spared
-thousands of times; and in a storm a fresh socket nearly always has its request head waiting
-and room for the 101. These helpers try one non-blocking system call first and fall back to
-the stream (and its deadline) only when the socket is not ready. They never loop without a
-checkpoint of their own: they serve the handshake, whose reads are bounded by the head's size
-limit, never a connection's read loop, where a client that always has data ready would keep
-the scheduler to itself.
+thousands of times; and a fresh socket often has its request head waiting, and always has room
+for the 101. These helpers try one non-blocking system call first and fall back to waiting
+(under the deadline) only when the socket is not ready. What they do at once does not
+checkpoint, so they serve the handshake, a few calls per connection, and never a connection's
+read loop, where a client that always had bytes ready would keep the scheduler to itself.
 """
 
 from __future__ import annotations
