@@ -1,8 +1,8 @@
 """The WebSocket opening handshake (RFC 6455 section 4.2), answered from the request head the
 front door already parsed.
 
-The front door reads the head with h11 once; feeding the same bytes to a wsproto handshake would
-parse them a second time with another h11, per connection. So the upgrade is checked here from
+The front door parses the head once; feeding the same bytes to a wsproto handshake would parse
+them a second time with wsproto's h11, per connection. So the upgrade is checked here from
 the parsed headers, the 101 is built here (the accept token by wsproto), and the connection is
 a plain wsproto :class:`~wsproto.connection.Connection`, opened directly. Every refusal keeps the
 status and message wsproto gave it before.

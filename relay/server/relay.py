@@ -428,7 +428,7 @@ class Relay:
                 self.handshakes["refused"] += 1
                 await stream.send_all(self._refusal(head, refused, address))
                 return
-            # The parsed head (and its h11 state) must not live as long as the connection, nor
+            # The parsed head (and its parser) must not live as long as the connection, nor
             # the response (this frame lives as long as the session).
             del head
             session = self._session(stream, websocket, admitted)
