@@ -79,6 +79,12 @@ async def test_a_plain_request_is_not_an_upgrade() -> None:
     assert head.path == "/healthz" and head.trailing == b""
 
 
+async def test_empty_lines_before_the_request_line_are_skipped() -> None:
+    head = await read(b"\r\n\r\n", b"GET /healthz HTTP/1.1\r\n", b"Host: a\r\n\r\n")
+    assert head is not None and (head.method, head.path) == ("GET", "/healthz")
+    assert head.head == b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
 async def test_a_peer_that_closes_before_the_head_ends_gives_none() -> None:
     assert await read(b"GET / HTTP/1.1\r\nHost: rel") is None
     assert await read() is None

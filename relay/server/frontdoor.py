@@ -42,11 +42,12 @@ class _Parsed:
     """httptools' callbacks: what the request has carried so far. The URL may come in pieces
     (a head split across reads); each header comes whole."""
 
-    __slots__ = ("body", "ended", "headers", "url")
+    __slots__ = ("body", "complete", "ended", "headers", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
         self.body = bytearray()
         self.ended = False
 
@@ -55,6 +56,9 @@ class _Parsed:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -181,10 +185,13 @@ async def read_request_head(
         except httptools.HttpParserError as exc:
             raise Refusal(400, "bad_request", str(exc) or "malformed request") from None
         else:
-            # llhttp takes only CRLF line ends (its lenient flags are off), so the head ends
-            # at the first blank line; what follows it is the body, parsed on into ``parsed``.
-            end = raw.find(b"\r\n\r\n")
-            end = end + 4 if end >= 0 else -1
+            if parsed.complete:
+                # llhttp takes only CRLF line ends (its lenient flags are off), so the head
+                # ends at the first blank line after any empty lines before the request line
+                # (which RFC 9112 lets a server skip, and llhttp does); what follows is the
+                # body, parsed on into ``parsed``.
+                lead = len(raw) - len(raw.lstrip(b"\r\n"))
+                end = raw.find(b"\r\n\r\n", lead) + 4
         if end < 0 and len(raw) > max_bytes:
             raise Refusal(431, "bad_request", "the request head is too large")
     version = parser.get_http_version()
