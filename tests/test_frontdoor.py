@@ -82,7 +82,47 @@ async def test_a_plain_request_is_not_an_upgrade() -> None:
 async def test_empty_lines_before_the_request_line_are_skipped() -> None:
     head = await read(b"\r\n\r\n", b"GET /healthz HTTP/1.1\r\n", b"Host: a\r\n\r\n")
     assert head is not None and (head.method, head.path) == ("GET", "/healthz")
-    assert head.head == b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    # The head handed on (to the synthetic market's WebSocket library) starts at the request.
+    assert head.head == b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+async def test_only_the_first_requests_head_counts() -> None:
+    """Bytes behind a whole request, pipelined or not, are not its own (h11 ignored them)."""
+    head = await read(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b?x=1 HTTP/1.1\r\nHost: b\r\n\r\n")
+    assert head is not None
+    assert (head.target, head.headers) == ("/a", {"host": "a"})
+    head = await read(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nxyz")
+    assert head is not None and head.path == "/healthz"
+    head = await read(b"GET /healthz HTTP/1.0\r\n\r\nX")
+    assert head is not None and head.path == "/healthz"
+
+
+async def test_a_chunked_bodys_trailers_are_not_headers() -> None:
+    """A trailer must not add a hop to X-Forwarded-For (nor a Host)."""
+    request = (
+        b"POST /v1/publish HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    )
+    head = await read(request)
+    assert head is not None and head.headers["x-forwarded-for"] == "10.0.0.1"
+    assert await body_of(request) == b"{}"
+
+
+async def test_a_pipelined_requests_body_is_not_added_to_the_first() -> None:
+    first = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab"
+    second = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\ncd"
+    assert await body_of(first + second) == b"ab"
+
+
+async def test_a_body_behind_an_upgrade_the_relay_does_not_serve_is_refused() -> None:
+    """llhttp stops at the head of any upgrade, so the body would be lost: refused instead."""
+    request = (
+        b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    with pytest.raises(Refusal) as refused:
+        await body_of(request)
+    assert refused.value.status == 400 and "upgrade" in refused.value.message
 
 
 async def test_a_peer_that_closes_before_the_head_ends_gives_none() -> None:
@@ -107,6 +147,9 @@ async def test_a_head_that_does_not_end_by_the_deadline_gives_none(
         (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400, "Invalid header"),
         (b"GET / HTTP/1.1\nHost: a\n\n", 400, "CRLF"),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400, "HTTP/2.0 is not served here"),
+        (b"GET /ws RTSP/1.0\r\nHost: a\r\n\r\n", 400, "RTSP/1.0 is not served here"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "multiple Host"),
+        (b"GET //[x/ HTTP/1.1\r\nHost: h\r\n\r\n", 400, "IPv6"),
         (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 400, "Host"),
         (
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"

@@ -39,10 +39,12 @@ REASONS = {
 
 
 class _Parsed:
-    """httptools' callbacks: what the request has carried so far. The URL may come in pieces
-    (a head split across reads); each header comes whole."""
+    """httptools' callbacks: what the first request on the connection has carried so far. The
+    URL may come in pieces (a head split across reads); each header comes whole. Whatever
+    llhttp reports after the head (a chunked body's trailers) or after the request (a request
+    pipelined behind it) is not this request's and is left out, as h11 left it."""
 
-    __slots__ = ("body", "complete", "ended", "headers", "url")
+    __slots__ = ("body", "complete", "ended", "headers", "upgrade", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -50,18 +52,23 @@ class _Parsed:
         self.complete = False
         self.body = bytearray()
         self.ended = False
+        self.upgrade = False
+        """llhttp took the request for an upgrade (any ``Upgrade``) and did not read its body."""
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        if not self.complete:
+            self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.complete:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
 
     def on_body(self, body: bytes) -> None:
-        self.body += body
+        if not self.ended:
+            self.body += body
 
     def on_message_complete(self) -> None:
         self.ended = True
@@ -99,6 +106,9 @@ class RequestHead:
         if length.isdigit() and int(length) > max_bytes:
             raise Refusal(413, "too_large", f"the body is over {max_bytes} bytes")
         parsed = self._parsed
+        if parsed.upgrade and (length not in ("", "0") or "transfer-encoding" in self.headers):
+            # llhttp stopped at the head: the body is not read, so it is refused, not lost.
+            raise Refusal(400, "bad_request", "a request with a body cannot ask for an upgrade")
         while True:
             if len(parsed.body) > max_bytes:
                 raise Refusal(413, "too_large", f"the body is over {max_bytes} bytes")
@@ -181,39 +191,53 @@ async def read_request_head(
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            parsed.upgrade = True
             end = start + upgrade.args[0]  # where the head ends (and its body, if it had one)
+            break
         except httptools.HttpParserError as exc:
-            raise Refusal(400, "bad_request", str(exc) or "malformed request") from None
-        else:
-            if parsed.complete:
-                # llhttp takes only CRLF line ends (its lenient flags are off), so the head
-                # ends at the first blank line after any empty lines before the request line
-                # (which RFC 9112 lets a server skip, and llhttp does); what follows is the
-                # body, parsed on into ``parsed``.
-                lead = len(raw) - len(raw.lstrip(b"\r\n"))
-                end = raw.find(b"\r\n\r\n", lead) + 4
-        if end < 0 and len(raw) > max_bytes:
+            if not parsed.ended:  # what follows a whole request is not this request's
+                raise Refusal(400, "bad_request", str(exc) or "malformed request") from None
+        if parsed.complete:
+            # llhttp takes only CRLF line ends (its lenient flags are off), so the head ends
+            # at the first blank line after the request line; what follows is the body,
+            # parsed on into ``parsed``.
+            end = raw.find(b"\r\n\r\n", _request_line_start(raw)) + 4
+        elif len(raw) > max_bytes:
             raise Refusal(431, "bad_request", "the request head is too large")
-    version = parser.get_http_version()
-    if version not in ("1.1", "1.0"):
-        raise Refusal(400, "bad_request", f"HTTP/{version} is not served here")
+    lead = _request_line_start(raw)
+    request_line = bytes(raw[lead : raw.find(b"\r\n", lead)])
+    method = request_line.partition(b" ")[0].decode("ascii")
+    version = request_line.rpartition(b" ")[2].decode("ascii")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):  # llhttp also takes RTSP/1.0 and ICE/1.0
+        raise Refusal(400, "bad_request", f"{version} is not served here")
     headers: dict[str, str] = {}
     for name, value in parsed.headers:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1").strip(" \t")
+        if key == "host" and key in headers:
+            raise Refusal(400, "bad_request", "Found multiple Host: headers")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    if version == "1.1" and "host" not in headers:
+    if version == "HTTP/1.1" and "host" not in headers:
         raise Refusal(400, "bad_request", "Missing mandatory Host: header")
     target = parsed.url.decode("latin-1")
-    split = urlsplit(target)
+    try:
+        split = urlsplit(target)
+    except ValueError as exc:  # "Invalid IPv6 URL" and the like
+        raise Refusal(400, "bad_request", f"the request target: {exc}") from None
     return RequestHead(
-        method=parser.get_method().decode("ascii"),
+        method=method,
         target=target,
         path=split.path,
         query=parse_qs(split.query),
         headers=headers,
-        head=bytes(raw[:end]),
+        head=bytes(raw[lead:end]),
         trailing=bytes(raw[end:]),
         parser=parser,
         parsed=parsed,
     )
+
+
+def _request_line_start(raw: bytearray) -> int:
+    """Past the empty lines a client may send before its request line (RFC 9112 lets a server
+    skip them, and llhttp does)."""
+    return len(raw) - len(raw.lstrip(b"\r\n"))
