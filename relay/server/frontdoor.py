@@ -135,19 +135,7 @@ class RequestHead:
     ) -> bytes:
         """A complete response; the connection closes after it (no keep-alive on this port).
         The answer to a HEAD has the headers of the answer to a GET, and no body."""
-        lines = [
-            b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"")),
-            b"content-type: " + content_type.encode("latin-1"),
-            b"content-length: %d" % len(body),
-            b"connection: close",
-        ]
-        for name, value in headers:
-            line = f"{name}: {value}".encode("latin-1")
-            if b"\r" in line or b"\n" in line:
-                raise ValueError(f"a line break in the response header {name!r}")
-            lines.append(line)
-        lines += [b"", b"" if self.method == "HEAD" else body]
-        return b"\r\n".join(lines)
+        return _response(status, body, content_type, headers, with_body=self.method != "HEAD")
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -157,13 +145,29 @@ def error_body(code: str, message: str) -> bytes:
 
 def error_response(refused: Refusal) -> bytes:
     """A response for requests too broken to have a method we could answer from."""
-    body = error_body(refused.code, refused.message)
-    reason = REASONS.get(refused.status, b"")
-    head = (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n" % (refused.status, reason, len(body))
-    )
-    return head + body
+    return _response(refused.status, error_body(refused.code, refused.message))
+
+
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: Iterable[tuple[str, str]] = (),
+    with_body: bool = True,
+) -> bytes:
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"")),
+        b"content-type: " + content_type.encode("latin-1"),
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    for name, value in headers:
+        line = f"{name}: {value}".encode("latin-1")
+        if b"\r" in line or b"\n" in line:
+            raise ValueError(f"a line break in the response header {name!r}")
+        lines.append(line)
+    lines += [b"", body if with_body else b""]
+    return b"\r\n".join(lines)
 
 
 async def read_request_head(

@@ -431,7 +431,7 @@ class Session:
         frame = self._welcome_frame()
         self._welcomed = True
         self.bytes_out += len(frame)
-        self.writes += 1
+        self._wrote(0)
         return response + frame
 
     def _welcome(self) -> None:

@@ -34,6 +34,7 @@ from relay.server.frontdoor import (
     error_response,
     read_request_head,
 )
+from relay.server.nowait import send_by
 from relay.sim.market import MarketModel
 
 log = logging.getLogger(__name__)
@@ -352,8 +353,7 @@ class SimServer:
         try:
             head = await read_request_head(stream, _MAX_HEAD_BYTES, deadline)
         except Refusal as refused:
-            with trio.move_on_at(deadline):
-                await stream.send_all(error_response(refused))
+            await send_by(stream, error_response(refused), deadline)
             return
         if head is None:
             return
