@@ -5,11 +5,36 @@ compression clients and the latency checker the same way."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
+
+LOOP_ENV = "RELAY_BENCH_CLIENT_LOOP"
+"""``uvloop`` (the default) or ``asyncio``: the event loop of the harness's own processes (the
+clients, and the storm's floor server), never of a server under test. ``run.py`` sets it from
+its ``--client-loop``."""
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a client process's ``main`` on the chosen event loop.
+
+    uvloop by default: on two cores the clients share the CPU with the server under test, and
+    at 100 msg/s to 1,000 clients the asyncio loop alone took about a core, so every
+    implementation's latency was partly the load generator's wait for the CPU. picows is
+    built for uvloop (its own benchmarks run on it). ``asyncio`` is kept to compare.
+    """
+    loop = os.environ.get(LOOP_ENV, "uvloop")
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    elif loop == "asyncio":
+        asyncio.run(main)
+    else:
+        raise SystemExit(f"{LOOP_ENV} must be uvloop or asyncio, not {loop!r}")
 
 
 def reply(obj: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import orjson
-from command_loop import serve_commands  # sibling module: the harness runs this as a script
+from command_loop import run, serve_commands  # sibling module: the harness runs this as a script
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -169,4 +169,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="compression workload clients")
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/ws")
     args = parser.parse_args()
-    asyncio.run(main(args.url))
+    run(main(args.url))

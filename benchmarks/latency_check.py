@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import command_loop  # sibling module: run as a script
 import orjson
-from loadgen import percentile  # sibling module: run as a script
+from loadgen import percentile
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 OPEN_CONCURRENCY = 64
@@ -320,6 +321,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if "--url" in sys.argv:
-        asyncio.run(client_main(sys.argv[sys.argv.index("--url") + 1]))
+        command_loop.run(client_main(sys.argv[sys.argv.index("--url") + 1]))
     else:
         sys.exit(main())

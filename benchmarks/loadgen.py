@@ -53,7 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from command_loop import serve_commands  # sibling module: the harness runs this as a script
+from command_loop import run, serve_commands  # sibling module: the harness runs this as a script
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
@@ -625,4 +625,4 @@ if __name__ == "__main__":
     )
     parser.add_argument("--token", help="socketio: the CONNECT's auth token (API key)")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.protocol, args.token))
+    run(main(args.url, args.protocol, args.token))

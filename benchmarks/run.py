@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import command_loop  # sibling module: the harness runs as a script
 import httpx
 from report import (  # sibling module: the harness runs as a script
     HELD_DELIVERY_FRACTION,
@@ -1308,7 +1309,16 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         mem = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1]) * KIB
     versions: dict[str, str] = {"python": platform.python_version()}
-    for dist in ("relay", "trio", "trio-websocket", "wsproto", "picows", "websockets", "orjson"):
+    for dist in (
+        "relay",
+        "trio",
+        "trio-websocket",
+        "wsproto",
+        "picows",
+        "websockets",
+        "orjson",
+        "uvloop",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     node = shutil.which("node")
@@ -1359,7 +1369,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1, help="repeat everything N times")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep process logs in DIR")
+    parser.add_argument(
+        "--client-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the load generator and the other client processes",
+    )
     args = parser.parse_args(argv)
+    os.environ[command_loop.LOOP_ENV] = args.client_loop  # inherited by every client process
     args.only = names_arg(parser, "--only", args.only, [i.name for i in IMPLS])
     args.workloads = names_arg(
         parser, "--workloads", args.workloads, WORKLOADS + SEPARATE_WORKLOADS
@@ -1465,6 +1482,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - t0,
         "machine": machine_info(),
         "argv": sys.argv[1:] if argv is None else argv,
+        "client_loop": args.client_loop,
     }
     results["summary"] = summarize(results)
     results["targets"] = targets(results)

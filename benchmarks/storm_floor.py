@@ -15,11 +15,11 @@ Run: ``python benchmarks/storm_floor.py --port 9200``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from pathlib import Path
 
+from command_loop import run  # sibling module: run as a script
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 WELCOME = json.dumps({"event": "welcome", "data": {"session": "0", "heartbeat": 30}}).encode()
@@ -67,4 +67,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    asyncio.run(main(args.port))
+    run(main(args.port))
