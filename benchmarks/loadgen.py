@@ -86,6 +86,33 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
+def storm_timeline(times: dict[str, list[float]]) -> dict[str, Any]:
+    """For each storm milestone, from the clients' sorted times: the last and percentiles."""
+    return {
+        name: {
+            "last": values[-1] if values else None,
+            "p50": percentile(values, 50),
+            "p90": percentile(values, 90),
+            "p99": percentile(values, 99),
+        }
+        for name, values in times.items()
+    }
+
+
+def latency_figures(latencies: list[float], e2e: list[float], sampled_bytes: int) -> dict[str, Any]:
+    """The measurement's latency columns, from the sorted samples."""
+    return {
+        "samples": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "p999_ms": percentile(latencies, 99.9),
+        "max_ms": latencies[-1] if latencies else None,
+        "avg_frame_bytes": sampled_bytes / len(latencies) if latencies else None,
+        "e2e_p50_ms": percentile(e2e, 50),
+        "e2e_p99_ms": percentile(e2e, 99),
+    }
+
+
 class Group:
     """A named set of clients that the harness arms, waits on and measures together."""
 
@@ -428,15 +455,25 @@ class LoadGen:
                 errors[key] = errors.get(key, 0) + 1
         return clients, errors
 
-    async def cmd_storm(self, group: Group, n: int, channel: str, limit: float) -> dict[str, Any]:
+    async def cmd_storm(
+        self,
+        group: Group,
+        n: int,
+        channel: str,
+        limit: float,
+        origin: float | None = None,
+        raw: bool = False,
+    ) -> dict[str, Any]:
         """Open ``n`` clients all at once (no concurrency limit), each subscribing to
         ``channel`` and waiting for its first data frame, all within ``limit`` seconds.
 
-        Reports, relative to the start, when the last client got its 101, its subscription
-        confirmed and its first data frame, the percentiles of each, and how many failed
-        and why (refused, reset, timed out).
+        Reports, relative to the start (``origin``, a ``time.monotonic()`` of the harness's,
+        when several load generators storm together), when the last client got its 101, its
+        subscription confirmed and its first data frame, the percentiles of each, and how
+        many failed and why (refused, reset, timed out); ``raw`` adds every client's times,
+        for the harness to merge.
         """
-        start = time.monotonic()
+        start = time.monotonic() if origin is None else origin
         cpu0 = time.process_time()
         deadline = asyncio.get_running_loop().time() + limit
 
@@ -452,23 +489,20 @@ class LoadGen:
             if not isinstance(result, Client):
                 kind = failure_kind(result)
                 failures[kind] = failures.get(kind, 0) + 1
-        timeline: dict[str, Any] = {}
-        for name in ("t_connected", "t_subscribed", "t_data"):
-            times = sorted(getattr(c, name) - start for c in clients)
-            timeline[name] = {
-                "last": times[-1] if times else None,
-                "p50": percentile(times, 50),
-                "p90": percentile(times, 90),
-                "p99": percentile(times, 99),
-            }
+        times = {
+            name: sorted(getattr(c, name) - start for c in clients)
+            for name in ("t_connected", "t_subscribed", "t_data")
+        }
+        extra: dict[str, Any] = {"times": times} if raw else {}
         return {
+            **extra,
             "clients": n,
             "succeeded": len(clients),
             "failed": n - len(clients),
             "failures": failures,
             "errors": errors,
             "seconds": elapsed,
-            "timeline": timeline,
+            "timeline": storm_timeline(times),
             "loadgen_cpu": (time.process_time() - cpu0) / elapsed,
         }
 
@@ -527,8 +561,9 @@ class LoadGen:
             "lagged_events": group.lagged_events,
         }
 
-    async def cmd_measure(self, group: Group, seconds: float) -> dict[str, Any]:
-        """Count deliveries and collect sampled latencies over a fixed window."""
+    async def cmd_measure(self, group: Group, seconds: float, raw: bool = False) -> dict[str, Any]:
+        """Count deliveries and collect sampled latencies over a fixed window (``raw``: with
+        every sample, for the harness to merge several load generators')."""
         group.latencies = []
         group.e2e = []
         group.sampled_bytes = 0
@@ -543,19 +578,16 @@ class LoadGen:
         cpu = time.process_time() - cpu0
         lat = sorted(group.latencies)
         e2e = sorted(group.e2e)
+        extra: dict[str, Any] = (
+            {"latencies": lat, "e2e": e2e, "sampled_bytes": group.sampled_bytes} if raw else {}
+        )
         return {
+            **extra,
             "seconds": elapsed,
             "deliveries": after - before,
             "deliveries_per_s": (after - before) / elapsed,
             "clients": sum(not c.closed for c in group.clients),
-            "samples": len(lat),
-            "p50_ms": percentile(lat, 50),
-            "p99_ms": percentile(lat, 99),
-            "p999_ms": percentile(lat, 99.9),
-            "max_ms": lat[-1] if lat else None,
-            "avg_frame_bytes": group.sampled_bytes / len(lat) if lat else None,
-            "e2e_p50_ms": percentile(e2e, 50),
-            "e2e_p99_ms": percentile(e2e, 99),
+            **latency_figures(lat, e2e, group.sampled_bytes),
             "lagged_events": group.lagged_events,
             "lagged_dropped": group.lagged_dropped,
             "closed_by_server": group.closed_by_server - closed_before,
@@ -587,7 +619,14 @@ class LoadGen:
         if name == "open":
             return await self.cmd_open(group, cmd["n"], cmd.get("channel"), cmd.get("sample", 0))
         if name == "storm":
-            return await self.cmd_storm(group, cmd["n"], cmd["channel"], cmd["limit"])
+            return await self.cmd_storm(
+                group,
+                cmd["n"],
+                cmd["channel"],
+                cmd["limit"],
+                cmd.get("origin"),
+                cmd.get("raw", False),
+            )
         if name == "open_stalled":
             return await self.cmd_open_stalled(group, cmd["n"], cmd["channels"])
         if name == "arm":
@@ -596,7 +635,7 @@ class LoadGen:
         if name == "wait":
             return await self.cmd_wait(group, cmd.get("limit", 60.0), cmd.get("stall", 5.0))
         if name == "measure":
-            return await self.cmd_measure(group, cmd["seconds"])
+            return await self.cmd_measure(group, cmd["seconds"], cmd.get("raw", False))
         if name == "status":
             return self.cmd_status(group)
         if name == "close":
