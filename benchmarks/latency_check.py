@@ -2,11 +2,11 @@
 
 The harness's paced latency comes from about 50 sampling clients of the load generator
 (``loadgen.py``), which count every other client's frames without reading them. This program
-checks that figure another way: its own client process opens 1,000 clients (quick: 200) that
-each parse EVERY message, check that every ``seq`` follows the one before (counting the
-missing and the out-of-order), and take the latency of every message (receipt ``time.time()``
-minus the envelope's ``ts``), with the market paced at 100 and 250 msg/s on one trades
-channel. Servers, market and process handling are the harness's own (``run.py``), imported.
+checks that figure another way: its own client processes (two, like the load generator's,
+driven as one) open 1,000 clients (quick: 200) that each parse EVERY message, check that
+every ``seq`` follows the one before (counting the missing and the out-of-order), and take
+the latency of every message (receipt ``time.time()`` minus the envelope's ``ts``), with the
+market paced at 100 and 250 msg/s on one trades channel. Servers, market and process handling are the harness's own (``run.py``), imported.
 
     python benchmarks/latency_check.py [--quick] [--runs N] [--only relay,picows] [--skip-node]
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
+import functools
 import json
 import os
 import sys
@@ -115,7 +117,11 @@ class CheckerClients:
         await asyncio.gather(*(one() for _ in range(n)))
         return {"opened": len(self.clients)}
 
-    async def cmd_measure(self, seconds: float) -> dict[str, Any]:
+    async def cmd_measure(self, seconds: float, raw: bool = False) -> dict[str, Any]:
+        """Every client's messages over a window: counts, and the latency percentiles
+        (``raw``: with the latencies as a histogram in tenths of a millisecond, for the
+        harness to merge several processes'; a list of every latency would be a million
+        numbers at 250 msg/s)."""
         self.tally = tally = Tally()
         for _, checker in self.clients:
             checker.tally = tally
@@ -125,7 +131,11 @@ class CheckerClients:
         for _, checker in self.clients:
             checker.tally = Tally()  # later frames do not touch the figures below
         lat = sorted(tally.latencies)
+        extra: dict[str, Any] = {}
+        if raw:
+            extra["histogram"] = dict(collections.Counter(round(x * 10) for x in lat))
         return {
+            **extra,
             "seconds": elapsed,
             "clients": len(self.clients),
             "messages": len(lat),
@@ -144,7 +154,7 @@ class CheckerClients:
         if cmd["cmd"] == "open":
             return await self.cmd_open(cmd["n"], cmd["channel"])
         if cmd["cmd"] == "measure":
-            return await self.cmd_measure(cmd["seconds"])
+            return await self.cmd_measure(cmd["seconds"], cmd.get("raw", False))
         raise ValueError(f"unknown command {cmd['cmd']!r}")
 
 
@@ -159,6 +169,58 @@ async def client_main(url: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The harness side
+
+
+def histogram_percentile(counts: dict[int, int], q: float) -> float | None:
+    """Nearest-rank percentile (as ``loadgen.percentile``) of latencies counted in tenths of
+    a millisecond, in milliseconds."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    index = min(total - 1, max(0, int(q / 100.0 * total + 0.5) - 1))
+    seen = 0
+    for tenths in sorted(counts):
+        seen += counts[tenths]
+        if seen > index:
+            return tenths / 10
+    raise AssertionError("unreachable: the index is below the total")
+
+
+def merge_check_measures(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    counts: collections.Counter[int] = collections.Counter()
+    for answer in answers:
+        counts.update({int(k): v for k, v in answer["histogram"].items()})
+    summed = ("clients", "messages", "deliveries_per_s", "missing", "out_of_order",
+              "lagged_events", "closed")  # fmt: skip
+    return {
+        "ok": True,
+        "seconds": max(a["seconds"] for a in answers),
+        **{key: sum(a[key] for a in answers) for key in summed},
+        "p50_ms": histogram_percentile(counts, 50),
+        "p99_ms": histogram_percentile(counts, 99),
+        "p999_ms": histogram_percentile(counts, 99.9),
+        "max_ms": max(counts) / 10 if counts else None,
+    }
+
+
+@functools.cache
+def checker_pool() -> type:
+    """The checker's processes driven as one, by the harness's pool (imported late: the
+    client process does not load the harness)."""
+    import run
+
+    class CheckerPool(run.LoadGenPool):
+        SPLIT = {"open": "n"}
+
+        def prepare(self, cmd: dict[str, Any]) -> dict[str, Any]:
+            return {**cmd, "raw": True} if cmd["cmd"] == "measure" else cmd
+
+        def merge(self, name: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
+            if name == "measure":
+                return merge_check_measures(answers)
+            return run.merge_sums(answers)
+
+    return CheckerPool
 
 
 def check(session: Any, rates: tuple[int, ...]) -> dict[str, Any]:
@@ -224,7 +286,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Independent latency check",
         "",
-        f"{results['clients']:,} clients in one process, each reading every message and "
+        f"{results['clients']:,} clients in {results['processes']} process(es), each reading "
+        "every message and "
         f"checking every `seq`; latency = receipt - envelope `ts`, of every message. "
         f"{len(results['runs'])} run(s), finished {results['finished']}; medians over the runs, "
         "spread = min to max (and as a % of the median). `sampled` columns: the harness's "
@@ -282,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "profile": profile.name,
         "clients": profile.check_clients,
+        "processes": profile.loadgen_processes,
         "rates": list(rates),
         "order": [i.name for i in selected],
         "runs": [],
@@ -297,7 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                     entries[impl.name] = {"status": reason}
                     continue
                 workdir = logs / f"check-run{k + 1}" / impl.name
-                session = run.Session(impl, profile, rep, workdir, client_script=Path(__file__))
+                session = run.Session(
+                    impl,
+                    profile,
+                    rep,
+                    workdir,
+                    client_script=Path(__file__),
+                    client_pool=checker_pool(),
+                )
 
                 def body(entry: dict[str, Any], session: Any = session) -> None:
                     entry["workloads"]["latency"] = check(session, rates)

@@ -572,9 +572,10 @@ class LoadGen:
 
 
 class LoadGenPool:
-    """Several load generator processes driven as one: each command goes to all of them at
-    once (the clients' counts split between them) and their answers are merged into the one
-    a single process would give.
+    """Several client processes driven as one: each command goes to all of them at once (the
+    clients' counts split between them) and their answers are merged into the one a single
+    process would give. This class knows the load generator's commands (``loadgen.py``);
+    the latency check's client process has its own (``latency_check.CheckerPool``).
 
     Why: one process reading 1,000 sockets took 0.9 to 1.0 of a core at 100 msg/s and more
     at higher rates, whichever server it measured, so the latency it reported was largely its
@@ -587,11 +588,19 @@ class LoadGenPool:
     SPLIT = {"open": "n", "storm": "n", "open_stalled": "n"}
     """Commands whose client count is shared out; the others go unchanged to every process."""
 
-    def __init__(self, url: str, logdir: Path, processes: int, args: list[str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        logdir: Path,
+        processes: int,
+        args: list[str],
+        script: Path = HERE / "loadgen.py",
+    ) -> None:
         self.procs = [
-            LoadGen(url, logdir, args=args, name=f"loadgen{i + 1}") for i in range(processes)
+            LoadGen(url, logdir, script, args, name=f"{script.stem}{i + 1}")
+            for i in range(processes)
         ]
-        self._pending: dict[str, Any] | None = None
+        self._pending: str | None = None
 
     @property
     def broken(self) -> str:
@@ -601,13 +610,27 @@ class LoadGenPool:
         for proc in self.procs:
             proc.wait_ready(timeout)
 
-    def send(self, **cmd: Any) -> None:
-        name = cmd["cmd"]
+    def prepare(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The command as each process gets it, before its count is shared out: every sample
+        and every client's times, to merge."""
+        if cmd["cmd"] == "measure":
+            return {**cmd, "raw": True}
+        if cmd["cmd"] == "storm":
+            return {**cmd, "raw": True, "origin": time.monotonic()}
+        return cmd
+
+    def merge(self, name: str, answers: list[dict[str, Any]]) -> dict[str, Any]:
         if name == "measure":
-            cmd["raw"] = True
-        elif name == "storm":
-            cmd.update(raw=True, origin=time.monotonic())
-        key = self.SPLIT.get(name)
+            return merge_measures(answers)
+        if name == "storm":
+            return merge_storms(answers)
+        if name == "wait":
+            return merge_waits(answers)
+        return merge_sums(answers)
+
+    def send(self, **cmd: Any) -> None:
+        cmd = self.prepare(cmd)
+        key = self.SPLIT.get(cmd["cmd"])
         shares = len(self.procs)
         for i, proc in enumerate(self.procs):
             if key is None:
@@ -615,7 +638,7 @@ class LoadGenPool:
             else:
                 n = cmd[key]
                 proc.send(**{**cmd, key: n // shares + (1 if i < n % shares else 0)})
-        self._pending = cmd
+        self._pending = cmd["cmd"]
 
     def result(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -643,37 +666,41 @@ class LoadGenPool:
 
     def _merged(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
         assert self._pending is not None
-        name = self._pending["cmd"]
-        self._pending = None
-        if name == "measure":
-            return merge_measures(answers)
-        if name == "storm":
-            return merge_storms(answers)
-        if name == "wait":
-            return merge_waits(answers)
-        merged: dict[str, Any] = {"ok": True}
-        for answer in answers:
-            for key, value in answer.items():
-                if key == "ok":
-                    continue
-                if key == "errors":
-                    merged[key] = merge_counts(merged.get(key, {}), value)
-                elif key == "seconds":
-                    merged[key] = max(merged.get(key, 0.0), value)
-                elif isinstance(value, int | float) and not isinstance(value, bool):
-                    merged[key] = merged.get(key, 0) + value
-                else:
-                    merged.setdefault(key, value)
-        return merged
+        name, self._pending = self._pending, None
+        return self.merge(name, answers)
+
+
+def merge_sums(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers summed (``seconds``: the longest), error counts merged, the rest as the first
+    process gave them."""
+    merged: dict[str, Any] = {"ok": True}
+    for answer in answers:
+        for key, value in answer.items():
+            if key == "ok":
+                continue
+            if key == "errors":
+                merged[key] = merge_counts(merged.get(key, {}), value)
+            elif key == "seconds":
+                merged[key] = max(merged.get(key, 0.0), value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged.setdefault(key, value)
+    return merged
 
 
 def load_generator(
-    url: str, logdir: Path, profile: Profile, args: list[str]
+    url: str,
+    logdir: Path,
+    profile: Profile,
+    args: list[str],
+    pool: type[LoadGenPool] = LoadGenPool,
+    script: Path = HERE / "loadgen.py",
 ) -> LoadGen | LoadGenPool:
-    """The profile's load generator: one process, or a pool of them."""
+    """The profile's client processes: one, or a pool of them."""
     if profile.loadgen_processes > 1:
-        return LoadGenPool(url, logdir, profile.loadgen_processes, args)
-    return LoadGen(url, logdir, args=args)
+        return pool(url, logdir, profile.loadgen_processes, args, script)
+    return LoadGen(url, logdir, script, args)
 
 
 def merge_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -856,6 +883,8 @@ class Session:
     market: Market | None = None
     lg: LoadGen | LoadGenPool | None = None
     client_script: Path = HERE / "loadgen.py"
+    client_pool: type[LoadGenPool] | None = LoadGenPool
+    """How several processes of ``client_script`` are driven as one; None: always one."""
 
     @property
     def S(self) -> Proc:  # short accessors keep the workload code readable
@@ -880,8 +909,11 @@ class Session:
             url, args = self.impl.client_args(self.port)
         else:  # the other client programs speak the WebSocket protocol only
             url, args = f"ws://{HOST}:{self.port}/ws", []
-        if self.client_script == HERE / "loadgen.py":
-            self.lg = load_generator(url, self.workdir, self.profile, args)
+        if self.client_pool is not None:
+            script = self.client_script
+            self.lg = load_generator(
+                url, self.workdir, self.profile, args, self.client_pool, script
+            )
         else:
             self.lg = LoadGen(url, self.workdir, self.client_script, args)
         self.sim = Proc(
@@ -1376,7 +1408,14 @@ def run_compression(
             continue
         impl = dataclasses.replace(impls[name], compression=enabled if supported else None)
         workdir = logroot / ("compression-" + row.replace(", ", "-").replace(" ", "_"))
-        session = Session(impl, profile, report, workdir, client_script=HERE / "deflate_clients.py")
+        session = Session(
+            impl,
+            profile,
+            report,
+            workdir,
+            client_script=HERE / "deflate_clients.py",
+            client_pool=None,
+        )
 
         def body(
             out: dict[str, Any], session: Session = session, offer: bool = offer, row: str = row
