@@ -6,7 +6,8 @@ checks that figure another way: its own client processes (two, like the load gen
 driven as one) open 1,000 clients (quick: 200) that each parse EVERY message, check that
 every ``seq`` follows the one before (counting the missing and the out-of-order), and take
 the latency of every message (receipt ``time.time()`` minus the envelope's ``ts``), with the
-market paced at 100 and 250 msg/s on one trades channel. Servers, market and process handling are the harness's own (``run.py``), imported.
+market paced at 100 and 250 msg/s on one trades channel. Servers, market and process
+handling are the harness's own (``run.py``), imported.
 
     python benchmarks/latency_check.py [--quick] [--runs N] [--only relay,picows] [--skip-node]
 

@@ -3,6 +3,7 @@ asserting the exact moment each one fires, not just that it does."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import orjson
@@ -88,14 +89,16 @@ class Client:
                     self.closed_at = trio.current_time()
 
 
-_timers_started: set[int] = set()
+# Weak, not a set of ids: a finished test's relay is collected and its id can come back for a
+# new relay, whose timers and write rounds would then never start (nothing is ever delivered).
+_timers_started: weakref.WeakSet[Relay] = weakref.WeakSet()
 
 
 async def connect(relay: Relay, nursery: trio.Nursery, lockstep: bool = False) -> Client:
     """A client connected through the front door. Also starts the relay's timer task, which
     ``Relay.serve`` would run, once per relay."""
-    if id(relay) not in _timers_started:
-        _timers_started.add(id(relay))
+    if relay not in _timers_started:
+        _timers_started.add(relay)
         nursery.start_soon(relay.run_timers)
         nursery.start_soon(relay.rounds.run)
     if lockstep:
