@@ -134,7 +134,8 @@ class CheckerClients:
         lat = sorted(tally.latencies)
         extra: dict[str, Any] = {}
         if raw:
-            extra["histogram"] = dict(collections.Counter(round(x * 10) for x in lat))
+            tenths = collections.Counter(round(x * 10) for x in lat)
+            extra["histogram"] = {str(k): v for k, v in tenths.items()}  # JSON keys are text
         return {
             **extra,
             "seconds": elapsed,
