@@ -6,12 +6,29 @@ a write shows. The harness's end-to-end figures include two other processes on t
 same two cores; this isolates the relay's own per-write cost, which sets how long a round
 to 1,000 clients takes and so the latency every client sees at light load.
 
-    python benchmarks/write_round.py        # best of 7 runs, 1 and 8 messages per round
+On this kind of machine the timings of the same commit swing by a third from one run to the
+next, more than most changes to this path are worth. ``--instructions`` counts instead: it
+runs the whole per-client path of one message (``Hub.publish``, the round's ``Hub.flush``
+offering it to each subscriber, and each session's ``release`` writing it) under valgrind's
+callgrind for 20 and for 120 rounds, and divides the difference by 100 rounds of 1,000
+clients, so the set-up cancels out. The count is of user-space instructions (the kernel's
+share of a write is the same whoever calls it), and repeats within a few hundredths of a
+percent.
+
+    python benchmarks/write_round.py                   # best of 7 runs, 1 and 8 messages per round
+    python benchmarks/write_round.py --instructions    # needs valgrind (apt-get install valgrind)
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 
 import trio
@@ -25,7 +42,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import CLOCK_EVERY, WriteRounds
+from relay.server.rounds import WriteRounds, release_all
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -43,14 +60,17 @@ SETTINGS = SessionSettings(
 )
 
 
-async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
+def subscribed(clients: int) -> tuple[Hub, list[Session], list[tuple[socket.socket, ...]]]:
+    """A hub whose batches wait for write rounds, as in the relay, and ``clients`` sessions
+    on AF_UNIX socket pairs subscribed to one channel (their confirmations queued)."""
     hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="bench")
     hub.add_source("sim", Source())
     timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
     write_rounds = WriteRounds(hub)
+    hub.flush_before_writing(write_rounds.published)
+    latency = LatencyHistogram()
     pairs = [socket.socketpair() for _ in range(clients)]
     sessions = []
-    latency = LatencyHistogram()
     for ours, _ in pairs:
         ours.setblocking(False)
         ws = ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20)
@@ -66,8 +86,12 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
         )
         hub.subscribe(session, [CHANNEL], None, Limits(10))
         sessions.append(session)
-    for session in sessions:  # the subscribe confirmations
-        session.release()
+    return hub, sessions, pairs
+
+
+async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
+    hub, sessions, pairs = subscribed(clients)
+    release_all(sessions)  # the subscribe confirmations
     for _, theirs in pairs:
         theirs.recv(1 << 20)
     spent = 0.0
@@ -75,11 +99,9 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
         now_ms = time.time_ns() // 1_000_000
         for i in range(per_round):
             hub.publish(Update(CHANNEL, DATA, n * per_round + i, False), now_ms)
+        hub.flush()
         started = time.perf_counter()
-        for i, session in enumerate(sessions):  # as the write rounds do it
-            if not i % CLOCK_EVERY:
-                now_ms = time.time_ns() // 1_000_000
-            session.release(now_ms)
+        release_all(sessions)
         spent += time.perf_counter() - started
         for _, theirs in pairs:
             theirs.recv(1 << 20)
@@ -89,10 +111,63 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
     return spent / (rounds * clients) * 1e6
 
 
+async def fan_out_unread(clients: int, rounds: int) -> None:
+    """``rounds`` messages, each published, flushed by a write round and written by every
+    session, as in the relay. Nobody reads: what a round writes (about 180 bytes a client)
+    fits in the socket buffers 120 times over, and reading would add its own instructions."""
+    hub, sessions, pairs = subscribed(clients)
+    for n in range(rounds + 1):  # the first round writes the subscribe confirmations
+        if n:
+            hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
+        hub.flush()
+        release_all(sessions)
+    written = sum(session.writes for session in sessions)
+    if written != clients * (rounds + 1):
+        sys.exit(f"{written:,} writes of {clients * (rounds + 1):,}: a socket buffer filled")
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+
+
+def instructions_per_client(clients: int = 1000) -> int:
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("--instructions needs valgrind: apt-get install valgrind")
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rounds in (20, 120):
+            out = os.path.join(tmp, f"{rounds}.out")
+            subprocess.run(
+                [
+                    *(valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"),
+                    *(sys.executable, __file__, "--count-rounds", str(rounds)),
+                    *("--clients", str(clients)),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            with open(out) as f:
+                found = re.search(r"^(?:totals|summary): (\d+)", f.read(), re.MULTILINE)
+            assert found, f"no instruction total in {out}"
+            totals.append(int(found[1]))
+    return (totals[1] - totals[0]) // (100 * clients)
+
+
 def main() -> None:
-    for per_round in (1, 8):
-        best = min(trio.run(microseconds_per_write, 1000, per_round, 30) for _ in range(7))
-        print(f"1,000 clients, {per_round} message(s) per round: {best:6.2f} us per client write")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instructions", action="store_true", help="count, under callgrind")
+    parser.add_argument("--count-rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=1000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.count_rounds is not None:
+        trio.run(fan_out_unread, args.clients, args.count_rounds)
+    elif args.instructions:
+        count = instructions_per_client(args.clients)
+        print(f"{args.clients:,} clients, 1 message per round: {count:,} instructions per client")
+    else:
+        for per_round in (1, 8):
+            best = min(trio.run(microseconds_per_write, 1000, per_round, 30) for _ in range(7))
+            print(f"1,000 clients, {per_round} message(s) per round: {best:6.2f} us a client write")
 
 
 if __name__ == "__main__":
