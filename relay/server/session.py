@@ -254,7 +254,8 @@ class Session:
             return  # a writer collects everything once its write is done; a closing one nothing
         fd = self._fd
         # Light load's path, once per client and message: only queued frames, taken and
-        # written inline (each call avoided here is a tenth of a microsecond per client).
+        # written inline, with _collect's and _wrote's common cases (their calls were 1,100
+        # of a client's 13,000 instructions: benchmarks/write_round.py --instructions).
         taken = self.outbox.take() if self._ping_frame is None else None
         if taken:
             self._requested = False
