@@ -28,7 +28,7 @@ from relay.core.outbox import Policy
 from relay.core.pacing import RoundPacer
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import CLOCK_EVERY, WriteRounds, release_all
+from relay.server.rounds import WriteRounds
 from relay.server.session import Closing, Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -466,23 +466,3 @@ async def test_each_write_records_how_long_its_oldest_message_waited(
         assert latency is not None
         # One write, in the 25-50 ms bucket (the wall clock moved a little since).
         assert latency.counts == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
-
-
-def test_a_round_releases_every_writer_in_order_reading_the_clock_once_per_chunk(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    released: list[tuple[int, int]] = []
-
-    @attrs.define
-    class Writer:
-        index: int
-
-        def release(self, now_ms: int = 0) -> None:
-            released.append((self.index, now_ms))
-
-    reads = iter(range(1000, 2000))
-    monkeypatch.setattr(time, "time_ns", lambda: next(reads) * 1_000_000)
-    count = 2 * CLOCK_EVERY + 2
-    release_all([Writer(i) for i in range(count)])
-    assert released == [(i, 1000 + i // CLOCK_EVERY) for i in range(count)]
-    assert next(reads) == 1003  # three reads of the clock for the three chunks

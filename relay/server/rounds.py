@@ -20,7 +20,7 @@ next round comes, and its own send timeout deals with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -47,14 +47,6 @@ class Ingest(Protocol):
         """Offer what was published since the last round to the subscribers (whose writers
         then ask to be released in this round)."""
         ...
-
-
-def release_all(writers: Sequence[Writer]) -> None:
-    """One round's writes, the wall clock read once per ``CLOCK_EVERY`` of them."""
-    for start in range(0, len(writers), CLOCK_EVERY):
-        now_ms = time.time_ns() // 1_000_000
-        for writer in writers[start : start + CLOCK_EVERY]:
-            writer.release(now_ms)
 
 
 class WriteRounds:
@@ -103,7 +95,11 @@ class WriteRounds:
             batch, self._pending = self._pending, []
             self.rounds += 1
             started = clock()
-            release_all(batch)
+            now_ms = 0
+            for i, writer in enumerate(batch):
+                if not i % CLOCK_EVERY:
+                    now_ms = time.time_ns() // 1_000_000
+                writer.release(now_ms)
             # The round's cost is the synchronous writes above, and nothing waits for the
             # writer tasks started for slow sockets: in a reconnect storm every tick runs
             # thousands of handshake steps, and two ticks counted here came to six seconds.

@@ -252,20 +252,10 @@ class Session:
         """
         if self._writing or self.closing is not None:
             return  # a writer collects everything once its write is done; a closing one nothing
+        data, oldest = self._collect()
+        if data is None:
+            return
         fd = self._fd
-        # Light load's path, once per client and message: only queued frames, taken and
-        # written inline, with _collect's and _wrote's common cases (their calls were 1,100
-        # of a client's 13,000 instructions: benchmarks/write_round.py --instructions).
-        taken = self.outbox.take() if self._ping_frame is None else None
-        if taken:
-            self._requested = False
-            data = taken[0] if len(taken) == 1 else b"".join(taken)
-            oldest, self._oldest_ms = self._oldest_ms, 0
-        else:
-            collected, oldest = self._collect()
-            if collected is None:
-                return
-            data = collected
         if fd is None:
             self._write_later(data, oldest)
             return
@@ -278,10 +268,7 @@ class Session:
             return
         self.bytes_out += sent
         if sent == len(data):
-            self.writes += 1
-            latency = self._latency
-            if oldest and latency is not None:
-                latency.record((now_ms or time.time_ns() // 1_000_000) - oldest)
+            self._wrote(oldest, now_ms)
             return
         # Part of a frame may be on the wire now: the rest must follow before anything else,
         # and if the session ends first the connection can only be cut.
@@ -398,7 +385,7 @@ class Session:
     def _wrote(self, oldest: int, now_ms: int = 0) -> None:
         self.writes += 1
         if oldest and self._latency is not None:
-            self._latency.record((now_ms or time.time_ns() // 1_000_000) - oldest)
+            self._latency.record(max(0, (now_ms or time.time_ns() // 1_000_000) - oldest))
 
     def _queue(self, frame: bytes) -> None:
         """A frame of the relay's own (a reply or a pong), in order with the data: what was

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.latency import BOUNDS_MS, TABLE_MS, LatencyHistogram
+from relay.core.latency import BOUNDS_MS, LatencyHistogram
 
 
 def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
@@ -56,30 +56,3 @@ def test_quantiles_are_the_upper_bounds_of_their_buckets() -> None:
 def test_a_quantile_is_a_fraction(q: float) -> None:
     with pytest.raises(ValueError, match=f"a quantile is in \\(0, 1\\], got {q!r}"):
         LatencyHistogram().quantile(q)
-
-
-def test_a_wait_below_zero_counts_as_none() -> None:
-    # The wall clock stepped back between the receipt and the write.
-    latency = LatencyHistogram((1, 5, 10))
-    latency.record(-3)
-    assert latency.counts == [1, 0, 0, 0]
-    assert latency.sum_ms == 0
-
-
-@given(
-    st.lists(st.integers(1, 3 * TABLE_MS), max_size=6, unique=True).map(sorted),
-    st.lists(st.integers(0, 4 * TABLE_MS)),
-)
-def test_each_wait_lands_in_the_bucket_its_bounds_give(
-    bounds: list[int], values: list[int]
-) -> None:
-    # Waits up to the table's end are looked up, longer ones searched for: both agree with
-    # the bounds, including bounds past the table.
-    latency = LatencyHistogram((0.5, *bounds))
-    for ms in values:
-        latency.record(ms)
-    every = (0.5, *bounds, math.inf)
-    assert latency.counts == [
-        sum(low < v <= high for v in values)
-        for low, high in zip((-math.inf, *every[:-1]), every, strict=True)
-    ]
