@@ -8,8 +8,8 @@ to 1,000 clients takes and so the latency every client sees at light load.
 
 On this kind of machine the timings of the same commit swing by a third from one run to the
 next, more than most changes to this path are worth. ``--instructions`` counts instead: it
-runs the whole per-client path of one message (``Hub.publish``, the round's ``Hub.flush``
-offering it to each subscriber, and each session's ``release`` writing it) under valgrind's
+runs the whole per-client path of one message (``Hub.publish``, the round's ``Hub.flush_round``
+writing it to each subscriber, none of which has anything waiting) under valgrind's
 callgrind for 20 and for 120 rounds, and divides the difference by 100 rounds of 1,000
 clients, so the set-up cancels out. The count is of user-space instructions (the kernel's
 share of a write is the same whoever calls it), and repeats within a few hundredths of a
@@ -42,7 +42,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import CLOCK_EVERY, WriteRounds
+from relay.server.rounds import CLOCK_EVERY, WriteRounds, wall_clock_ms
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -125,11 +125,11 @@ async def fan_out_unread(clients: int, rounds: int) -> None:
     session, as in the relay. Nobody reads: what a round writes (about 180 bytes a client)
     fits in the socket buffers 120 times over, and reading would add its own instructions."""
     hub, sessions, pairs = subscribed(clients)
-    for n in range(rounds + 1):  # the first round writes the subscribe confirmations
-        if n:
-            hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
-        hub.flush()
-        release_round(sessions)
+    hub.flush()
+    release_round(sessions)  # the subscribe confirmations
+    for n in range(1, rounds + 1):
+        hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
+        hub.flush_round(wall_clock_ms)  # as a write round does: nothing waits, so it writes
     written = sum(session.writes for session in sessions)
     if written != clients * (rounds + 1):
         sys.exit(f"{written:,} writes of {clients * (rounds + 1):,}: a socket buffer filled")

@@ -14,7 +14,7 @@ from wsproto.extensions import PerMessageDeflate
 
 from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
-from relay.core.hub import Hub, Limits
+from relay.core.hub import CLOCK_EVERY, Hub, Limits
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import Since
@@ -637,3 +637,79 @@ def test_a_deflate_subscriber_resuming_gets_the_historys_plain_frames() -> None:
     ack, *replayed = deflated.messages()
     assert ack["data"]["recovered"] is True
     assert [m["seq"] for m in replayed] == [2, 3]
+
+
+class DirectSession(FakeSession):
+    """Takes a round's frames itself when ``idle``, as a session with nothing waiting does."""
+
+    def __init__(self, hub: Hub, idle: bool) -> None:
+        super().__init__()
+        self.hub = hub
+        self.idle = idle
+        self.written: list[tuple[list[int], int, int]] = []
+
+    def write_now(self, frames: bytes, now_ms: int) -> bool:
+        if self.idle:
+            client = Connection(ConnectionType.CLIENT)
+            client.receive_data(frames)
+            seqs = [orjson.loads(e.data)["seq"] for e in client.events()]
+            self.written.append((seqs, now_ms, self.hub.publish_ts))
+        return self.idle
+
+
+def test_a_round_flush_hands_each_batch_to_the_subscribers_that_write_it_at_once() -> None:
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    sessions = [DirectSession(hub, idle=i % 3 != 0) for i in range(2 * CLOCK_EVERY + 2)]
+    for session in sessions:
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+        session.outbox.drain()
+        session.wakes = 0
+    hub.publish(trade(1), 1000)
+    hub.publish(trade(2), 1001)
+    reads = iter(range(5000, 6000))
+    hub.flush_round(lambda: next(reads))
+    for i, session in enumerate(sessions):
+        if session.idle:
+            # Both messages in one write, the clock as read for its chunk of subscribers,
+            # and the receive time of the oldest message for its latency.
+            assert session.written == [([1, 2], 5000 + i // CLOCK_EVERY, 1000)]
+            assert not session.outbox.pending and session.wakes == 0
+        else:
+            assert session.written == [] and session.wakes == 1
+            assert [m["seq"] for m in session.messages()] == [1, 2]
+    assert next(reads) == 5003  # one read per chunk of CLOCK_EVERY subscribers
+    assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0
+
+
+def test_a_plain_flush_never_writes_directly() -> None:
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    session = DirectSession(hub, idle=True)
+    hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+    session.outbox.drain()
+    hub.publish(trade(1), 1000)
+    hub.flush()  # a reply's or a subscribe's flush: in order, through the outbox
+    assert session.written == []
+    assert [m["seq"] for m in session.messages()] == [1]
+
+
+def test_in_a_round_flush_a_batch_that_does_not_fit_is_offered_message_by_message() -> None:
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    session = DirectSession(hub, idle=False)
+    session.outbox = Outbox(max_messages=2, max_bytes=1 << 20)
+    hub.subscribe(session, ["sim:trades:A", "sim:ticker:A"], None, OPEN)
+    session.outbox.drain()
+    for n in (1, 2, 3):
+        hub.publish(trade(n), 1000)
+    hub.flush_round(lambda: 5000)
+    drained = session.outbox.drain()
+    assert len(drained.frames) == 2 and drained.lagged == {"sim:trades:A": 1}  # DROP
+    hub.publish(Update("sim:ticker:A", {"p": 1}, 1, True), 1000)
+    hub.publish(Update("sim:ticker:A", {"p": 2}, 2, True), 1000)
+    hub.publish(Update("sim:ticker:A", {"p": 3}, 3, True), 1000)
+    hub.flush_round(lambda: 5000)
+    # Two fit; the third waits in the channel's coalescing slot (COALESCE), nothing overflows.
+    assert [m["data"]["p"] for m in session.messages()] == [1, 2, 3]
+    assert session.overflows == 0

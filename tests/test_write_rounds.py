@@ -9,6 +9,7 @@ virtual instant it was published" is exact, and a round's cost is whatever the t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -213,7 +214,7 @@ class Counter:
     messages_in = 0
     flushes = 0
 
-    def flush(self) -> None:
+    def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
         self.flushes += 1
 
 
@@ -284,8 +285,8 @@ async def test_a_batch_started_brings_a_round_that_flushes_it_before_the_writes(
     writes_before_flush: list[int] = []
 
     class Batching(Counter):
-        def flush(self) -> None:
-            super().flush()
+        def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
+            super().flush_round(clock_ms)
             writes_before_flush.append(len(writer.released_at))
             rounds.request(writer)  # what a subscriber offered a batch does
 
@@ -466,3 +467,70 @@ async def test_each_write_records_how_long_its_oldest_message_waited(
         assert latency is not None
         # One write, in the 25-50 ms bucket (the wall clock moved a little since).
         assert latency.counts == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+
+
+async def test_a_subscriber_with_nothing_waiting_is_written_in_the_flush_itself(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At light load the round's flush writes each message straight to the socket: nothing
+    passes through an outbox, and no writer is released."""
+    f = Fixture(3)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    released: list[Session] = []
+    monkeypatch.setattr(Session, "release", lambda self, now_ms=0: released.append(self))
+    for n in range(1, 4):
+        f.publish()
+        for peer in f.peers:
+            assert [m["seq"] for m in await peer.messages(1)] == [n]
+    assert released == []
+    assert f.writes() == [4] * 3
+    assert all(not session.outbox.pending for session in f.sessions)
+
+
+async def test_a_message_for_a_subscriber_with_something_waiting_queues_behind_it(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A reply queued and not yet written, then a message in the same round: the message may
+    not overtake it, so it goes to the outbox and both leave in one write, in order; the
+    other subscribers are written in the flush."""
+    f = Fixture(2)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    waiting, idle = f.sessions
+    waiting.reply("pong", None, 7)
+    f.publish()
+    first = await f.peers[0].messages(2)
+    assert [m.get("seq", m.get("event")) for m in first] == ["pong", 1]
+    assert [m["seq"] for m in await f.peers[1].messages(1)] == [1]
+    assert (waiting.writes, idle.writes) == (2, 2)  # one write each after the confirmation
+
+
+async def test_a_direct_write_the_socket_takes_in_part_finishes_in_the_writer_task(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A message bigger than the socket takes at once: the flush writes what fits, the
+    writer task the rest, and the next message follows it whole."""
+    f = Fixture(1)
+    nursery.start_soon(f.rounds.run)
+    nursery.start_soon(f.sessions[0].run, nursery)
+    await f.confirmed()
+    big = "x" * (1 << 21)
+    f.published += 1
+    f.hub.publish(Update(CHANNEL, {"big": big}, f.published, False), 1)
+    await trio.sleep(0.001)  # the round: part of it written, the writer task has the rest
+    assert f.sessions[0]._writing
+    f.publish()  # queues behind the rest of the first
+    client = Connection(ConnectionType.CLIENT)
+    messages: list[dict[str, Any]] = []
+    text = ""
+    while len(messages) < 2:
+        client.receive_data(await f.peers[0].sock.recv(1 << 20))
+        for event in client.events():
+            assert isinstance(event, TextMessage)
+            text += event.data
+            if event.message_finished:
+                messages.append(orjson.loads(text))
+                text = ""
+    assert [m["seq"] for m in messages] == [1, 2] and messages[0]["data"]["big"] == big
+    assert not f.sessions[0]._writing

@@ -59,6 +59,10 @@ _QUEUED = Offer.QUEUED
 _STATE = StreamKind.STATE
 _OVERFLOW = Offer.OVERFLOW
 
+CLOCK_EVERY = 64
+"""Writes per read of the wall clock their latency is recorded against: a round to 1,000
+clients takes a few milliseconds, so the figure is off by well under one."""
+
 
 class Subscriber(Protocol):
     """What the hub needs of a client session."""
@@ -83,6 +87,13 @@ class Subscriber(Protocol):
 
     def overflow(self) -> None:
         """The disconnect policy tripped: close as a slow consumer (must not re-enter the hub)."""
+
+    def write_now(self, frames: bytes, now_ms: int) -> bool:
+        """In a write round's flush (:meth:`Hub.flush_round`): write ``frames`` (a channel's
+        messages, framed back to back) at once if nothing of the subscriber's waits, and
+        answer whether it took them; False leaves them to its outbox. ``hub.publish_ts`` is
+        as for :meth:`wake`, ``now_ms`` the wall clock. Must not re-enter the hub."""
+        ...
 
 
 class SourceListener(Protocol):
@@ -546,6 +557,18 @@ class Hub:
     def flush(self) -> None:
         """Offer every channel's batch to its subscribers: the channel's messages since the
         last flush, joined once per framing, as one outbox entry each."""
+        self.flush_round(None)
+
+    def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
+        """:meth:`flush`, for a write round (``clock_ms`` gives the wall clock in
+        milliseconds): a batch of plain frames goes straight to each subscriber that can
+        write it at once (:meth:`Subscriber.write_now`), and only the others queue it.
+
+        At light load nearly every subscriber has nothing waiting, and the outbox entry, the
+        wake-up, the round's release and the take that would follow touch several objects
+        per client for nothing: written here, a round to 1,000 clients is shorter by about a
+        millisecond (docs/performance.md, "What each step bought"). ``clock_ms`` is read once
+        per ``CLOCK_EVERY`` subscribers, for their latency figure."""
         pending = self._pending
         if not pending:
             return
@@ -559,7 +582,19 @@ class Hub:
                 self._offer_framed(subscribers, state, frames, batch.deltas)
                 continue
             policy, joined, count = state.policy, _joined(frames), len(frames)
-            for sub in subscribers:
+            if clock_ms is None:
+                for sub in subscribers:
+                    if sub.outbox.offer_all(name, joined, count):
+                        sub.wake()
+                    else:
+                        self._offer_each(sub, name, frames, policy, batch.deltas)
+                continue
+            now_ms = 0
+            for i, sub in enumerate(subscribers):
+                if not i % CLOCK_EVERY:
+                    now_ms = clock_ms()
+                if sub.write_now(joined, now_ms):
+                    continue
                 if sub.outbox.offer_all(name, joined, count):
                     sub.wake()
                 else:

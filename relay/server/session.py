@@ -238,6 +238,24 @@ class Session:
         if not self._writing:
             self._end(self.closing)
 
+    def write_now(self, frames: bytes, now_ms: int) -> bool:
+        """Called by the hub in a write round's flush: with nothing queued, waiting or being
+        written (``_requested`` says a delivery since the last write is queued), this
+        round's frames go out now with the same non-blocking write as :meth:`release`, and
+        never pass through the outbox. Otherwise they queue behind what waits."""
+        fd = self._fd
+        if (
+            self._requested
+            or self._writing
+            or self.closing is not None
+            or self._ping_frame is not None
+            or fd is None
+            or self.outbox.pending
+        ):
+            return False
+        self._write_at_once(fd, frames, self._hub.publish_ts, now_ms)
+        return True
+
     # Writing -----------------------------------------------------------------------------
 
     def release(self, now_ms: int = 0) -> None:
@@ -259,6 +277,10 @@ class Session:
         if fd is None:
             self._write_later(data, oldest)
             return
+        self._write_at_once(fd, data, oldest, now_ms)
+
+    def _write_at_once(self, fd: int, data: bytes, oldest: int, now_ms: int) -> None:
+        """One non-blocking write; what the socket does not take goes to the writer task."""
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
