@@ -278,7 +278,7 @@ def sampled(out: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     summary: dict[str, Any] = latest.get("summary", {})
-    return {impl: s["paced"]["steps"] for impl, s in summary.items() if "paced" in s}
+    return {impl: s["paced"]["steps"] for impl, s in summary.items() if s and "paced" in s}
 
 
 def markdown(results: dict[str, Any]) -> str:
