@@ -42,7 +42,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import CLOCK_EVERY, WriteRounds, wall_clock_ms
+from relay.server.rounds import WriteRounds, release_writers, wall_clock_ms
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -89,18 +89,9 @@ def subscribed(clients: int) -> tuple[Hub, list[Session], list[tuple[socket.sock
     return hub, sessions, pairs
 
 
-def release_round(sessions: list[Session]) -> None:
-    """As the write rounds release their writers (``WriteRounds.run``)."""
-    now_ms = 0
-    for i, session in enumerate(sessions):
-        if not i % CLOCK_EVERY:
-            now_ms = time.time_ns() // 1_000_000
-        session.release(now_ms)
-
-
 async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
     hub, sessions, pairs = subscribed(clients)
-    release_round(sessions)  # the subscribe confirmations
+    release_writers(sessions)  # the subscribe confirmations
     for _, theirs in pairs:
         theirs.recv(1 << 20)
     spent = 0.0
@@ -110,7 +101,7 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
             hub.publish(Update(CHANNEL, DATA, n * per_round + i, False), now_ms)
         hub.flush()
         started = time.perf_counter()
-        release_round(sessions)
+        release_writers(sessions)
         spent += time.perf_counter() - started
         for _, theirs in pairs:
             theirs.recv(1 << 20)
@@ -126,7 +117,7 @@ async def fan_out_unread(clients: int, rounds: int) -> None:
     fits in the socket buffers 120 times over, and reading would add its own instructions."""
     hub, sessions, pairs = subscribed(clients)
     hub.flush()
-    release_round(sessions)  # the subscribe confirmations
+    release_writers(sessions)  # the subscribe confirmations
     for n in range(1, rounds + 1):
         hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
         hub.flush_round(wall_clock_ms)  # as a write round does: nothing waits, so it writes

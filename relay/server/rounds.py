@@ -23,7 +23,7 @@ next round comes, and its own send timeout deals with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -51,6 +51,15 @@ class Ingest(Protocol):
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def release_writers(writers: Sequence[Writer]) -> None:
+    """A round's releases, the wall clock read once per ``CLOCK_EVERY`` of them."""
+    now_ms = 0
+    for i, writer in enumerate(writers):
+        if not i % CLOCK_EVERY:
+            now_ms = wall_clock_ms()
+        writer.release(now_ms)
 
 
 class WriteRounds:
@@ -101,11 +110,7 @@ class WriteRounds:
             batch_size = pacer.release(ingest.messages_in)
             batch, self._pending = self._pending, []
             self.rounds += 1
-            now_ms = 0
-            for i, writer in enumerate(batch):
-                if not i % CLOCK_EVERY:
-                    now_ms = time.time_ns() // 1_000_000
-                writer.release(now_ms)
+            release_writers(batch)
             # The round's cost is the synchronous writes above, and nothing waits for the
             # writer tasks started for slow sockets: in a reconnect storm every tick runs
             # thousands of handshake steps, and two ticks counted here came to six seconds.
