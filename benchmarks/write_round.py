@@ -8,15 +8,18 @@ to 1,000 clients takes and so the latency every client sees at light load.
 
 On this kind of machine the timings of the same commit swing by a third from one run to the
 next, more than most changes to this path are worth. ``--instructions`` counts instead: it
-runs the whole per-client path of one message (``Hub.publish``, the round's ``Hub.flush_round``
-writing it to each subscriber, none of which has anything waiting) under valgrind's
+runs the whole per-client path of one message (``Hub.publish``, then a write round: the
+``Hub.flush_round`` that writes it to each subscriber with nothing waiting, and the release
+of those it queued for) under valgrind's
 callgrind for 20 and for 120 rounds, and divides the difference by 100 rounds of 1,000
 clients, so the set-up cancels out. The count is of user-space instructions (the kernel's
 share of a write is the same whoever calls it), and repeats within a few hundredths of a
-percent.
+percent. ``--deflate`` makes every client one that agreed to permessage-deflate (as a browser
+does), so the count includes the message's compression, once for all of them.
 
     python benchmarks/write_round.py                   # best of 7 runs, 1 and 8 messages per round
     python benchmarks/write_round.py --instructions    # needs valgrind (apt-get install valgrind)
+    python benchmarks/write_round.py --instructions --deflate
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from hub_publish import Source  # sibling module: run as a script
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 
+from relay.core.deflate import CompressionPolicy
 from relay.core.hub import Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import WriteRounds, release_writers, wall_clock_ms
+from relay.server.rounds import WriteRounds, Writer, release_writers, wall_clock_ms
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -60,20 +64,46 @@ SETTINGS = SessionSettings(
 )
 
 
-def subscribed(clients: int) -> tuple[Hub, list[Session], list[tuple[socket.socket, ...]]]:
+class RoundsByHand(WriteRounds):
+    """The write rounds' bookkeeping without their task: :func:`fan_out_unread` makes each
+    round itself, as :meth:`WriteRounds.run` does (the flush, then the release of every
+    session that asked for one), so a round's count holds no scheduler ticks."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__(hub)
+        self.requests: list[Writer] = []
+
+    def request(self, writer: Writer) -> None:
+        self.requests.append(writer)
+
+    def write_round(self, hub: Hub) -> None:
+        hub.flush_round(wall_clock_ms)
+        batch, self.requests = self.requests, []
+        release_writers(batch)
+
+
+def subscribed(
+    clients: int, deflate: int = 0
+) -> tuple[Hub, RoundsByHand, list[Session], list[tuple[socket.socket, ...]]]:
     """A hub whose batches wait for write rounds, as in the relay, and ``clients`` sessions
-    on AF_UNIX socket pairs subscribed to one channel (their confirmations queued)."""
-    hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="bench")
+    on AF_UNIX socket pairs subscribed to one channel (their confirmations queued); with
+    ``deflate``, the server window bits of the permessage-deflate every client agreed to."""
+    hub = Hub(
+        lambda _: StreamKind.EVENT,
+        lambda _: Policy.DROP,
+        epoch="bench",
+        compression=CompressionPolicy() if deflate else None,
+    )
     hub.add_source("sim", Source())
     timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
-    write_rounds = WriteRounds(hub)
+    write_rounds = RoundsByHand(hub)
     hub.flush_before_writing(write_rounds.published)
     latency = LatencyHistogram()
     pairs = [socket.socketpair() for _ in range(clients)]
     sessions = []
     for ours, _ in pairs:
         ours.setblocking(False)
-        ws = ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20)
+        ws = ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20, deflate)
         session = Session(
             trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
             ws,
@@ -86,11 +116,11 @@ def subscribed(clients: int) -> tuple[Hub, list[Session], list[tuple[socket.sock
         )
         hub.subscribe(session, [CHANNEL], None, Limits(10))
         sessions.append(session)
-    return hub, sessions, pairs
+    return hub, write_rounds, sessions, pairs
 
 
 async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
-    hub, sessions, pairs = subscribed(clients)
+    hub, _, sessions, pairs = subscribed(clients)
     release_writers(sessions)  # the subscribe confirmations
     for _, theirs in pairs:
         theirs.recv(1 << 20)
@@ -111,25 +141,26 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
     return spent / (rounds * clients) * 1e6
 
 
-async def fan_out_unread(clients: int, rounds: int) -> None:
+async def fan_out_unread(clients: int, rounds: int, deflate: int) -> None:
     """``rounds`` messages, each published, flushed by a write round and written by every
     session, as in the relay. Nobody reads: what a round writes (about 180 bytes a client)
     fits in the socket buffers 120 times over, and reading would add its own instructions."""
-    hub, sessions, pairs = subscribed(clients)
-    hub.flush()
-    release_writers(sessions)  # the subscribe confirmations
+    hub, write_rounds, sessions, pairs = subscribed(clients, deflate)
+    write_rounds.write_round(hub)  # the subscribe confirmations
     for n in range(1, rounds + 1):
         hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
-        hub.flush_round(wall_clock_ms)  # as a write round does: nothing waits, so it writes
+        write_rounds.write_round(hub)
     written = sum(session.writes for session in sessions)
     if written != clients * (rounds + 1):
         sys.exit(f"{written:,} writes of {clients * (rounds + 1):,}: a socket buffer filled")
+    if deflate and hub.compressions != rounds:
+        sys.exit(f"{hub.compressions} messages compressed of {rounds}")
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
 
 
-def instructions_per_client(clients: int = 1000) -> int:
+def instructions_per_client(clients: int = 1000, deflate: int = 0) -> int:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("--instructions needs valgrind: apt-get install valgrind")
@@ -141,7 +172,7 @@ def instructions_per_client(clients: int = 1000) -> int:
                 [
                     *(valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"),
                     *(sys.executable, __file__, "--count-rounds", str(rounds)),
-                    *("--clients", str(clients)),
+                    *("--clients", str(clients), "--deflate", str(deflate)),
                 ],
                 check=True,
                 capture_output=True,
@@ -158,12 +189,24 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="count, under callgrind")
     parser.add_argument("--count-rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--deflate",
+        type=int,
+        nargs="?",
+        const=15,
+        default=0,
+        help="with --instructions: clients agreed to permessage-deflate (window bits, 15)",
+    )
     args = parser.parse_args()
     if args.count_rounds is not None:
-        trio.run(fan_out_unread, args.clients, args.count_rounds)
+        trio.run(fan_out_unread, args.clients, args.count_rounds, args.deflate)
     elif args.instructions:
-        count = instructions_per_client(args.clients)
-        print(f"{args.clients:,} clients, 1 message per round: {count:,} instructions per client")
+        count = instructions_per_client(args.clients, args.deflate)
+        framing = f", compressed (window bits {args.deflate})" if args.deflate else ""
+        print(
+            f"{args.clients:,} clients{framing}, 1 message per round: "
+            f"{count:,} instructions per client"
+        )
     else:
         for per_round in (1, 8):
             best = min(trio.run(microseconds_per_write, 1000, per_round, 30) for _ in range(7))

@@ -516,16 +516,18 @@ BIG = {"text": "compressible " * 20}
 
 
 class DeflateSession(FakeSession):
-    """A subscriber that agreed to permessage-deflate with ``bits`` as the server window."""
+    """A subscriber that agreed to permessage-deflate with ``bits`` as the server window (0: a
+    plain one, which did not)."""
 
     def __init__(self, bits: int = 15) -> None:
         super().__init__()
         self.framing = bits
-        extension = PerMessageDeflate()
-        extension.finalize(
-            f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
-        )
-        self._client = Connection(ConnectionType.CLIENT, extensions=[extension])
+        if bits:
+            extension = PerMessageDeflate()
+            extension.finalize(
+                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
+            )
+            self._client = Connection(ConnectionType.CLIENT, extensions=[extension])
 
 
 def compressing_hub(**policy: Any) -> Hub:
@@ -639,20 +641,22 @@ def test_a_deflate_subscriber_resuming_gets_the_historys_plain_frames() -> None:
     assert [m["seq"] for m in replayed] == [2, 3]
 
 
-class DirectSession(FakeSession):
-    """Takes a round's frames itself when ``idle``, as a session with nothing waiting does."""
+class DirectSession(DeflateSession):
+    """Takes a round's frames itself when ``idle``, as a session with nothing waiting does;
+    plain, or compressed with ``bits`` as the server window."""
 
-    def __init__(self, hub: Hub, idle: bool) -> None:
-        super().__init__()
+    def __init__(self, hub: Hub, idle: bool, bits: int = 0) -> None:
+        super().__init__(bits)
         self.hub = hub
         self.idle = idle
         self.written: list[tuple[list[int], int, int]] = []
+        self.raw: list[bytes] = []
 
     def write_now(self, frames: bytes, now_ms: int) -> bool:
         if self.idle:
-            client = Connection(ConnectionType.CLIENT)
-            client.receive_data(frames)
-            seqs = [orjson.loads(e.data)["seq"] for e in client.events()]
+            self.raw.append(frames)
+            self._client.receive_data(frames)
+            seqs = [orjson.loads(e.data)["seq"] for e in self._client.events()]
             self.written.append((seqs, now_ms, self.hub.publish_ts))
         return self.idle
 
@@ -679,6 +683,38 @@ def test_a_round_flush_hands_each_batch_to_the_subscribers_that_write_it_at_once
             assert session.written == [] and session.wakes == 1
             assert [m["seq"] for m in session.messages()] == [1, 2]
     assert next(reads) == 5003  # one read per chunk of CLOCK_EVERY subscribers
+    assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0
+
+
+def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
+    """Compressed subscribers with nothing waiting are written in the flush too, the frames
+    compressed once for all of them; one with something waiting queues the same frames."""
+    hub = compressing_hub()
+    hub.flush_before_writing(lambda: None)
+    plain = DirectSession(hub, idle=True)
+    deflated = [DirectSession(hub, idle=True, bits=15) for _ in range(CLOCK_EVERY + 1)]
+    behind = DirectSession(hub, idle=False, bits=15)
+    sessions = [plain, *deflated, behind]
+    for session in sessions:
+        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
+        session.outbox.drain()
+        session.wakes = 0
+    hub.publish(big_trade(1), 1000)
+    hub.publish(big_trade(2), 1001)
+    reads = iter(range(5000, 6000))
+    hub.flush_round(lambda: next(reads))
+    assert plain.written == [([1, 2], 5000, 1000)] and plain.raw[0][0] == 0x81
+    for i, session in enumerate(deflated, start=1):
+        assert session.written == [([1, 2], 5000 + i // CLOCK_EVERY, 1000)]
+        assert session.raw[0] is deflated[0].raw[0]  # one compressed batch, shared
+        assert not session.outbox.pending and session.wakes == 0
+    assert deflated[0].raw[0][0] == 0xC1  # RSV1: compressed
+    assert behind.written == [] and behind.wakes == 1
+    assert queued(behind) == deflated[0].raw
+    assert [m["seq"] for m in behind.messages()] == [1, 2]
+    assert next(reads) == 5002  # one read per chunk of CLOCK_EVERY subscribers
+    assert hub.compressions == 2  # once per message, not per subscriber
+    assert hub.compressed_deliveries == 2 * (len(deflated) + 1)
     assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0
 
 

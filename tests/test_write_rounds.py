@@ -20,8 +20,10 @@ import trio.testing
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from relay.core.deflate import CompressionPolicy
 from relay.core.hub import Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind, Update
@@ -60,15 +62,28 @@ class Source:
 class Peer:
     """The client end of a socket pair, reading server frames with wsproto's parser."""
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: trio.socket.SocketType, deflate: int = 0) -> None:
+        """``deflate``: the server window bits of a permessage-deflate agreed to (0: none)."""
         self.sock = sock
-        self.frames = FrameProtocol(client=True, extensions=[])
+        extensions = []
+        if deflate:
+            extension = PerMessageDeflate()
+            extension.finalize(
+                "permessage-deflate; server_no_context_takeover; "
+                f"server_max_window_bits={deflate}"
+            )
+            extensions.append(extension)
+        self.frames = FrameProtocol(client=True, extensions=extensions)
+        self.compressed = 0
+        """Frames that arrived compressed (RSV1 set)."""
 
     async def messages(self, count: int) -> list[dict[str, Any]]:
         """The next ``count`` text messages, and the virtual time the last one arrived."""
         out: list[dict[str, Any]] = []
         while len(out) < count:
-            self.frames.receive_bytes(await self.sock.recv(1 << 16))
+            data = await self.sock.recv(1 << 16)
+            self.compressed += data[0] == 0xC1
+            self.frames.receive_bytes(data)
             for frame in self.frames.received_frames():
                 assert frame.opcode is Opcode.TEXT
                 out.append(orjson.loads(frame.payload))
@@ -113,12 +128,14 @@ def paired_session(
     rounds: WriteRounds,
     settings: SessionSettings = SETTINGS,
     timers: SessionTimers[Session] | None = None,
+    deflate: int = 0,
 ) -> tuple[Session, trio.socket.SocketType]:
-    """A session on one end of a socket pair, and the other end."""
+    """A session on one end of a socket pair, and the other end; ``deflate`` as for
+    :class:`Peer`."""
     ours, theirs = trio.socket.socketpair()
     session = Session(
         trio.SocketStream(ours),
-        ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20),
+        ServerWebSocket(Connection(ConnectionType.SERVER), 1 << 20, deflate),
         hub,
         Limits(10),
         settings,
@@ -482,7 +499,8 @@ async def test_a_subscriber_with_nothing_waiting_is_written_in_the_flush_itself(
     for n in range(1, 4):
         f.publish()
         for peer in f.peers:
-            assert [m["seq"] for m in await peer.messages(1)] == [n]
+            with trio.fail_after(1.0):  # virtual time: nothing else would ever write it
+                assert [m["seq"] for m in await peer.messages(1)] == [n]
     assert released == []
     assert f.writes() == [4] * 3
     assert all(not session.outbox.pending for session in f.sessions)
@@ -534,3 +552,41 @@ async def test_a_direct_write_the_socket_takes_in_part_finishes_in_the_writer_ta
                 text = ""
     assert [m["seq"] for m in messages] == [1, 2] and messages[0]["data"]["big"] == big
     assert not f.sessions[0]._writing
+
+
+async def test_a_compressing_subscriber_with_nothing_waiting_is_written_in_the_flush_too(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A browser's permessage-deflate connection takes the same direct path as a plain one:
+    the message, compressed once, goes out in the round's flush, at the instant it was
+    published, and no writer is released."""
+    hub = Hub(
+        lambda _: StreamKind.EVENT,
+        lambda _: Policy.DROP,
+        epoch="test",
+        compression=CompressionPolicy(min_bytes=0),
+    )
+    hub.add_source("sim", Source())
+    rounds = WriteRounds(hub)
+    hub.flush_before_writing(rounds.published)
+    peers = []
+    for deflate in (0, 15, 15):
+        session, theirs = paired_session(hub, rounds, deflate=deflate)
+        hub.subscribe(session, [CHANNEL], None, Limits(10))
+        peers.append(Peer(theirs, deflate))
+    nursery.start_soon(rounds.run)
+    for peer in peers:
+        assert (await peer.messages(1))[0]["event"] == "subscribed"
+    released: list[Session] = []
+    monkeypatch.setattr(Session, "release", lambda self, now_ms=0: released.append(self))
+    for n in range(1, 3):
+        await trio.sleep(1.0)
+        published_at = trio.current_time()
+        hub.publish(Update(CHANNEL, {"n": n, "text": "compressible " * 10}, n, False), 1)
+        for peer in peers:
+            with trio.fail_after(1.0):  # virtual time: nothing else would ever write it
+                assert [m["seq"] for m in await peer.messages(1)] == [n]
+            assert trio.current_time() == published_at
+    assert released == []
+    assert [peer.compressed for peer in peers] == [0, 2, 2]
+    assert hub.compressions == 2
