@@ -46,7 +46,7 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import WriteRounds, Writer, release_writers, wall_clock_ms
+from relay.server.rounds import Writer, WriteRounds, release_writers, wall_clock_ms
 from relay.server.session import Session, SessionSettings
 
 CHANNEL = "sim:trades:BTC-USD"

@@ -718,6 +718,22 @@ def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0
 
 
+def test_in_a_round_flush_no_batch_passes_a_message_held_in_its_channels_slot() -> None:
+    """A message too big for the outbox waits in its channel's coalescing slot; a later, small
+    one of the same channel would fit the queue but may not overtake it: it replaces it."""
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    session = DirectSession(hub, idle=False)
+    session.outbox = Outbox(max_messages=10, max_bytes=400)
+    hub.subscribe(session, ["sim:ticker:A"], None, OPEN)
+    session.outbox.drain()
+    hub.publish(Update("sim:ticker:A", {"p": 1, "pad": "x" * 500}, 1, True), 1000)
+    hub.flush_round(lambda: 5000)
+    hub.publish(Update("sim:ticker:A", {"p": 2}, 2, True), 1000)
+    hub.flush_round(lambda: 5000)
+    assert [m["data"]["p"] for m in session.messages()] == [2]
+
+
 def test_a_plain_flush_never_writes_directly() -> None:
     hub, _ = make_hub()
     hub.flush_before_writing(lambda: None)

@@ -69,8 +69,7 @@ class Peer:
         if deflate:
             extension = PerMessageDeflate()
             extension.finalize(
-                "permessage-deflate; server_no_context_takeover; "
-                f"server_max_window_bits={deflate}"
+                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={deflate}"
             )
             extensions.append(extension)
         self.frames = FrameProtocol(client=True, extensions=extensions)
