@@ -661,14 +661,19 @@ class DirectSession(DeflateSession):
         return self.idle
 
 
-def test_a_round_flush_hands_each_batch_to_the_subscribers_that_write_it_at_once() -> None:
-    hub, _ = make_hub()
-    hub.flush_before_writing(lambda: None)
-    sessions = [DirectSession(hub, idle=i % 3 != 0) for i in range(2 * CLOCK_EVERY + 2)]
+def subscribed_quietly(hub: Hub, sessions: list[DirectSession]) -> None:
+    """Subscribed to sim:trades:A, with the confirmation taken and its wake-up forgotten."""
     for session in sessions:
         hub.subscribe(session, ["sim:trades:A"], None, OPEN)
         session.outbox.drain()
         session.wakes = 0
+
+
+def test_a_round_flush_hands_each_batch_to_the_subscribers_that_write_it_at_once() -> None:
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    sessions = [DirectSession(hub, idle=i % 3 != 0) for i in range(2 * CLOCK_EVERY + 2)]
+    subscribed_quietly(hub, sessions)
     hub.publish(trade(1), 1000)
     hub.publish(trade(2), 1001)
     reads = iter(range(5000, 6000))
@@ -695,10 +700,7 @@ def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     deflated = [DirectSession(hub, idle=True, bits=15) for _ in range(CLOCK_EVERY + 1)]
     behind = DirectSession(hub, idle=False, bits=15)
     sessions = [plain, *deflated, behind]
-    for session in sessions:
-        hub.subscribe(session, ["sim:trades:A"], None, OPEN)
-        session.outbox.drain()
-        session.wakes = 0
+    subscribed_quietly(hub, sessions)
     hub.publish(big_trade(1), 1000)
     hub.publish(big_trade(2), 1001)
     reads = iter(range(5000, 6000))
