@@ -120,7 +120,7 @@ def subscribed(
 
 
 async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
-    hub, _, sessions, pairs = subscribed(clients)
+    hub, write_rounds, sessions, pairs = subscribed(clients)
     release_writers(sessions)  # the subscribe confirmations
     for _, theirs in pairs:
         theirs.recv(1 << 20)
@@ -133,6 +133,7 @@ async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> f
         started = time.perf_counter()
         release_writers(sessions)
         spent += time.perf_counter() - started
+        write_rounds.requests.clear()  # every session was released above, asked or not
         for _, theirs in pairs:
             theirs.recv(1 << 20)
     for ours, theirs in pairs:
@@ -198,6 +199,8 @@ def main() -> None:
         help="with --instructions: clients agreed to permessage-deflate (window bits, 15)",
     )
     args = parser.parse_args()
+    if args.deflate and args.count_rounds is None and not args.instructions:
+        parser.error("--deflate counts instructions: use it with --instructions")
     if args.count_rounds is not None:
         trio.run(fan_out_unread, args.clients, args.count_rounds, args.deflate)
     elif args.instructions:
