@@ -218,15 +218,32 @@ class WebSocketClient:
         self.closed: CloseConnection | None = None
 
     @classmethod
-    async def open(cls, relay: Relay, nursery: trio.Nursery, target: str) -> WebSocketClient:
+    async def open(
+        cls, relay: Relay, nursery: trio.Nursery, target: str, socket: bool = False
+    ) -> WebSocketClient:
+        """``socket``: over a real socket pair instead of memory streams, so the session
+        writes with ``os.write`` as on TCP."""
         _start(relay, nursery)
-        client_end, server_end = trio.testing.memory_stream_pair()
+        client_end: trio.abc.Stream
+        server_end: trio.abc.Stream
+        if socket:
+            ours, theirs = trio.socket.socketpair()
+            client_end, server_end = trio.SocketStream(theirs), trio.SocketStream(ours)
+        else:
+            client_end, server_end = trio.testing.memory_stream_pair()
         nursery.start_soon(relay._handle_tcp, server_end)
         client = cls(client_end)
         await client_end.send_all(client.ws.send(Request(host="relay", target=target)))
         while True:
             client.ws.receive_data(await client_end.receive_some())
-            if any(isinstance(e, AcceptConnection) for e in client.ws.events()):
+            accepted = False
+            # On a socket the open packet can come in the same read as the 101: keep it.
+            for event in client.ws.events():
+                if isinstance(event, AcceptConnection):
+                    accepted = True
+                elif isinstance(event, TextMessage):
+                    client.texts.append(event.data)
+            if accepted:
                 return client
 
     async def send(self, text: str) -> None:
@@ -304,6 +321,43 @@ async def test_the_upgrade_hands_a_polling_session_over_to_its_websocket(
     assert await ws.next_text() == "2"
     await ws.send("3")
     assert len(relay.sessions) == 1
+
+
+async def test_on_a_socket_the_websocket_transport_is_written_in_the_rounds_flush(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    """A Socket.IO client on the WebSocket transport with nothing waiting gets a message at
+    the instant it is published, written in the round's flush without its writer being
+    released; a polling client of the same channel has no socket of its own and is released
+    for its poll, as before."""
+    relay = make_relay()
+    sid = await connected(relay, nursery)
+    await post(relay, nursery, sid, f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    _, body = await poll(relay, nursery, sid)
+    assert payload(packets(body)[0])[0] == "subscribed"
+    ws = await WebSocketClient.open(relay, nursery, f"{BASE}&transport=websocket", socket=True)
+    assert (await ws.next_text()).startswith("0")
+    await ws.send("40/ws,")
+    assert (await ws.next_text()).startswith('40/ws,{"sid":')
+    await ws.send(f'42/ws,["subscribe",{{"channel":"{TRADES}"}}]')
+    assert payload(await ws.next_text())[0] == "subscribed"
+    await trio.testing.wait_all_tasks_blocked()
+    released: list[bool] = []
+    release = SocketIOSession.release
+
+    def recorded(self: SocketIOSession, now_ms: int = 0) -> None:
+        released.append(self.polling)
+        release(self, now_ms)
+
+    monkeypatch.setattr(SocketIOSession, "release", recorded)
+    published_at = trio.current_time()
+    publish(relay, 1)
+    with trio.fail_after(1.0):  # virtual time: nothing else would write it
+        assert payload(await ws.next_text())[1]["seq"] == 1
+    assert trio.current_time() == published_at
+    _, body = await poll(relay, nursery, sid)
+    assert payload(packets(body)[0])[1]["seq"] == 1
+    assert released == [True]  # the polling session only
 
 
 async def test_a_probe_without_its_upgrade_is_dropped_and_the_session_keeps_polling(
