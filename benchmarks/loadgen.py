@@ -124,6 +124,10 @@ class Group:
         self.pending = 0
         self.t_first = 0.0
         self.t_last = 0.0
+        self.cpu_armed = 0.0
+        self.cpu_last = 0.0
+        """This process's CPU time when the group was armed, and when its last client got the
+        last frame: what reading a burst cost the load generator."""
         self.done = asyncio.Event()
         self.latencies: list[float] = []
         self.e2e: list[float] = []
@@ -138,6 +142,7 @@ class Group:
         self.target = target
         self.t_first = 0.0
         self.t_last = 0.0
+        self.cpu_armed = self.cpu_last = time.process_time()
         self.done.clear()
         self.pending = 0
         for client in self.clients:
@@ -190,6 +195,7 @@ class Client(WSListener):
             self.on_first_data()
         if self.count == group.target:
             group.t_last = time.monotonic()
+            group.cpu_last = time.process_time()
             group.pending -= 1
             if group.pending == 0:
                 group.done.set()
@@ -557,6 +563,7 @@ class LoadGen:
             "t_first": group.t_first,
             "t_last": group.t_last,
             "t_progress": last_change,
+            "cpu_s": group.cpu_last - group.cpu_armed,
             "closed_by_server": group.closed_by_server,
             "lagged_events": group.lagged_events,
         }

@@ -81,6 +81,17 @@ PACED_FIGURES = (
 STORM_TIMES = {"connected_s": "t_connected", "subscribed_s": "t_subscribed", "data_s": "t_data"}
 
 
+def burst_cpu(key: str) -> Callable[[dict[str, Any]], float | None]:
+    """The median over a run's bursts of a process's CPU during each (``loadgen_cpu``,
+    ``server_cpu``), in cores; None in results from before it was measured."""
+
+    def median(burst: dict[str, Any]) -> float | None:
+        cores = [r[key] for r in burst["reps"] if key in r]
+        return statistics.median(cores) if cores else None
+
+    return median
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Every headline figure of every implementation over the runs."""
     runs = results["runs"]
@@ -102,6 +113,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                     [r["first_delivery_ms"] for r in w["reps"] if r["first_delivery_ms"]] or [0]
                 ),
             ),
+            "server_cpu": fig("burst", burst_cpu("server_cpu")),
+            "loadgen_cpu": fig("burst", burst_cpu("loadgen_cpu")),
         }
         paced = per_run(runs, impl, "paced", lambda w: w)
         steps: dict[str, Any] = {}
@@ -191,6 +204,10 @@ def compression_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def fmt_int(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def fmt_ms(value: float | None) -> str:
@@ -286,14 +303,14 @@ def markdown(results: dict[str, Any]) -> str:
             "(higher is better)",
             "",
             "| implementation | deliveries/s | spread | best | lost (all runs) "
-            "| first delivery ms | vs relay |",
-            "|---|---:|---|---:|---:|---:|---|",
+            "| first delivery ms | server CPU | load generator CPU | vs relay |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|",
         ]
         relay_burst = med(relay.get("burst", {}).get("deliveries_per_s"))
         for impl in names:
             b = summary[impl]["burst"]
             if b["deliveries_per_s"] is None:
-                lines.append(missing(impl, "burst", 7))
+                lines.append(missing(impl, "burst", 9))
                 continue
             lines.append(
                 md_row(
@@ -303,6 +320,8 @@ def markdown(results: dict[str, Any]) -> str:
                     fmt_int(b["best_deliveries_per_s"]["max"]),
                     fmt_int(sum(b["lost"]["values"])),
                     cell(b["first_delivery_ms"], fmt_ms),
+                    cell(b["server_cpu"], fmt_cores),
+                    cell(b["loadgen_cpu"], fmt_cores),
                     ratio(relay_burst, med(b["deliveries_per_s"]), impl),
                 )
             )

@@ -744,7 +744,7 @@ def merge_storms(answers: list[dict[str, Any]]) -> dict[str, Any]:
 def merge_waits(answers: list[dict[str, Any]]) -> dict[str, Any]:
     firsts = [a["t_first"] for a in answers if a["t_first"]]
     summed = ("clients", "clients_complete", "received", "lost", "closed_by_server",
-              "lagged_events")  # fmt: skip
+              "lagged_events", "cpu_s")  # fmt: skip
     return {
         "ok": True,
         "complete": all(a["complete"] for a in answers),
@@ -1080,9 +1080,11 @@ class Session:
                 break
             self.report.status(f"{self.impl.name}: burst {rep + 1}/{p.burst_reps}")
             self.L.call(10.0, cmd="arm", group="subs", target=p.burst_m)
+            server_cpu = self.S.cpu()
             t0 = time.monotonic()
             self.M.post("/control/burst", n=p.burst_m, topic=TOPIC)
             got = self.L.call(180.0, cmd="wait", group="subs", limit=150.0, stall=5.0)
+            server_cpu = self.S.cpu() - server_cpu
             self.S.check()
             end = got["t_last"] if got["complete"] else got["t_progress"]
             seconds = max(end - t0, 1e-6)
@@ -1092,6 +1094,10 @@ class Session:
                     "deliveries": got["received"],
                     "deliveries_per_s": got["received"] / seconds,
                     "first_delivery_ms": (got["t_first"] - t0) * 1000 if got["t_first"] else None,
+                    # The load generator's processes together, in cores: near their count,
+                    # they and not the server set the pace.
+                    "loadgen_cpu": got["cpu_s"] / seconds,
+                    "server_cpu": server_cpu / seconds,
                     "complete": got["complete"],
                     "lost": got["lost"],
                     "clients_complete": got["clients_complete"],
