@@ -46,8 +46,9 @@ from relay.core.model import StreamKind, Update
 from relay.core.outbox import Policy
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
-from relay.server.rounds import Writer, WriteRounds, release_writers, wall_clock_ms
+from relay.server.rounds import WriteRounds
 from relay.server.session import Session, SessionSettings
+from relay.server.wallclock import wall_clock_ms
 
 CHANNEL = "sim:trades:BTC-USD"
 DATA = {"symbol": "BTC-USD", "price": "100.5", "size": "0.1", "side": "buy", "trade_id": "1"}
@@ -64,27 +65,9 @@ SETTINGS = SessionSettings(
 )
 
 
-class RoundsByHand(WriteRounds):
-    """The write rounds' bookkeeping without their task: :func:`fan_out_unread` makes each
-    round itself, as :meth:`WriteRounds.run` does (the flush, then the release of every
-    session that asked for one), so a round's count holds no scheduler ticks."""
-
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(hub)
-        self.requests: list[Writer] = []
-
-    def request(self, writer: Writer) -> None:
-        self.requests.append(writer)
-
-    def write_round(self, hub: Hub) -> None:
-        hub.flush_round(wall_clock_ms)
-        batch, self.requests = self.requests, []
-        release_writers(batch)
-
-
 def subscribed(
     clients: int, deflate: int = 0
-) -> tuple[Hub, RoundsByHand, list[Session], list[tuple[socket.socket, ...]]]:
+) -> tuple[Hub, WriteRounds, list[Session], list[tuple[socket.socket, ...]]]:
     """A hub whose batches wait for write rounds, as in the relay, and ``clients`` sessions
     on AF_UNIX socket pairs subscribed to one channel (their confirmations queued); with
     ``deflate``, the server window bits of the permessage-deflate every client agreed to."""
@@ -96,7 +79,7 @@ def subscribed(
     )
     hub.add_source("sim", Source())
     timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
-    write_rounds = RoundsByHand(hub)
+    write_rounds = WriteRounds(hub)
     hub.flush_before_writing(write_rounds.published)
     latency = LatencyHistogram()
     pairs = [socket.socketpair() for _ in range(clients)]
@@ -120,20 +103,19 @@ def subscribed(
 
 
 async def microseconds_per_write(clients: int, per_round: int, rounds: int) -> float:
-    hub, write_rounds, sessions, pairs = subscribed(clients)
-    release_writers(sessions)  # the subscribe confirmations
+    hub, write_rounds, _, pairs = subscribed(clients)
+    write_rounds.write_round()  # the subscribe confirmations
     for _, theirs in pairs:
         theirs.recv(1 << 20)
     spent = 0.0
     for n in range(rounds):
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = wall_clock_ms()
         for i in range(per_round):
             hub.publish(Update(CHANNEL, DATA, n * per_round + i, False), now_ms)
-        hub.flush()
+        hub.flush()  # queued: the round below only releases
         started = time.perf_counter()
-        release_writers(sessions)
+        write_rounds.write_round()
         spent += time.perf_counter() - started
-        write_rounds.requests.clear()  # every session was released above, asked or not
         for _, theirs in pairs:
             theirs.recv(1 << 20)
     for ours, theirs in pairs:
@@ -147,10 +129,10 @@ async def fan_out_unread(clients: int, rounds: int, deflate: int) -> None:
     session, as in the relay. Nobody reads: what a round writes (about 180 bytes a client)
     fits in the socket buffers 120 times over, and reading would add its own instructions."""
     hub, write_rounds, sessions, pairs = subscribed(clients, deflate)
-    write_rounds.write_round(hub)  # the subscribe confirmations
+    write_rounds.write_round()  # the subscribe confirmations
     for n in range(1, rounds + 1):
-        hub.publish(Update(CHANNEL, DATA, n, False), time.time_ns() // 1_000_000)
-        write_rounds.write_round(hub)
+        hub.publish(Update(CHANNEL, DATA, n, False), wall_clock_ms())
+        write_rounds.write_round()  # as the relay's round, without its task's ticks
     written = sum(session.writes for session in sessions)
     if written != clients * (rounds + 1):
         sys.exit(f"{written:,} writes of {clients * (rounds + 1):,}: a socket buffer filled")

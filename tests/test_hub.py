@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
-from wsproto.extensions import PerMessageDeflate
 
 from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
@@ -18,6 +17,7 @@ from relay.core.hub import CLOCK_EVERY, Hub, Limits
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import Since
+from tests.deflate_client import agreed_deflate
 
 CATALOGUE = {
     "sim:trades:A": StreamKind.EVENT,
@@ -522,12 +522,7 @@ class DeflateSession(FakeSession):
     def __init__(self, bits: int = 15) -> None:
         super().__init__()
         self.framing = bits
-        if bits:
-            extension = PerMessageDeflate()
-            extension.finalize(
-                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
-            )
-            self._client = Connection(ConnectionType.CLIENT, extensions=[extension])
+        self._client = Connection(ConnectionType.CLIENT, extensions=agreed_deflate(bits))
 
 
 def compressing_hub(**policy: Any) -> Hub:

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
-from wsproto.extensions import PerMessageDeflate
 
 from relay.core.cluster_wire import decode_message, encode_message
 from relay.core.deflate import CompressionPolicy
@@ -23,6 +22,7 @@ from relay.core.hub import Hub
 from relay.core.model import Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import encode_envelope
+from tests.deflate_client import agreed_deflate
 from tests.test_hub_framing import BOOK, CATALOGUE, OPEN, OTHER, TICKER, TRADES
 
 CHANNELS = [TRADES, TICKER, BOOK, OTHER]
@@ -38,13 +38,7 @@ class Sub:
         self.woken_at: list[int] = []
         self.overflows = 0
         self.read: list[dict[str, Any]] = []
-        extensions = []
-        if 0 < framing < 64:
-            deflate = PerMessageDeflate()
-            deflate.finalize(
-                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={framing}"
-            )
-            extensions.append(deflate)
+        extensions = agreed_deflate(framing) if framing < 64 else []
         self._client = Connection(ConnectionType.CLIENT, extensions=extensions)
         self.hub: Hub | None = None
 

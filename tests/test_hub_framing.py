@@ -12,7 +12,6 @@ import pytest
 from socketio.packet import EVENT, Packet
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
-from wsproto.extensions import Extension, PerMessageDeflate
 
 from relay.core.cluster_wire import decode_message, encode_message
 from relay.core.deflate import CompressionPolicy
@@ -22,6 +21,7 @@ from relay.core.hub import Framer, Hub, Limits
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Outbox, Policy
 from relay.core.protocol import Lagged, ProtocolError, Since, encode_envelope
+from tests.deflate_client import agreed_deflate
 
 TRADES, TICKER, BOOK, OTHER = "sim:trades:A", "sim:ticker:A", "sim:book:A", "alt:trades:A"
 CATALOGUE = {
@@ -58,13 +58,7 @@ class Sub:
         self.framing = framing
         self.wakes = 0
         self.overflows = 0
-        extensions: list[Extension] = []
-        if PLAIN < framing < SOCKETIO_WEBSOCKET:
-            extension = PerMessageDeflate()
-            extension.finalize(
-                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={framing}"
-            )
-            extensions.append(extension)
+        extensions = agreed_deflate(framing) if framing < SOCKETIO_WEBSOCKET else []
         self._client = Connection(ConnectionType.CLIENT, extensions=extensions)
 
     def wake(self) -> None:

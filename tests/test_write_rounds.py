@@ -20,7 +20,6 @@ import trio.testing
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
-from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from relay.core.deflate import CompressionPolicy
@@ -33,6 +32,7 @@ from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
 from relay.server.rounds import WriteRounds
 from relay.server.session import Closing, Session, SessionSettings
+from tests.deflate_client import agreed_deflate
 
 CHANNEL = "sim:trades:BTC-USD"
 SETTINGS = SessionSettings(
@@ -65,14 +65,7 @@ class Peer:
     def __init__(self, sock: trio.socket.SocketType, deflate: int = 0) -> None:
         """``deflate``: the server window bits of a permessage-deflate agreed to (0: none)."""
         self.sock = sock
-        extensions = []
-        if deflate:
-            extension = PerMessageDeflate()
-            extension.finalize(
-                f"permessage-deflate; server_no_context_takeover; server_max_window_bits={deflate}"
-            )
-            extensions.append(extension)
-        self.frames = FrameProtocol(client=True, extensions=extensions)
+        self.frames = FrameProtocol(client=True, extensions=agreed_deflate(deflate))
         self.compressed = 0
         """Frames that arrived compressed (RSV1 set)."""
 

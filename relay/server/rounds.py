@@ -22,7 +22,6 @@ next round comes, and its own send timeout deals with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -30,6 +29,7 @@ import trio
 
 from relay.core.hub import CLOCK_EVERY
 from relay.core.pacing import RoundPacer
+from relay.server.wallclock import wall_clock_ms
 
 
 class Writer(Protocol):
@@ -47,10 +47,6 @@ class Ingest(Protocol):
         """Offer what was published since the last round to the subscribers: those that can
         write it at once do, the others' writers ask to be released in this round."""
         ...
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def release_writers(writers: Sequence[Writer]) -> None:
@@ -92,6 +88,18 @@ class WriteRounds:
         self._published = True
         self._wakeup.unpark()
 
+    def write_round(self) -> int:
+        """One round, now: the flush (which writes every subscriber with nothing waiting),
+        then the release of every writer that asked for one; how many messages the round
+        carried, for the pacer."""
+        self._published = False
+        self._ingest.flush_round(wall_clock_ms)
+        batch_size = self._pacer.release(self._ingest.messages_in)
+        batch, self._pending = self._pending, []
+        self.rounds += 1
+        release_writers(batch)
+        return batch_size
+
     async def run(self) -> None:
         ingest, pacer, clock = self._ingest, self._pacer, self._clock
         while True:
@@ -102,15 +110,10 @@ class WriteRounds:
                 await trio.lowlevel.checkpoint()
                 if pacer.tick(ingest.messages_in, clock()):
                     break
-            self._published = False
             # The round's cost includes the flush: it writes to every subscriber with nothing
             # waiting, which at light load is all of them.
             started = clock()
-            ingest.flush_round(wall_clock_ms)
-            batch_size = pacer.release(ingest.messages_in)
-            batch, self._pending = self._pending, []
-            self.rounds += 1
-            release_writers(batch)
+            batch_size = self.write_round()
             # The round's cost is the synchronous writes above, and nothing waits for the
             # writer tasks started for slow sockets: in a reconnect storm every tick runs
             # thousands of handshake steps, and two ticks counted here came to six seconds.

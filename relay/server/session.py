@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -48,6 +47,7 @@ from relay.core.ratelimit import TokenBucket
 from relay.core.timers import SessionTimers
 from relay.core.websocket import Answer, Closed, PongReceived, Received, ServerWebSocket
 from relay.server.rounds import WriteRounds
+from relay.server.wallclock import wall_clock_ms
 
 log = logging.getLogger("relay.session")
 
@@ -407,7 +407,7 @@ class Session:
     def _wrote(self, oldest: int, now_ms: int = 0) -> None:
         self.writes += 1
         if oldest and self._latency is not None:
-            self._latency.record(max(0, (now_ms or time.time_ns() // 1_000_000) - oldest))
+            self._latency.record(max(0, (now_ms or wall_clock_ms()) - oldest))
 
     def _queue(self, frame: bytes) -> None:
         """A frame of the relay's own (a reply or a pong), in order with the data: what was
@@ -611,7 +611,7 @@ class Session:
                 if join is not None:
                     return join, had
             case Subscribe(channels, request_id, since):
-                now_ms = time.time_ns() // 1_000_000 if since is not None else 0
+                now_ms = wall_clock_ms() if since is not None else 0
                 self._hub.subscribe(self, channels, request_id, self._limits, since, now_ms)
             case Unsubscribe(channels, request_id):
                 self._hub.unsubscribe(self, channels, request_id)

@@ -16,7 +16,6 @@ import enum
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +51,7 @@ from relay.server.transports import (
     UpstreamConnection,
     WebSocketTransport,
 )
+from relay.server.wallclock import wall_clock_ms
 
 log = logging.getLogger("relay.upstream")
 
@@ -96,7 +96,7 @@ class UpstreamSupervisor:
         hub: Outlet,
         transport: Transport | None = None,
         rng: Callable[[], float] = random.random,
-        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_clock_ms: Callable[[], int] = wall_clock_ms,
         url: str | None = None,
         request_interval: float = 0.0,
     ) -> None:

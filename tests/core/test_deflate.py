@@ -22,6 +22,7 @@ from relay.core.handshake import accept
 from relay.core.websocket import MESSAGE_TOO_BIG, PONG_RECEIVED, Answer, Closed, ServerWebSocket
 from tests.core.test_handshake import UPGRADE
 from tests.core.test_websocket import client_events, fragmented
+from tests.deflate_client import agreed_deflate
 
 CAP = 4096
 BOTH = "client_no_context_takeover; server_no_context_takeover"
@@ -357,11 +358,7 @@ def test_a_corrupt_compressed_frame_is_invalid_payload_data() -> None:
 
 
 def client_for(bits: int) -> Connection:
-    extension = PerMessageDeflate()
-    extension.finalize(
-        f"permessage-deflate; server_no_context_takeover; server_max_window_bits={bits}"
-    )
-    return Connection(ConnectionType.CLIENT, extensions=[extension])
+    return Connection(ConnectionType.CLIENT, extensions=agreed_deflate(bits))
 
 
 def decoded(client: Connection, frame: bytes) -> list[str]:
