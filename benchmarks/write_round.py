@@ -79,9 +79,9 @@ def subscribed(
     )
     hub.add_source("sim", Source())
     timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
-    write_rounds = WriteRounds(hub)
-    hub.flush_before_writing(write_rounds.published)
     latency = LatencyHistogram()
+    write_rounds = WriteRounds(hub, latency=latency)
+    hub.flush_before_writing(write_rounds.published)
     pairs = [socket.socketpair() for _ in range(clients)]
     sessions = []
     for ours, _ in pairs:

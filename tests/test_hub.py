@@ -14,9 +14,10 @@ from wsproto.events import TextMessage
 from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
 from relay.core.hub import CLOCK_EVERY, Hub, Limits
+from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
-from relay.core.protocol import Since
+from relay.core.protocol import Since, encode_envelope
 from tests.deflate_client import agreed_deflate
 
 CATALOGUE = {
@@ -644,16 +645,25 @@ class DirectSession(DeflateSession):
         super().__init__(bits)
         self.hub = hub
         self.idle = idle
-        self.written: list[tuple[list[int], int, int]] = []
+        self.written: list[list[int]] = []
         self.raw: list[bytes] = []
 
-    def write_now(self, frames: bytes, now_ms: int) -> bool:
+    def write_now(self, frames: bytes) -> bool:
         if self.idle:
             self.raw.append(frames)
             self._client.receive_data(frames)
-            seqs = [orjson.loads(e.data)["seq"] for e in self._client.events()]
-            self.written.append((seqs, now_ms, self.hub.publish_ts))
+            self.written.append([orjson.loads(e.data)["seq"] for e in self._client.events()])
         return self.idle
+
+
+def latency_of(sessions: list[DirectSession], reads: list[int], ts: int) -> LatencyHistogram:
+    """What a flush records for the idle ``sessions``: the clock read once per chunk of
+    ``CLOCK_EVERY``, each chunk's writes against its reading and ``ts``."""
+    expected = LatencyHistogram()
+    for i, session in enumerate(sessions):
+        if session.idle:
+            expected.record(reads[i // CLOCK_EVERY] - ts)
+    return expected
 
 
 def subscribed_quietly(hub: Hub, sessions: list[DirectSession]) -> None:
@@ -671,19 +681,37 @@ def test_a_round_flush_hands_each_batch_to_the_subscribers_that_write_it_at_once
     subscribed_quietly(hub, sessions)
     hub.publish(trade(1), 1000)
     hub.publish(trade(2), 1001)
-    reads = iter(range(5000, 6000))
-    hub.flush_round(lambda: next(reads))
-    for i, session in enumerate(sessions):
+    reads = iter([1003, 1010, 1030, 9999])
+    latency = LatencyHistogram()
+    hub.flush_round(lambda: next(reads), latency)
+    for session in sessions:
         if session.idle:
-            # Both messages in one write, the clock as read for its chunk of subscribers,
-            # and the receive time of the oldest message for its latency.
-            assert session.written == [([1, 2], 5000 + i // CLOCK_EVERY, 1000)]
+            assert session.written == [[1, 2]]  # both messages in one write
             assert not session.outbox.pending and session.wakes == 0
         else:
             assert session.written == [] and session.wakes == 1
             assert [m["seq"] for m in session.messages()] == [1, 2]
-    assert next(reads) == 5003  # one read per chunk of CLOCK_EVERY subscribers
+    assert next(reads) == 9999  # one read per chunk of CLOCK_EVERY subscribers
+    # Each write against the clock as read for its chunk and the oldest message's receipt
+    # (3, 10 and 30 ms: three buckets), recorded once per chunk.
+    expected = latency_of(sessions, [1003, 1010, 1030], 1000)
+    assert (latency.counts, latency.sum_ms) == (expected.counts, expected.sum_ms)
+    assert latency.count == sum(s.idle for s in sessions)
     assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0
+
+
+def test_a_round_flush_records_no_latency_for_a_replay_without_receipt_time() -> None:
+    """A cluster node's replay of what it missed has no receipt time to measure from: it is
+    written like any batch, and recorded nowhere."""
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    session = DirectSession(hub, idle=True)
+    subscribed_quietly(hub, [session])
+    missed = [encode_envelope("sim:trades:A", 1, 1, {"n": 1}, False)]
+    hub.resynced("sim:trades:A", missed, 0, None)
+    latency = LatencyHistogram()
+    hub.flush_round(lambda: 5000, latency)
+    assert session.written == [[1]] and latency.count == 0
 
 
 def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
@@ -698,18 +726,22 @@ def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     subscribed_quietly(hub, sessions)
     hub.publish(big_trade(1), 1000)
     hub.publish(big_trade(2), 1001)
-    reads = iter(range(5000, 6000))
-    hub.flush_round(lambda: next(reads))
-    assert plain.written == [([1, 2], 5000, 1000)] and plain.raw[0][0] == 0x81
-    for i, session in enumerate(deflated, start=1):
-        assert session.written == [([1, 2], 5000 + i // CLOCK_EVERY, 1000)]
+    reads = iter([1003, 1030, 9999])
+    latency = LatencyHistogram()
+    hub.flush_round(lambda: next(reads), latency)
+    assert plain.written == [[1, 2]] and plain.raw[0][0] == 0x81
+    for session in deflated:
+        assert session.written == [[1, 2]]
         assert session.raw[0] is deflated[0].raw[0]  # one compressed batch, shared
         assert not session.outbox.pending and session.wakes == 0
     assert deflated[0].raw[0][0] == 0xC1  # RSV1: compressed
     assert behind.written == [] and behind.wakes == 1
     assert queued(behind) == deflated[0].raw
     assert [m["seq"] for m in behind.messages()] == [1, 2]
-    assert next(reads) == 5002  # one read per chunk of CLOCK_EVERY subscribers
+    assert next(reads) == 9999  # one read per chunk of CLOCK_EVERY subscribers
+    expected = latency_of(sessions, [1003, 1030], 1000)
+    assert (latency.counts, latency.sum_ms) == (expected.counts, expected.sum_ms)
+    assert latency.count == len(sessions) - 1  # every write but the one that queued
     assert hub.compressions == 2  # once per message, not per subscriber
     assert hub.compressed_deliveries == 2 * (len(deflated) + 1)
     assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0

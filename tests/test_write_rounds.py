@@ -86,7 +86,9 @@ class Fixture:
     def __init__(self, clients: int, pacer: RoundPacer | None = None) -> None:
         self.hub = Hub(lambda _: StreamKind.EVENT, lambda _: Policy.DROP, epoch="test")
         self.hub.add_source("sim", Source())
-        self.rounds = WriteRounds(self.hub, pacer)
+        self.latency = LatencyHistogram()
+        """Every write's fan-out latency: the round's flush and the sessions record here."""
+        self.rounds = WriteRounds(self.hub, pacer, latency=self.latency)
         self.hub.flush_before_writing(self.rounds.published)
         self.timers: SessionTimers[Session] = SessionTimers(15.0, 60.0, 10.0)
         self.sessions: list[Session] = []
@@ -101,7 +103,7 @@ class Fixture:
 
     def session(self) -> tuple[Session, trio.socket.SocketType]:
         """A session on one end of a socket pair, and the other end."""
-        return paired_session(self.hub, self.rounds, SETTINGS, self.timers)
+        return paired_session(self.hub, self.rounds, SETTINGS, self.timers, latency=self.latency)
 
     def publish(self) -> None:
         self.published += 1
@@ -121,6 +123,7 @@ def paired_session(
     settings: SessionSettings = SETTINGS,
     timers: SessionTimers[Session] | None = None,
     deflate: int = 0,
+    latency: LatencyHistogram | None = None,
 ) -> tuple[Session, trio.socket.SocketType]:
     """A session on one end of a socket pair, and the other end; ``deflate`` as for
     :class:`Peer`."""
@@ -133,7 +136,7 @@ def paired_session(
         settings,
         timers if timers is not None else SessionTimers(15.0, 60.0, 10.0),
         rounds,
-        latency=LatencyHistogram(),
+        latency=latency if latency is not None else LatencyHistogram(),
     )
     return session, theirs
 
@@ -223,7 +226,9 @@ class Counter:
     messages_in = 0
     flushes = 0
 
-    def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
+    def flush_round(
+        self, clock_ms: Callable[[], int] | None, latency: LatencyHistogram | None = None
+    ) -> None:
         self.flushes += 1
 
 
@@ -294,8 +299,10 @@ async def test_a_batch_started_brings_a_round_that_flushes_it_before_the_writes(
     writes_before_flush: list[int] = []
 
     class Batching(Counter):
-        def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
-            super().flush_round(clock_ms)
+        def flush_round(
+            self, clock_ms: Callable[[], int] | None, latency: LatencyHistogram | None = None
+        ) -> None:
+            super().flush_round(clock_ms, latency)
             writes_before_flush.append(len(writer.released_at))
             rounds.request(writer)  # what a subscriber offered a batch does
 
@@ -464,18 +471,26 @@ async def test_the_welcome_goes_out_with_the_handshake_response_and_only_there(
 async def test_each_write_records_how_long_its_oldest_message_waited(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
+    """Whether a session's release writes a message (queued by a reply's flush) or the
+    round's flush does (nothing waiting), the write is recorded once, against the receipt
+    time of its oldest message."""
     f = Fixture(3)
     nursery.start_soon(f.rounds.run)
     await f.confirmed()
-    received_ms = time.time_ns() // 1_000_000 - 30  # the relay got it 30 ms ago
+    assert f.latency.count == 0  # the confirmations carry no message to measure
+    received_ms = time.time_ns() // 1_000_000 - 30  # the relay got them 30 ms ago
     f.hub.publish(Update(CHANNEL, {"n": 1}, 1, False), received_ms)
+    f.sessions[0].reply("pong", None, 7)  # queues the message in every outbox, then the pong
+    assert [m.get("seq") for m in await f.peers[0].messages(2)] == [1, None]
+    for peer in f.peers[1:]:
+        await peer.messages(1)
+    assert f.writes() == [2, 2, 2]  # each session's release: one write
+    f.hub.publish(Update(CHANNEL, {"n": 2}, 2, False), received_ms)
     for peer in f.peers:
         await peer.messages(1)
-    for session in f.sessions:
-        latency = session._latency
-        assert latency is not None
-        # One write, in the 25-50 ms bucket (the wall clock moved a little since).
-        assert latency.counts == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert f.writes() == [3, 3, 3]  # the flush: one write each
+    # Six writes in the 25-50 ms bucket (the wall clock moved a little since).
+    assert f.latency.counts == [0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]
 
 
 async def test_a_subscriber_with_nothing_waiting_is_written_in_the_flush_itself(
@@ -544,6 +559,9 @@ async def test_a_direct_write_the_socket_takes_in_part_finishes_in_the_writer_ta
                 text = ""
     assert [m["seq"] for m in messages] == [1, 2] and messages[0]["data"]["big"] == big
     assert not f.sessions[0]._writing
+    # Two writes measured: the first when the flush began it (the writer task that finished
+    # it records nothing more), the second when the writer task wrote it.
+    assert f.latency.count == 2
 
 
 async def test_a_compressing_subscriber_with_nothing_waiting_is_written_in_the_flush_too(

@@ -36,6 +36,7 @@ from relay.core.deflate import CompressedFramer, CompressionPolicy
 from relay.core.engineio import SEPARATOR
 from relay.core.framing import PLAIN, SOCKETIO_POLLING, SOCKETIO_WEBSOCKET, is_socketio
 from relay.core.history import ChannelHistory, HistoryBounds
+from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
 from relay.core.protocol import (
@@ -88,11 +89,12 @@ class Subscriber(Protocol):
     def overflow(self) -> None:
         """The disconnect policy tripped: close as a slow consumer (must not re-enter the hub)."""
 
-    def write_now(self, frames: bytes, now_ms: int) -> bool:
+    def write_now(self, frames: bytes) -> bool:
         """In a write round's flush (:meth:`Hub.flush_round`): write ``frames`` (a channel's
         messages, framed back to back) at once if nothing of the subscriber's waits, and
-        answer whether it took them; False leaves them to its outbox. ``hub.publish_ts`` is
-        as for :meth:`wake`, ``now_ms`` the wall clock. Must not re-enter the hub."""
+        answer whether it took them (written, or the rest of a write the socket took in part
+        handed on); False leaves them to its outbox. The flush records the fan-out latency
+        of what it took. Must not re-enter the hub."""
         ...
 
 
@@ -161,6 +163,14 @@ class _Framed(NamedTuple):
     each: list[bytes]
     joined: bytes
     compressed: int
+
+
+def _record_writes(latency: LatencyHistogram | None, ts: int, now_ms: int, count: int) -> None:
+    """``count`` writes made at ``now_ms`` of a batch whose oldest message arrived at ``ts``
+    (0: a resync's replay, which has no receipt time)."""
+    if count and ts and latency is not None:
+        waited = now_ms - ts
+        latency.record(waited if waited > 0 else 0, count)
 
 
 def _joined(frames: list[bytes], separator: bytes = b"") -> bytes:
@@ -559,7 +569,9 @@ class Hub:
         last flush, joined once per framing, as one outbox entry each."""
         self.flush_round(None)
 
-    def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
+    def flush_round(
+        self, clock_ms: Callable[[], int] | None, latency: LatencyHistogram | None = None
+    ) -> None:
         """:meth:`flush`, for a write round (``clock_ms`` gives the wall clock in
         milliseconds): a batch goes straight to each subscriber that can write it at once
         (:meth:`Subscriber.write_now`), in the subscriber's framing, and only the others
@@ -569,7 +581,9 @@ class Hub:
         wake-up, the round's release and the take that would follow touch several objects
         per client for nothing: written here, a round to 1,000 clients is shorter by about a
         millisecond (docs/performance.md, "What each step bought"). ``clock_ms`` is read once
-        per ``CLOCK_EVERY`` subscribers, for their latency figure."""
+        per ``CLOCK_EVERY`` subscribers, and the fan-out latency of the writes made between
+        two readings goes into ``latency`` at once: they share the reading and the batch's
+        receipt time, so one record with their count is the same figure as one each."""
         pending = self._pending
         if not pending:
             return
@@ -580,7 +594,7 @@ class Hub:
             subscribers = self.registry.subscribers(name)
             self.deliveries += len(subscribers) * len(frames)
             if name in self._framed:
-                self._offer_framed(subscribers, state, frames, batch.deltas, clock_ms)
+                self._offer_framed(subscribers, batch, clock_ms, latency)
                 continue
             policy, joined, count = state.policy, _joined(frames), len(frames)
             if clock_ms is None:
@@ -590,16 +604,20 @@ class Hub:
                     else:
                         self._offer_each(sub, name, frames, policy, batch.deltas)
                 continue
-            now_ms = 0
+            ts = batch.ts
+            now_ms = written = 0
             for i, sub in enumerate(subscribers):
                 if not i % CLOCK_EVERY:
-                    now_ms = clock_ms()
-                if sub.write_now(joined, now_ms):
+                    _record_writes(latency, ts, now_ms, written)
+                    now_ms, written = clock_ms(), 0
+                if sub.write_now(joined):
+                    written += 1
                     continue
                 if sub.outbox.offer_all(name, joined, count):
                     sub.wake()
                 else:
                     self._offer_each(sub, name, frames, policy, batch.deltas)
+            _record_writes(latency, ts, now_ms, written)
         self.publish_ts = 0
 
     def _offer_each(
@@ -678,20 +696,20 @@ class Hub:
     def _offer_framed(
         self,
         subscribers: Iterable[Subscriber],
-        state: ChannelState,
-        frames: list[bytes],
-        deltas: list[bool],
+        batch: _Batch,
         clock_ms: Callable[[], int] | None,
+        latency: LatencyHistogram | None,
     ) -> None:
         """The flush of a channel some of whose subscribers take another framing than plain:
         each framing's batch is made at its first subscriber, then shared. In a write round
         (``clock_ms`` given) it goes straight out to those with nothing waiting, as the
         plain flush does: a browser's compressed frames wait no longer than plain ones."""
+        state, frames, deltas, ts = batch.state, batch.frames, batch.deltas, batch.ts
         name, policy, count = state.name, state.policy, len(frames)
         plain = _Framed(frames, _joined(frames), 0)
         variants: dict[int, _Framed] = {PLAIN: plain}
         compressed = 0
-        now_ms = 0
+        now_ms = written = 0
         for i, sub in enumerate(subscribers):
             framing = sub.framing
             chosen = variants.get(framing)
@@ -700,13 +718,16 @@ class Hub:
             compressed += chosen.compressed
             if clock_ms is not None:
                 if not i % CLOCK_EVERY:
-                    now_ms = clock_ms()
-                if sub.write_now(chosen.joined, now_ms):
+                    _record_writes(latency, ts, now_ms, written)
+                    now_ms, written = clock_ms(), 0
+                if sub.write_now(chosen.joined):
+                    written += 1
                     continue
             if sub.outbox.offer_all(name, chosen.joined, count):
                 sub.wake()
             else:
                 self._offer_each(sub, name, chosen.each, policy, deltas)
+        _record_writes(latency, ts, now_ms, written)
         self.compressed_deliveries += compressed
 
     def _framed_batch(self, framing: int, state: ChannelState, frames: list[bytes]) -> _Framed:

@@ -27,9 +27,10 @@ class LatencyHistogram:
         """Per bucket (not cumulative); the last counts what is above every bound."""
         self.sum_ms = 0
 
-    def record(self, ms: int) -> None:
-        self.counts[bisect_left(self.bounds_ms, ms)] += 1
-        self.sum_ms += ms
+    def record(self, ms: int, count: int = 1) -> None:
+        """``count`` writes whose oldest message waited ``ms``."""
+        self.counts[bisect_left(self.bounds_ms, ms)] += count
+        self.sum_ms += ms * count
 
     @property
     def count(self) -> int:

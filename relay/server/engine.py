@@ -246,7 +246,7 @@ class SocketIOSession(Session):
             self.farewell_taken.set()
         body = engineio.SEPARATOR.join(packets) if packets else engineio.NOOP_PACKET
         self.bytes_out += len(body)
-        self._wrote(0)
+        self.writes += 1
         return body
 
     async def post(self, body: bytes) -> EngineError | None:

@@ -209,7 +209,9 @@ class Relay:
         )
         self._timers_changed = trio.lowlevel.ParkingLot()
         self._key_file_configured = trio.lowlevel.ParkingLot()
-        self.rounds = WriteRounds(self.hub)
+        self.fanout_latency = LatencyHistogram()
+        """Upstream receipt to socket write, for the oldest message of each write."""
+        self.rounds = WriteRounds(self.hub, latency=self.fanout_latency)
         self.hub.flush_before_writing(self.rounds.published)
         self.metrics = make_registry(self)
         self.tcp_connections = 0
@@ -225,8 +227,6 @@ class Relay:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5),
             registry=self.metrics,
         )
-        self.fanout_latency = LatencyHistogram()
-        """Upstream receipt to socket write, for the oldest message of each write."""
         self.port: int | None = None
         self.listener: Listener | None = None
 

@@ -28,6 +28,7 @@ from typing import Protocol
 import trio
 
 from relay.core.hub import CLOCK_EVERY
+from relay.core.latency import LatencyHistogram
 from relay.core.pacing import RoundPacer
 from relay.server.wallclock import wall_clock_ms
 
@@ -43,9 +44,12 @@ class Ingest(Protocol):
     @property
     def messages_in(self) -> int: ...
 
-    def flush_round(self, clock_ms: Callable[[], int] | None) -> None:
+    def flush_round(
+        self, clock_ms: Callable[[], int] | None, latency: LatencyHistogram | None = None
+    ) -> None:
         """Offer what was published since the last round to the subscribers: those that can
-        write it at once do, the others' writers ask to be released in this round."""
+        write it at once do (their fan-out latency recorded in ``latency``), the others'
+        writers ask to be released in this round."""
         ...
 
 
@@ -64,8 +68,12 @@ class WriteRounds:
         ingest: Ingest,
         pacer: RoundPacer | None = None,
         clock: Callable[[], float] = trio.current_time,
+        latency: LatencyHistogram | None = None,
     ) -> None:
         self._ingest = ingest
+        self._latency = latency
+        """Where the flush records the fan-out latency of the writes it makes (the writers
+        released after it record their own)."""
         self._pacer = pacer if pacer is not None else RoundPacer()
         self._clock = clock
         """Measures a round's cost (the tests make rounds cost virtual time with it)."""
@@ -93,7 +101,7 @@ class WriteRounds:
         then the release of every writer that asked for one; how many messages the round
         carried, for the pacer."""
         self._published = False
-        self._ingest.flush_round(wall_clock_ms)
+        self._ingest.flush_round(wall_clock_ms, self._latency)
         batch_size = self._pacer.release(self._ingest.messages_in)
         batch, self._pending = self._pending, []
         self.rounds += 1
