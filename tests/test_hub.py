@@ -714,6 +714,22 @@ def test_a_round_flush_records_no_latency_for_a_replay_without_receipt_time() ->
     assert session.written == [[1]] and latency.count == 0
 
 
+def test_a_round_flush_records_a_write_before_its_messages_receipt_time_as_no_wait() -> None:
+    """A receipt time from another clock (a cluster node's holder) can be a little ahead of
+    this one: the write counts as not having waited, never as a negative wait."""
+    hub, _ = make_hub()
+    hub.flush_before_writing(lambda: None)
+    session = DirectSession(hub, idle=True)
+    subscribed_quietly(hub, [session])
+    latency = LatencyHistogram((0.5, 1, 2))
+    reads = iter([990, 1001, 1002])  # one per flush: one subscriber
+    for n in (1, 2, 3):
+        hub.publish(trade(n), 1000)
+        hub.flush_round(lambda: next(reads), latency)
+    assert latency.counts == [1, 1, 1, 0] and latency.sum_ms == 0 + 1 + 2
+    assert session.written == [[1], [2], [3]]
+
+
 def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     """Compressed subscribers with nothing waiting are written in the flush too, the frames
     compressed once for all of them; one with something waiting queues the same frames."""

@@ -21,6 +21,16 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     assert latency.count == 8
 
 
+@given(st.integers(0, 10_000), st.integers(0, 100))
+def test_one_record_of_many_writes_is_that_many_records_of_one(ms: int, count: int) -> None:
+    """A write round records every write made with the same clock reading at once."""
+    many, each = LatencyHistogram(), LatencyHistogram()
+    many.record(ms, count)
+    for _ in range(count):
+        each.record(ms)
+    assert (many.counts, many.sum_ms) == (each.counts, each.sum_ms)
+
+
 @given(st.lists(st.integers(0, 10_000)))
 def test_cumulative_counts_are_what_each_bound_covers(values: list[int]) -> None:
     latency = LatencyHistogram()
