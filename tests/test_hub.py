@@ -13,7 +13,7 @@ from wsproto.events import TextMessage
 
 from relay.core.deflate import CompressionPolicy
 from relay.core.history import HistoryBounds
-from relay.core.hub import CLOCK_EVERY, Hub, Limits
+from relay.core.hub import CLOCK_EVERY, QUEUE, TAKEN, WRITTEN, Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.model import StreamKind, Update
 from relay.core.outbox import Offer, Outbox, Policy
@@ -641,19 +641,22 @@ class DirectSession(DeflateSession):
     """Takes a round's frames itself when ``idle``, as a session with nothing waiting does;
     plain, or compressed with ``bits`` as the server window."""
 
-    def __init__(self, hub: Hub, idle: bool, bits: int = 0) -> None:
+    def __init__(self, hub: Hub, idle: bool, bits: int = 0, answer: int = WRITTEN) -> None:
         super().__init__(bits)
         self.hub = hub
         self.idle = idle
+        self.answer = answer
+        """What it answers when idle: written whole, or taken with the rest left to write."""
         self.written: list[list[int]] = []
         self.raw: list[bytes] = []
 
-    def write_now(self, frames: bytes) -> bool:
-        if self.idle:
-            self.raw.append(frames)
-            self._client.receive_data(frames)
-            self.written.append([orjson.loads(e.data)["seq"] for e in self._client.events()])
-        return self.idle
+    def write_now(self, frames: bytes) -> int:
+        if not self.idle:
+            return QUEUE
+        self.raw.append(frames)
+        self._client.receive_data(frames)
+        self.written.append([orjson.loads(e.data)["seq"] for e in self._client.events()])
+        return self.answer
 
 
 def latency_of(sessions: list[DirectSession], reads: list[int], ts: int) -> LatencyHistogram:
@@ -728,6 +731,26 @@ def test_a_round_flush_records_a_write_before_its_messages_receipt_time_as_no_wa
         hub.flush_round(lambda: next(reads), latency)
     assert latency.counts == [1, 1, 1, 0] and latency.sum_ms == 0 + 1 + 2
     assert session.written == [[1], [2], [3]]
+
+
+@pytest.mark.parametrize("bits", [0, 15])
+def test_a_write_taken_but_not_finished_is_neither_queued_nor_recorded_by_the_flush(
+    bits: int,
+) -> None:
+    """A socket that took part of a batch (or none, or failed): the subscriber has it, and
+    its writer records the latency when the rest is written, so the flush does not; the
+    next subscriber is written as ever. Plain, and compressed (the framed flush)."""
+    hub = compressing_hub(min_bytes=0)
+    hub.flush_before_writing(lambda: None)
+    taken = DirectSession(hub, idle=True, bits=bits, answer=TAKEN)
+    whole = DirectSession(hub, idle=True, bits=bits)
+    subscribed_quietly(hub, [taken, whole])
+    hub.publish(trade(1), 1000)
+    latency = LatencyHistogram()
+    hub.flush_round(lambda: 1003, latency)
+    assert taken.written == whole.written == [[1]]
+    assert not taken.outbox.pending and taken.wakes == 0
+    assert latency.count == 1 and latency.sum_ms == 3
 
 
 def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:

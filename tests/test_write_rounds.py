@@ -31,7 +31,7 @@ from relay.core.pacing import RoundPacer
 from relay.core.timers import SessionTimers
 from relay.core.websocket import ServerWebSocket
 from relay.server.rounds import WriteRounds
-from relay.server.session import Closing, Session, SessionSettings
+from relay.server.session import CloseCode, Closing, Session, SessionSettings
 from tests.deflate_client import agreed_deflate
 
 CHANNEL = "sim:trades:BTC-USD"
@@ -559,9 +559,27 @@ async def test_a_direct_write_the_socket_takes_in_part_finishes_in_the_writer_ta
                 text = ""
     assert [m["seq"] for m in messages] == [1, 2] and messages[0]["data"]["big"] == big
     assert not f.sessions[0]._writing
-    # Two writes measured: the first when the flush began it (the writer task that finished
-    # it records nothing more), the second when the writer task wrote it.
+    # Two writes measured, each once: both finished by the writer task, which records them
+    # (the flush that began the first records nothing).
     assert f.latency.count == 2
+
+
+async def test_a_direct_write_to_a_client_gone_ends_its_session_and_records_nothing(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The peer closed its end: the flush's write fails, that session ends as lost, nothing
+    is queued for it or recorded as written, and the other subscriber is written as ever."""
+    f = Fixture(2)
+    nursery.start_soon(f.rounds.run)
+    await f.confirmed()
+    gone, alive = f.sessions
+    f.peers[0].sock.close()
+    f.publish()
+    assert [m["seq"] for m in await f.peers[1].messages(1)] == [1]
+    assert gone.closing is not None and gone.closing.code == CloseCode.LOST
+    assert not gone.outbox.pending and not gone._writing
+    assert (gone.writes, alive.writes) == (1, 2)
+    assert f.latency.count == 1
 
 
 async def test_a_compressing_subscriber_with_nothing_waiting_is_written_in_the_flush_too(

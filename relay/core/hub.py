@@ -64,6 +64,16 @@ CLOCK_EVERY = 64
 """Writes per read of the wall clock their latency is recorded against: a round to 1,000
 clients takes a few milliseconds, so the figure is off by well under one."""
 
+# What a subscriber answers when a round's flush offers it a batch to write at once
+# (:meth:`Subscriber.write_now`).
+QUEUE = 0
+"""Not taken: something of the subscriber's waits, so the batch queues behind it."""
+WRITTEN = 1
+"""Written whole, now: the flush records its fan-out latency."""
+TAKEN = 2
+"""Taken, not all written: the subscriber's writer task has the rest and records the latency
+once it is written (or the write failed and the subscriber is gone)."""
+
 
 class Subscriber(Protocol):
     """What the hub needs of a client session."""
@@ -89,12 +99,11 @@ class Subscriber(Protocol):
     def overflow(self) -> None:
         """The disconnect policy tripped: close as a slow consumer (must not re-enter the hub)."""
 
-    def write_now(self, frames: bytes) -> bool:
+    def write_now(self, frames: bytes) -> int:
         """In a write round's flush (:meth:`Hub.flush_round`): write ``frames`` (a channel's
         messages, framed back to back) at once if nothing of the subscriber's waits, and
-        answer whether it took them (written, or the rest of a write the socket took in part
-        handed on); False leaves them to its outbox. The flush records the fan-out latency
-        of what it took. Must not re-enter the hub."""
+        answer :data:`QUEUE`, :data:`WRITTEN` or :data:`TAKEN`. ``hub.publish_ts`` is as for
+        :meth:`wake`. Must not re-enter the hub."""
         ...
 
 
@@ -610,8 +619,11 @@ class Hub:
                 if not i % CLOCK_EVERY:
                     _record_writes(latency, ts, now_ms, written)
                     now_ms, written = clock_ms(), 0
-                if sub.write_now(joined):
+                took = sub.write_now(joined)
+                if took == WRITTEN:
                     written += 1
+                    continue
+                if took:
                     continue
                 if sub.outbox.offer_all(name, joined, count):
                     sub.wake()
@@ -720,8 +732,11 @@ class Hub:
                 if not i % CLOCK_EVERY:
                     _record_writes(latency, ts, now_ms, written)
                     now_ms, written = clock_ms(), 0
-                if sub.write_now(chosen.joined):
+                took = sub.write_now(chosen.joined)
+                if took == WRITTEN:
                     written += 1
+                    continue
+                if took:
                     continue
             if sub.outbox.offer_all(name, chosen.joined, count):
                 sub.wake()

@@ -23,7 +23,7 @@ import trio
 from relay.core.channels import matches_any
 from relay.core.credentials import Grant
 from relay.core.framing import PLAIN
-from relay.core.hub import Hub, Limits
+from relay.core.hub import QUEUE, TAKEN, WRITTEN, Hub, Limits
 from relay.core.latency import LatencyHistogram
 from relay.core.outbox import Outbox
 from relay.core.protocol import (
@@ -238,16 +238,17 @@ class Session:
         if not self._writing:
             self._end(self.closing)
 
-    def write_now(self, frames: bytes) -> bool:
+    def write_now(self, frames: bytes) -> int:
         """Called by the hub in a write round's flush: with nothing queued, waiting or being
         written (``_requested`` says a delivery since the last write is queued), this
         round's frames go out now with the same non-blocking write as :meth:`release`, and
         never pass through the outbox. Otherwise they queue behind what waits.
 
-        The flush records the write's latency, once for every subscriber written with the
-        same clock reading: the clock and the histogram per client were nearly half the
-        instructions of a round to 1,000 clients (docs/performance.md, "What each step
-        bought")."""
+        A write made whole here has its latency recorded by the flush, once for every
+        subscriber written with the same clock reading: the clock and the histogram per
+        client were nearly half the instructions of a round to 1,000 clients
+        (docs/performance.md, "What each step bought"). What the socket does not take goes
+        to the writer task, which records it when it is written."""
         fd = self._fd
         if (
             self._requested
@@ -257,9 +258,8 @@ class Session:
             or fd is None
             or self.outbox.pending
         ):
-            return False
-        self._write_at_once(fd, frames, 0)  # its latency is the flush's to record
-        return True
+            return QUEUE
+        return WRITTEN if self._write_at_once(fd, frames, self._hub.publish_ts) else TAKEN
 
     # Writing -----------------------------------------------------------------------------
 
@@ -288,7 +288,8 @@ class Session:
     def _write_at_once(self, fd: int, data: bytes, oldest: int) -> bool:
         """One non-blocking write, True when the socket took all of it; what it does not
         take goes to the writer task, which records the latency against ``oldest`` when the
-        rest is written (0: none to record)."""
+        rest is written (0: none to record). False too when the write failed: the session
+        ends."""
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
