@@ -178,8 +178,7 @@ def _record_writes(latency: LatencyHistogram | None, ts: int, now_ms: int, count
     """``count`` writes made at ``now_ms`` of a batch whose oldest message arrived at ``ts``
     (0: a resync's replay, which has no receipt time)."""
     if count and ts and latency is not None:
-        waited = now_ms - ts
-        latency.record(waited if waited > 0 else 0, count)
+        latency.record(now_ms - ts, count)
 
 
 def _joined(frames: list[bytes], separator: bytes = b"") -> bytes:

@@ -28,7 +28,10 @@ class LatencyHistogram:
         self.sum_ms = 0
 
     def record(self, ms: int, count: int = 1) -> None:
-        """``count`` writes whose oldest message waited ``ms``."""
+        """``count`` writes whose oldest message waited ``ms``. A negative wait (a receipt
+        time from a clock a little ahead of this one) counts as none."""
+        if ms < 0:
+            ms = 0
         self.counts[bisect_left(self.bounds_ms, ms)] += count
         self.sum_ms += ms * count
 

@@ -418,8 +418,7 @@ class Session:
     def _record_latency(self, oldest: int, now_ms: int = 0) -> None:
         """A write whose oldest message arrived at ``oldest`` (0: none to record) is done."""
         if oldest and self._latency is not None:
-            waited = (now_ms or wall_clock_ms()) - oldest
-            self._latency.record(waited if waited > 0 else 0)
+            self._latency.record((now_ms or wall_clock_ms()) - oldest)
 
     def _queue(self, frame: bytes) -> None:
         """A frame of the relay's own (a reply or a pong), in order with the data: what was

@@ -21,6 +21,12 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     assert latency.count == 8
 
 
+def test_a_negative_wait_counts_as_none() -> None:
+    latency = LatencyHistogram((0.5, 1))
+    latency.record(-10, 2)
+    assert latency.counts == [2, 0, 0] and latency.sum_ms == 0
+
+
 @given(st.integers(0, 10_000), st.integers(0, 100))
 def test_one_record_of_many_writes_is_that_many_records_of_one(ms: int, count: int) -> None:
     """A write round records every write made with the same clock reading at once."""
