@@ -133,6 +133,12 @@ class Profile:
     loadgen_processes: int = 2
     """Load generator processes sharing the clients (:class:`LoadGenPool`): on 2 cores one
     process was itself the bottleneck at 100 msg/s to 1,000 clients."""
+    pin_burst: bool = True
+    """During the bursts, the server alone on one CPU and the load generator on the others
+    (when there are two or more), so that where the kernel places the processes is not part
+    of the figure: the peers' spread over three runs fell from 14-43 % to 7-21 % with it
+    (docs/performance.md, "The burst spread: what was tried"). ``--no-pin`` turns it off,
+    as the sets up to `140f29c` ran."""
     storm_rate: int = 10
     """Market rate during the storm (msg/s on the channel): a message is always coming (one
     every 100 ms), and with 11,000 subscribers it offers 110,000 deliveries/s, which every
@@ -149,7 +155,7 @@ class Profile:
 FULL = Profile(
     name="full",
     clients=1000,
-    burst_m=200,
+    burst_m=1000,
     burst_reps=5,
     burst_budget=40.0,
     paced_rates=(100, 250, 500, 600, 750, 1000),
@@ -471,6 +477,17 @@ class Proc:
         self._log.close()
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of the processes ``pids`` to ``cpus`` (threads that have exited are gone)."""
+    for pid in pids:
+        threads: list[str] = []
+        with contextlib.suppress(FileNotFoundError):
+            threads = os.listdir(f"/proc/{pid}/task")
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
 def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -562,6 +579,9 @@ class LoadGen:
 
     def cpu(self) -> float:
         return proc_cpu(self.pid)
+
+    def pids(self) -> list[int]:
+        return [self.pid]
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -659,6 +679,9 @@ class LoadGenPool:
 
     def cpu(self) -> float:
         return sum(p.cpu() for p in self.procs)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def kill(self) -> None:
         for proc in self.procs:
@@ -1072,6 +1095,19 @@ class Session:
         return {"connections_open": stats["connections_open"], "clients": self.profile.clients}
 
     def burst(self) -> dict[str, Any]:
+        if not self.profile.pin_burst:
+            return self._bursts()
+        clients = self.L.pids()
+        server, everywhere = self.S.pids(), os.sched_getaffinity(0)
+        pin(server, {min(everywhere)})
+        pin(clients, everywhere - {min(everywhere)})
+        try:
+            return self._bursts()
+        finally:
+            pin(server, everywhere)
+            pin(clients, everywhere)
+
+    def _bursts(self) -> dict[str, Any]:
         p = self.profile
         reps: list[dict[str, Any]] = []
         started = time.monotonic()
@@ -1590,6 +1626,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator processes sharing the clients (default: the profile's, 2)",
     )
     parser.add_argument(
+        "--burst-messages",
+        type=int,
+        default=0,
+        help="messages per client in each burst (default: the profile's, 1,000; quick 200)",
+    )
+    parser.add_argument(
+        "--burst-reps", type=int, default=0, help="bursts per run (default: the profile's, 5)"
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the kernel place the server and the load generator during the bursts",
+    )
+    parser.add_argument(
         "--client-loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -1611,6 +1661,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--runs must be at least 1, not {args.runs}")
     if args.loadgen_processes < 0:
         parser.error(f"--loadgen-processes must be positive, not {args.loadgen_processes}")
+    if args.burst_messages < 0 or args.burst_reps < 0:
+        parser.error("--burst-messages and --burst-reps must be positive")
     return args
 
 
@@ -1628,6 +1680,12 @@ def chosen_profile(args: argparse.Namespace) -> Profile:
         profile = dataclasses.replace(profile, paced_rates=args.rates)
     if args.loadgen_processes:
         profile = dataclasses.replace(profile, loadgen_processes=args.loadgen_processes)
+    if args.burst_messages:
+        profile = dataclasses.replace(profile, burst_m=args.burst_messages)
+    if args.burst_reps:
+        profile = dataclasses.replace(profile, burst_reps=args.burst_reps)
+    if args.no_pin or len(os.sched_getaffinity(0)) < 2:
+        profile = dataclasses.replace(profile, pin_burst=False)
     return profile
 
 
