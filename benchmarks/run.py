@@ -432,9 +432,12 @@ class Proc:
             found.append(pid)
             if not self.tree:
                 break
+            # Every thread's children: trio starts ``relay serve --workers``'s workers from a
+            # worker thread, so the main thread's list alone misses them.
             with contextlib.suppress(OSError):
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-                todo.extend(int(child) for child in children)
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                    todo.extend(int(child) for child in children)
         return found
 
     def rss(self) -> int:
@@ -1097,8 +1100,8 @@ class Session:
     def burst(self) -> dict[str, Any]:
         if not self.profile.pin_burst:
             return self._bursts()
-        clients = self.L.pids()
-        server, everywhere = self.S.pids(), os.sched_getaffinity(0)
+        clients, everywhere = self.L.pids(), os.sched_getaffinity(0)
+        server = self.S.pids() + (self.redis.pids() if self.redis else [])
         pin(server, {min(everywhere)})
         pin(clients, everywhere - {min(everywhere)})
         try:
