@@ -299,7 +299,7 @@ def markdown(results: dict[str, Any]) -> str:
     relay = summary.get("relay", {})
     if any(has(i, "burst") for i in names):
         lines += [
-            f"## Burst fan-out: {profile['clients']:,} clients x {profile['burst_m']} messages "
+            f"## Burst fan-out: {profile['clients']:,} clients x {profile['burst_m']:,} messages "
             "(higher is better)",
             "",
             "| implementation | deliveries/s | spread | best | lost (all runs) "
@@ -980,7 +980,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.bar(list(bursts), medians, yerr=errors, capsize=4)
         ax.set_ylabel("deliveries per second (median, min-max of runs)")
         ax.set_title(
-            f"Burst fan-out, {profile['clients']:,} clients x {profile['burst_m']} messages"
+            f"Burst fan-out, {profile['clients']:,} clients x {profile['burst_m']:,} messages"
         )
         ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
