@@ -135,10 +135,10 @@ class Profile:
     process was itself the bottleneck at 100 msg/s to 1,000 clients."""
     pin_burst: bool = True
     """During the bursts, the server alone on one CPU and the load generator on the others
-    (when there are two or more), so that where the kernel places the processes is not part
-    of the figure: the peers' spread over three runs fell from 14-43 % to 7-21 % with it
-    (docs/performance.md, "The burst spread: what was tried"). ``--no-pin`` turns it off,
-    as the sets up to `140f29c` ran."""
+    (when there are two or more): each server gets one core and the clients the other, and
+    where the kernel places the processes is not part of the figure (docs/performance.md,
+    "The burst spread: what was tried"). ``--no-pin`` turns it off, as the sets up to
+    `140f29c` ran."""
     storm_rate: int = 10
     """Market rate during the storm (msg/s on the channel): a message is always coming (one
     every 100 ms), and with 11,000 subscribers it offers 110,000 deliveries/s, which every
@@ -434,8 +434,8 @@ class Proc:
                 break
             # Every thread's children: trio starts ``relay serve --workers``'s workers from a
             # worker thread, so the main thread's list alone misses them.
-            with contextlib.suppress(OSError):
-                for task in os.listdir(f"/proc/{pid}/task"):
+            for task in threads(pid):
+                with contextlib.suppress(OSError):
                     children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
                     todo.extend(int(child) for child in children)
         return found
@@ -480,15 +480,20 @@ class Proc:
         self._log.close()
 
 
+def threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (none once it has exited)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
 def pin(pids: list[int], cpus: set[int]) -> None:
     """Every thread of the processes ``pids`` to ``cpus`` (threads that have exited are gone)."""
     for pid in pids:
-        threads: list[str] = []
-        with contextlib.suppress(FileNotFoundError):
-            threads = os.listdir(f"/proc/{pid}/task")
-        for tid in threads:
+        for tid in threads(pid):
             with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(tid), cpus)
+                os.sched_setaffinity(tid, cpus)
 
 
 def proc_cpu(pid: int) -> float:
@@ -1635,7 +1640,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="messages per client in each burst (default: the profile's, 1,000; quick 200)",
     )
     parser.add_argument(
-        "--burst-reps", type=int, default=0, help="bursts per run (default: the profile's, 5)"
+        "--burst-reps",
+        type=int,
+        default=0,
+        help="bursts per run (default: the profile's, 5; quick 2)",
     )
     parser.add_argument(
         "--no-pin",
