@@ -133,7 +133,7 @@ async def fan_out_unread(clients: int, rounds: int, deflate: int) -> None:
     for n in range(1, rounds + 1):
         hub.publish(Update(CHANNEL, DATA, n, False), wall_clock_ms())
         write_rounds.write_round()  # as the relay's round, without its task's ticks
-    written = sum(session.writes for session in sessions)
+    written = hub.round_writes + sum(session.writes for session in sessions)
     if written != clients * (rounds + 1):
         sys.exit(f"{written:,} writes of {clients * (rounds + 1):,}: a socket buffer filled")
     if deflate and hub.compressions != rounds:

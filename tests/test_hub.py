@@ -765,7 +765,10 @@ def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     subscribed_quietly(hub, sessions)
     hub.publish(big_trade(1), 1000)
     hub.publish(big_trade(2), 1001)
-    reads = iter([1003, 1030, 9999])
+    # Each framing's subscribers are written together, the clock read once per chunk of
+    # CLOCK_EVERY of them: the plain one at 1003, the first CLOCK_EVERY compressed ones at
+    # 1030, the last compressed one (and the one behind, which queues) at 1040.
+    reads = iter([1003, 1030, 1040, 9999])
     latency = LatencyHistogram()
     hub.flush_round(lambda: next(reads), latency)
     assert plain.written == [[1, 2]] and plain.raw[0][0] == 0x81
@@ -777,10 +780,15 @@ def test_a_round_flush_writes_each_framing_its_own_batch_at_once() -> None:
     assert behind.written == [] and behind.wakes == 1
     assert queued(behind) == deflated[0].raw
     assert [m["seq"] for m in behind.messages()] == [1, 2]
-    assert next(reads) == 9999  # one read per chunk of CLOCK_EVERY subscribers
-    expected = latency_of(sessions, [1003, 1030], 1000)
+    assert next(reads) == 9999
+    expected = LatencyHistogram()
+    expected.record(1003 - 1000)
+    for i in range(len(deflated)):
+        expected.record((1030 if i < CLOCK_EVERY else 1040) - 1000)
     assert (latency.counts, latency.sum_ms) == (expected.counts, expected.sum_ms)
     assert latency.count == len(sessions) - 1  # every write but the one that queued
+    assert hub.round_writes == len(sessions) - 1
+    assert hub.round_bytes == len(plain.raw[0]) + len(deflated) * len(deflated[0].raw[0])
     assert hub.compressions == 2  # once per message, not per subscriber
     assert hub.compressed_deliveries == 2 * (len(deflated) + 1)
     assert hub.deliveries == 2 * len(sessions) and hub.publish_ts == 0

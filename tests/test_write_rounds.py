@@ -17,6 +17,8 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
@@ -110,7 +112,12 @@ class Fixture:
         self.hub.publish(Update(CHANNEL, {"n": self.published}, self.published, False), 1)
 
     def writes(self) -> list[int]:
+        """The writes each session made itself (its release, its writer task)."""
         return [session.writes for session in self.sessions]
+
+    def flushed(self) -> int:
+        """The writes the rounds' flushes made whole, for all the sessions."""
+        return self.hub.round_writes
 
     async def confirmed(self) -> None:
         for peer in self.peers:
@@ -169,7 +176,9 @@ async def test_an_idle_relay_writes_a_message_the_moment_it_arrives(
         for peer in f.peers:
             assert [m["seq"] for m in await peer.messages(1)] == [n]
             assert trio.current_time() == published_at  # no settle delay, no rest
-        assert f.writes() == [1 + n] * 3  # the confirmation, then one write per message
+        # The confirmation (each session's release), then one write per message and client,
+        # made by the flush.
+        assert (f.writes(), f.flushed()) == ([1] * 3, 3 * n)
     assert f.rounds.rested == 0.0
 
 
@@ -188,7 +197,7 @@ async def test_a_backlog_goes_out_in_one_write_per_client(
         await trio.lowlevel.checkpoint()
     for peer in f.peers:
         assert [m["seq"] for m in await peer.messages(8)] == list(range(1, 9))
-    assert f.writes() == [2, 2, 2]
+    assert (f.writes(), f.flushed()) == ([1, 1, 1], 3)
     assert f.rounds.rounds == rounds + 1
 
 
@@ -210,12 +219,12 @@ async def test_light_load_writes_each_message_and_a_backlog_batches_then_back_ag
             await trio.lowlevel.checkpoint()
 
     await light(5)
-    assert f.writes() == [1 + 5] * 2
+    assert (f.writes(), f.flushed()) == ([1] * 2, 5 * 2)
     await backlog(20)
     await trio.sleep(0.001)
-    assert f.writes() == [1 + 5 + 1] * 2
+    assert (f.writes(), f.flushed()) == ([1] * 2, (5 + 1) * 2)
     await light(5)
-    assert f.writes() == [1 + 5 + 1 + 5] * 2
+    assert (f.writes(), f.flushed()) == ([1] * 2, (5 + 1 + 5) * 2)
     for peer in f.peers:
         assert [m["seq"] for m in await peer.messages(30)] == list(range(1, 31))
 
@@ -484,11 +493,11 @@ async def test_each_write_records_how_long_its_oldest_message_waited(
     assert [m.get("seq") for m in await f.peers[0].messages(2)] == [1, None]
     for peer in f.peers[1:]:
         await peer.messages(1)
-    assert f.writes() == [2, 2, 2]  # each session's release: one write
+    assert (f.writes(), f.flushed()) == ([2, 2, 2], 0)  # each session's release: one write
     f.hub.publish(Update(CHANNEL, {"n": 2}, 2, False), received_ms)
     for peer in f.peers:
         await peer.messages(1)
-    assert f.writes() == [3, 3, 3]  # the flush: one write each
+    assert (f.writes(), f.flushed()) == ([2, 2, 2], 3)  # the flush: one write each
     # Six writes in the 25-50 ms bucket (the wall clock moved a little since).
     assert f.latency.counts == [0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]
 
@@ -509,7 +518,7 @@ async def test_a_subscriber_with_nothing_waiting_is_written_in_the_flush_itself(
             with trio.fail_after(1.0):  # virtual time: nothing else would ever write it
                 assert [m["seq"] for m in await peer.messages(1)] == [n]
     assert released == []
-    assert f.writes() == [4] * 3
+    assert (f.writes(), f.flushed()) == ([1] * 3, 3 * 3)
     assert all(not session.outbox.pending for session in f.sessions)
 
 
@@ -528,7 +537,8 @@ async def test_a_message_for_a_subscriber_with_something_waiting_queues_behind_i
     first = await f.peers[0].messages(2)
     assert [m.get("seq", m.get("event")) for m in first] == ["pong", 1]
     assert [m["seq"] for m in await f.peers[1].messages(1)] == [1]
-    assert (waiting.writes, idle.writes) == (2, 2)  # one write each after the confirmation
+    # One write each after the confirmation: the waiting one's release, the idle one's flush.
+    assert (waiting.writes, idle.writes, f.flushed()) == (2, 1, 1)
 
 
 async def test_a_direct_write_the_socket_takes_in_part_finishes_in_the_writer_task(
@@ -578,7 +588,7 @@ async def test_a_direct_write_to_a_client_gone_ends_its_session_and_records_noth
     assert [m["seq"] for m in await f.peers[1].messages(1)] == [1]
     assert gone.closing is not None and gone.closing.code == CloseCode.LOST
     assert not gone.outbox.pending and not gone._writing
-    assert (gone.writes, alive.writes) == (1, 2)
+    assert (gone.writes, alive.writes, f.flushed()) == (1, 1, 1)
     assert f.latency.count == 1
 
 
@@ -618,3 +628,92 @@ async def test_a_compressing_subscriber_with_nothing_waiting_is_written_in_the_f
     assert released == []
     assert [peer.compressed for peer in peers] == [0, 2, 2]
     assert hub.compressions == 2
+
+
+async def _write_rounds_scenario(ops: list[tuple[str, int]]) -> None:
+    """Run ``ops`` against three sessions on real socket pairs, checking after each that a
+    session whose outbox holds anything has been woken, is being written or is closing
+    (what lets :meth:`Session.write_now` answer without looking into the outbox); then
+    read everything and check each client got every message once, in order, and each reply
+    exactly where it was queued among them."""
+    f = Fixture(3)
+    replies_after: list[list[int]] = [[] for _ in f.sessions]
+    """Per client: for each reply, how many messages had been published when it was queued."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(f.rounds.run)
+        for session in f.sessions:
+            nursery.start_soon(session.run, nursery)
+        await trio.testing.wait_all_tasks_blocked()  # each session has queued its welcome
+        readers = [FrameProtocol(client=True, extensions=[]) for _ in f.peers]
+        partial = ["" for _ in f.peers]
+        got: list[list[dict[str, Any]]] = [[] for _ in f.peers]
+
+        async def read(k: int, wait: float) -> bool:
+            """What peer ``k`` receives within ``wait`` (virtual) seconds; False if nothing."""
+            with trio.move_on_after(wait):
+                data = await f.peers[k].sock.recv(1 << 20)
+                readers[k].receive_bytes(data)
+                for frame in readers[k].received_frames():
+                    if frame.opcode is Opcode.PING:
+                        continue
+                    partial[k] += frame.payload
+                    if frame.message_finished:
+                        got[k].append(orjson.loads(partial[k]))
+                        partial[k] = ""
+                return True
+            return False
+
+        for op, k in ops:
+            if op == "publish":
+                f.published += 1
+                pad = "x" * (k * 100_000)  # 0, 100 or 200 kB: big ones fill the socket
+                f.hub.publish(Update(CHANNEL, {"n": f.published, "pad": pad}, 1, False), 1)
+            elif op == "reply":
+                f.sessions[k].reply("pong", None, len(replies_after[k]))
+                replies_after[k].append(f.published)
+            elif op == "ping":
+                f.sessions[k].ping(trio.current_time())
+            elif op == "read":
+                await read(k, 0.001)  # a client that reads now and then
+            elif op == "tick":
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep(0.01)
+            for session in f.sessions:
+                if session.outbox.pending:
+                    assert session._requested or session._writing or session.closing is not None
+        for k in range(len(f.peers)):
+            while await read(k, 1.0):
+                pass
+            # The confirmation, then the welcome the session queued when it started.
+            assert [m.get("event") for m in got[k][:2]] == ["subscribed", "welcome"]
+            assert len(got[k]) == 2 + f.published + len(replies_after[k])
+            seqs = [m["seq"] for m in got[k] if "seq" in m]
+            assert seqs == list(range(1, f.published + 1))
+            before = [
+                sum("seq" in m for m in got[k][:i])
+                for i, m in enumerate(got[k])
+                if m.get("event") == "pong"
+            ]
+            assert before == replies_after[k]
+        assert all(session.closing is None for session in f.sessions)
+        nursery.cancel_scope.cancel()
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.sampled_from([0, 0, 0, 0, 1, 2])),
+        st.tuples(st.sampled_from(["reply", "ping", "read"]), st.integers(0, 2)),
+        st.tuples(st.sampled_from(["tick", "wait"]), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@given(_ops)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_direct_writes_never_pass_what_waits_in_an_outbox(ops: list[tuple[str, int]]) -> None:
+    """Whatever mix of messages, replies, pings, slow reads and round timing: the flush
+    writes a session directly only when nothing of it waits, so every client sees each
+    message once and in order, with each reply where it was queued."""
+    trio.run(_write_rounds_scenario, ops, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -69,7 +69,8 @@ clients takes a few milliseconds, so the figure is off by well under one."""
 QUEUE = 0
 """Not taken: something of the subscriber's waits, so the batch queues behind it."""
 WRITTEN = 1
-"""Written whole, now: the flush records its fan-out latency."""
+"""Written whole, now: the flush counts the write and its bytes, and records its fan-out
+latency."""
 TAKEN = 2
 """Taken, not all written: the subscriber's writer task has the rest and records the latency
 once it is written (or the write failed and the subscriber is gone)."""
@@ -103,7 +104,11 @@ class Subscriber(Protocol):
         """In a write round's flush (:meth:`Hub.flush_round`): write ``frames`` (a channel's
         messages, framed back to back) at once if nothing of the subscriber's waits, and
         answer :data:`QUEUE`, :data:`WRITTEN` or :data:`TAKEN`. ``hub.publish_ts`` is as for
-        :meth:`wake`. Must not re-enter the hub."""
+        :meth:`wake`. Must not re-enter the hub.
+
+        Something of the subscriber's waits whenever its outbox holds anything: every offer
+        that leaves something there is followed by :meth:`wake` (or :meth:`overflow`), before
+        any flush can run, so a subscriber needs no look into its outbox to answer."""
         ...
 
 
@@ -172,13 +177,6 @@ class _Framed(NamedTuple):
     each: list[bytes]
     joined: bytes
     compressed: int
-
-
-def _record_writes(latency: LatencyHistogram | None, ts: int, now_ms: int, count: int) -> None:
-    """``count`` writes made at ``now_ms`` of a batch whose oldest message arrived at ``ts``
-    (0: a resync's replay, which has no receipt time)."""
-    if count and ts and latency is not None:
-        latency.record(now_ms - ts, count)
 
 
 def _joined(frames: list[bytes], separator: bytes = b"") -> bytes:
@@ -258,6 +256,10 @@ class Hub:
         self.compressed_deliveries = 0
         self.messages_in = 0
         self.deliveries = 0
+        self.round_writes = 0
+        self.round_bytes = 0
+        """The writes :meth:`flush_round` made whole (:data:`WRITTEN`), and their bytes: the
+        subscribers count only the writes they make themselves."""
         self.offer_results = [0, 0, 0, 0]
         """Counts per :class:`Offer` value except QUEUED (see :meth:`offers`): counting the
         common case would cost an increment per delivery."""
@@ -588,48 +590,85 @@ class Hub:
         At light load nearly every subscriber has nothing waiting, and the outbox entry, the
         wake-up, the round's release and the take that would follow touch several objects
         per client for nothing: written here, a round to 1,000 clients is shorter by about a
-        millisecond (docs/performance.md, "What each step bought"). ``clock_ms`` is read once
-        per ``CLOCK_EVERY`` subscribers, and the fan-out latency of the writes made between
-        two readings goes into ``latency`` at once: they share the reading and the batch's
-        receipt time, so one record with their count is the same figure as one each."""
+        millisecond (docs/performance.md, "What each step bought")."""
         pending = self._pending
         if not pending:
             return
         self._pending = {}
         for name, batch in pending.items():
-            state, frames = batch.state, batch.frames
+            frames = batch.frames
             self.publish_ts = batch.ts
             subscribers = self.registry.subscribers(name)
             self.deliveries += len(subscribers) * len(frames)
-            if name in self._framed:
-                self._offer_framed(subscribers, batch, clock_ms, latency)
+            if name not in self._framed:
+                self._deliver(list(subscribers), batch, _joined(frames), frames, clock_ms, latency)
                 continue
-            policy, joined, count = state.policy, _joined(frames), len(frames)
-            if clock_ms is None:
-                for sub in subscribers:
-                    if sub.outbox.offer_all(name, joined, count):
-                        sub.wake()
-                    else:
-                        self._offer_each(sub, name, frames, policy, batch.deltas)
-                continue
-            ts = batch.ts
-            now_ms = written = 0
-            for i, sub in enumerate(subscribers):
-                if not i % CLOCK_EVERY:
-                    _record_writes(latency, ts, now_ms, written)
-                    now_ms, written = clock_ms(), 0
-                took = sub.write_now(joined)
-                if took == WRITTEN:
-                    written += 1
-                    continue
-                if took:
-                    continue
+            # Each framing's batch is made once, for all of its subscribers: a browser's
+            # compressed frames wait no longer than plain ones, and cost one compression.
+            groups: dict[int, list[Subscriber]] = {}
+            for sub in subscribers:
+                group = groups.get(sub.framing)
+                if group is None:
+                    groups[sub.framing] = [sub]
+                else:
+                    group.append(sub)
+            for framing, group in groups.items():
+                if framing == PLAIN:
+                    framed = _Framed(frames, _joined(frames), 0)
+                else:
+                    framed = self._framed_batch(framing, batch.state, frames)
+                self.compressed_deliveries += framed.compressed * len(group)
+                self._deliver(group, batch, framed.joined, framed.each, clock_ms, latency)
+        self.publish_ts = 0
+
+    def _deliver(
+        self,
+        subscribers: list[Subscriber],
+        batch: _Batch,
+        joined: bytes,
+        each: list[bytes],
+        clock_ms: Callable[[], int] | None,
+        latency: LatencyHistogram | None,
+    ) -> None:
+        """A batch, in one framing (``joined``, and ``each`` message's frame), to
+        subscribers that take that framing: in a write round straight to each one with
+        nothing waiting, else into its outbox.
+
+        The loop is the relay's hottest: every instruction in it runs once per client per
+        round. So ``clock_ms`` is read once per ``CLOCK_EVERY`` subscribers and the fan-out
+        latency of the writes made between two readings goes into ``latency`` as one record
+        with their count (they share the reading and the batch's receipt time); and the
+        writes made whole, and their bytes, are counted here per ``CLOCK_EVERY`` rather than
+        by each subscriber (an ``int`` made per write). Measured per client of a round to
+        1,000 (``benchmarks/write_round.py --instructions``), in docs/performance.md."""
+        state = batch.state
+        name, policy, count = state.name, state.policy, len(each)
+        if clock_ms is None:
+            for sub in subscribers:
                 if sub.outbox.offer_all(name, joined, count):
                     sub.wake()
                 else:
-                    self._offer_each(sub, name, frames, policy, batch.deltas)
-            _record_writes(latency, ts, now_ms, written)
-        self.publish_ts = 0
+                    self._offer_each(sub, name, each, policy, batch.deltas)
+            return
+        ts = batch.ts
+        for start in range(0, len(subscribers), CLOCK_EVERY):
+            now_ms = clock_ms()
+            written = 0
+            for sub in subscribers[start : start + CLOCK_EVERY]:
+                took = sub.write_now(joined)
+                if took == WRITTEN:
+                    written += 1
+                elif not took:
+                    if sub.outbox.offer_all(name, joined, count):
+                        sub.wake()
+                    else:
+                        self._offer_each(sub, name, each, policy, batch.deltas)
+            if written:
+                self.round_writes += written
+                self.round_bytes += written * len(joined)
+                if ts and latency is not None:
+                    # ts is 0 for a resync's replay, which has no receipt time.
+                    latency.record(now_ms - ts, written)
 
     def _offer_each(
         self, sub: Subscriber, name: str, frames: list[bytes], policy: Policy, deltas: list[bool]
@@ -703,46 +742,6 @@ class Hub:
     def _compressible(self, state: ChannelState, payload: bytes) -> bool:
         compression = self._compression
         return state.compress and compression is not None and len(payload) >= compression.min_bytes
-
-    def _offer_framed(
-        self,
-        subscribers: Iterable[Subscriber],
-        batch: _Batch,
-        clock_ms: Callable[[], int] | None,
-        latency: LatencyHistogram | None,
-    ) -> None:
-        """The flush of a channel some of whose subscribers take another framing than plain:
-        each framing's batch is made at its first subscriber, then shared. In a write round
-        (``clock_ms`` given) it goes straight out to those with nothing waiting, as the
-        plain flush does: a browser's compressed frames wait no longer than plain ones."""
-        state, frames, deltas, ts = batch.state, batch.frames, batch.deltas, batch.ts
-        name, policy, count = state.name, state.policy, len(frames)
-        plain = _Framed(frames, _joined(frames), 0)
-        variants: dict[int, _Framed] = {PLAIN: plain}
-        compressed = 0
-        now_ms = written = 0
-        for i, sub in enumerate(subscribers):
-            framing = sub.framing
-            chosen = variants.get(framing)
-            if chosen is None:
-                chosen = variants[framing] = self._framed_batch(framing, state, frames)
-            compressed += chosen.compressed
-            if clock_ms is not None:
-                if not i % CLOCK_EVERY:
-                    _record_writes(latency, ts, now_ms, written)
-                    now_ms, written = clock_ms(), 0
-                took = sub.write_now(chosen.joined)
-                if took == WRITTEN:
-                    written += 1
-                    continue
-                if took:
-                    continue
-            if sub.outbox.offer_all(name, chosen.joined, count):
-                sub.wake()
-            else:
-                self._offer_each(sub, name, chosen.each, policy, deltas)
-        _record_writes(latency, ts, now_ms, written)
-        self.compressed_deliveries += compressed
 
     def _framed_batch(self, framing: int, state: ChannelState, frames: list[bytes]) -> _Framed:
         """A batch of plain frames in another framing: each message's frame for it, joined as

@@ -215,6 +215,8 @@ class Session:
         self.closing: Closing | None = None
         self.bytes_out = 0
         self.writes = 0
+        """The writes this session made, and their bytes; a write round's flush counts the
+        ones it makes whole through :meth:`write_now` (``Hub.round_writes``)."""
 
     def __repr__(self) -> str:
         return f"<Session {self.id}>"
@@ -244,11 +246,14 @@ class Session:
         round's frames go out now with the same non-blocking write as :meth:`release`, and
         never pass through the outbox. Otherwise they queue behind what waits.
 
-        A write made whole here has its latency recorded by the flush, once for every
-        subscriber written with the same clock reading: the clock and the histogram per
-        client were nearly half the instructions of a round to 1,000 clients
-        (docs/performance.md, "What each step bought"). What the socket does not take goes
-        to the writer task, which records it when it is written."""
+        It runs once per client per round, so it is written out rather than shared with
+        :meth:`release`, and asks nothing of the outbox: an outbox holding anything has
+        woken its session (``_requested``) or closed it, whatever put it there
+        (:meth:`relay.core.hub.Subscriber.write_now`). A call and a property here were
+        a third of the instructions of a round to 1,000 clients (docs/performance.md, "What
+        each step bought"). A write made whole is counted and its latency recorded by the
+        flush, for many subscribers at once; what the socket does not take goes to the
+        writer task, which counts it and records its latency when it is written."""
         fd = self._fd
         if (
             self._requested
@@ -256,10 +261,20 @@ class Session:
             or self.closing is not None
             or self._ping_frame is not None
             or fd is None
-            or self.outbox.pending
         ):
             return QUEUE
-        return WRITTEN if self._write_at_once(fd, frames, self._hub.publish_ts) else TAKEN
+        try:
+            sent = os.write(fd, frames)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._end(Closing(CloseCode.LOST, "peer gone", hard=True))
+            return TAKEN
+        if sent == len(frames):
+            return WRITTEN
+        self.bytes_out += sent
+        self._rest(frames, sent, self._hub.publish_ts)
+        return TAKEN
 
     # Writing -----------------------------------------------------------------------------
 
@@ -301,11 +316,15 @@ class Session:
         if sent == len(data):
             self.writes += 1
             return True
-        # Part of a frame may be on the wire now: the rest must follow before anything else,
-        # and if the session ends first the connection can only be cut.
+        self._rest(data, sent, oldest)
+        return False
+
+    def _rest(self, data: bytes, sent: int, oldest: int) -> None:
+        """The socket took ``sent`` bytes of ``data``: part of a frame may be on the wire
+        now, the rest must follow before anything else, and if the session ends first the
+        connection can only be cut."""
         self._partial = sent > 0
         self._write_later(data[sent:] if sent else data, oldest)
-        return False
 
     def _write_later(self, data: bytes, oldest: int) -> None:
         self._writing = True
