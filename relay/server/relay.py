@@ -204,6 +204,7 @@ class Relay:
         self.close_codes: Counter[int] = Counter()
         self.bytes_out = 0
         self.writes = 0
+        """The writes of the sessions that have ended, and their bytes (see :meth:`written`)."""
         self.timers: SessionTimers[Session] = SessionTimers(
             config.server.heartbeat, config.server.idle_timeout, config.server.heartbeat_timeout
         )
@@ -241,6 +242,15 @@ class Relay:
     def stats(self) -> RelayStats:
         """The counters, all taken at once (the same snapshot ``/metrics`` exports)."""
         return take_stats(self)
+
+    def written(self) -> tuple[int, int]:
+        """Writes to clients so far, and their bytes: the ended sessions', those the write
+        rounds' flushes made whole (``Hub.round_writes``) and the live sessions' own."""
+        hub, live = self.hub, self.sessions
+        return (
+            self.writes + hub.round_writes + sum(s.writes for s in live),
+            self.bytes_out + hub.round_bytes + sum(s.bytes_out for s in live),
+        )
 
     def publish(self, channel: str, data: dict[str, Any]) -> int:
         """Publish one message on a channel of a ``[published.NAME]`` source: sequenced, kept

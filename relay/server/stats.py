@@ -67,6 +67,7 @@ class RelayStats:
 
 def take_stats(relay: Relay) -> RelayStats:
     hub = relay.hub
+    writes, bytes_out = relay.written()
     return RelayStats(
         connections=len(relay.sessions),
         accepted=relay.accepted,
@@ -76,8 +77,8 @@ def take_stats(relay: Relay) -> RelayStats:
         channels_active=hub.registry.channel_count,
         messages_published=hub.messages_in,
         deliveries={outcome.name.lower(): count for outcome, count in hub.offers().items()},
-        bytes_out=relay.bytes_out + hub.round_bytes + sum(s.bytes_out for s in relay.sessions),
-        writes=relay.writes + hub.round_writes + sum(s.writes for s in relay.sessions),
+        bytes_out=bytes_out,
+        writes=writes,
         write_rounds=relay.rounds.rounds,
         tcp_accepts=0 if relay.listener is None else relay.listener.accepted,
         accept_wakeups=0 if relay.listener is None else relay.listener.wakeups,

@@ -61,9 +61,7 @@ def take_status(relay: Relay, now_ms: int) -> dict[str, Any]:
             "deliveries": hub.deliveries,
             "dropped": offers[Offer.DROPPED] + offers[Offer.COALESCED],
             "disconnected_slow": offers[Offer.OVERFLOW],
-            "bytes_out": relay.bytes_out
-            + hub.round_bytes
-            + sum(s.bytes_out for s in relay.sessions),
+            "bytes_out": relay.written()[1],
         },
         "channels": {"count": len(channels), "busiest": channels[:CHANNELS_SHOWN]},
         "fanout_latency_ms": {
