@@ -978,6 +978,8 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
             [f["max"] - f["median"] for f in bursts.values()],
         ]
         ax.bar(list(bursts), medians, yerr=errors, capsize=4)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel("deliveries per second (median, min-max of runs)")
         ax.set_title(
             f"Burst fan-out, {profile['clients']:,} clients x {profile['burst_m']:,} messages"
