@@ -924,6 +924,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
 
     summary = results["summary"]
     profile = results["profile"]
+    thousands = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
     written: list[str] = []
     paced = {
         i: summary[i]["paced"]["steps"] for i in results["order"] if summary[i]["paced"]["runs"]
@@ -935,7 +936,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
         rates = profile["paced_rates"]
         ax.plot(rates, [r * profile["clients"] for r in rates], "k--", linewidth=1, label="offered")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_major_formatter(thousands)
         ax.set_xlabel("message rate on the channel (msg/s)")
         ax.set_ylabel("deliveries per second (median of runs)")
         ax.set_title(f"Paced fan-out, {profile['clients']:,} clients")
@@ -978,7 +979,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
             [f["max"] - f["median"] for f in bursts.values()],
         ]
         ax.bar(list(bursts), medians, yerr=errors, capsize=4)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_major_formatter(thousands)
         ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel("deliveries per second (median, min-max of runs)")
         ax.set_title(

@@ -1,7 +1,8 @@
-"""Hypothesis profiles. ``mutation`` is the one ``tools/mutation.py`` runs every mutant under:
-the same examples for every mutant (derandomized, no example database carried between mutants),
-so a mutant's verdict does not depend on the order the mutants ran in, and no deadline, since a
-mutant that is merely slower is not a bug the deadline is there to find.
+"""Hypothesis profiles. ``relay``, every run's, has no deadline: unit tests assert no timings,
+and a deadline is one (on a loaded machine, a benchmark beside the suite, an example may pass
+hypothesis's 200 ms). ``mutation`` is the one ``tools/mutation.py`` runs every mutant under:
+``relay``'s, with the same examples for every mutant (derandomized, no example database carried
+between mutants), so a mutant's verdict does not depend on the order the mutants ran in.
 
 The ``redis_server`` fixture: a real Redis for the tests of cluster mode (tests/redis_server.py).
 """
@@ -16,16 +17,14 @@ from hypothesis import HealthCheck, settings
 from tests.ci import fold_skip
 from tests.redis_server import RedisServer, redis_server_missing, require_redis_server
 
+settings.register_profile("relay", deadline=None)
 settings.register_profile(
     "mutation",
+    parent=settings.get_profile("relay"),
     derandomize=True,
     database=None,
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-# Every other run: no deadline either. Unit tests assert no timings, and a deadline is one: on a
-# loaded machine (a benchmark beside the suite) a property test's example may pass 200 ms.
-settings.register_profile("relay", deadline=None)
 settings.load_profile("relay")
 
 
