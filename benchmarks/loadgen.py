@@ -10,9 +10,12 @@ Why it looks the way it does:
   message) are the cheapest WebSocket receivers available in Python; on a
   2-core machine the load generator shares the CPU with the server, so every
   microsecond it spends per frame is stolen from the server being measured.
-* Data frames are only counted (``count += 1``). Burst completion is detected by
-  comparing the count to a target in the same callback, so no per-frame clock
-  read is needed. Only a sample of clients (every ``sample``-th one) parses its
+* Data frames are only counted, in C: the listener is a compiled ``cdef class``
+  (``counting.pyx``), the way picows's own benchmark clients are written, because a
+  Python callback per frame capped the load generator below what the relay sends
+  (docs/performance.md, "A load generator that keeps up"). Burst completion is
+  detected by comparing the count to a target in the same callback, so no per-frame
+  clock read is needed. Only a sample of clients (every ``sample``-th one) parses its
   frames with orjson to compute latency = receipt ``time.time()*1000`` minus the
   envelope's ``ts``; the sample is spread evenly over connection order, because
   fan-out loops serve early clients before late ones.
@@ -54,7 +57,15 @@ from urllib.parse import urlsplit
 
 import orjson
 from command_loop import run, serve_commands  # sibling module: the harness runs this as a script
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+try:
+    from counting import CountingListener  # benchmarks/counting.pyx, compiled
+except ImportError as exc:  # pragma: no cover - the message is the point
+    raise SystemExit(
+        f"benchmarks/counting.pyx is not built ({exc}): `nox -s bench` builds it, or run "
+        "`cythonize -i -3 benchmarks/counting.pyx` in the environment with the bench extra"
+    ) from exc
+from picows import WSFrame, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
 EVENT_PREFIX = b'{"event"'
@@ -128,6 +139,9 @@ class Group:
         self.cpu_last = 0.0
         """This process's CPU time when the group was armed, and when its last client got the
         last frame: what reading a burst cost the load generator."""
+        self.rusage_armed = self.rusage_last = resource.getrusage(resource.RUSAGE_SELF)
+        """The same two moments split into user and kernel time: the kernel's share is the
+        TCP receive path, which moves from burst to burst (docs/performance.md)."""
         self.done = asyncio.Event()
         self.latencies: list[float] = []
         self.e2e: list[float] = []
@@ -143,10 +157,12 @@ class Group:
         self.t_first = 0.0
         self.t_last = 0.0
         self.cpu_armed = self.cpu_last = time.process_time()
+        self.rusage_armed = self.rusage_last = resource.getrusage(resource.RUSAGE_SELF)
         self.done.clear()
         self.pending = 0
         for client in self.clients:
             client.count = 0
+            client.target = target
             if not client.closed:
                 self.pending += 1
         if self.pending == 0:
@@ -156,17 +172,17 @@ class Group:
         return sum(c.count for c in self.clients)
 
 
-class Client(WSListener):
-    """One picows client. The hot path is ``on_ws_frame`` for a data frame: keep it tiny."""
+class Client(CountingListener):
+    """One picows client. Its data frames are counted in C (``counting.pyx``); Python runs for
+    the few that matter (:meth:`on_data`) and for everything else (:meth:`on_other`)."""
 
     DATA_PREFIX = b"{"
     """Every data frame starts with it (and no event, ``{"event"...``, counts as data)."""
 
     def __init__(self, group: Group, sample: bool) -> None:
+        super().__init__(self.DATA_PREFIX, EVENT_PREFIX, sample, group.target)
         loop = asyncio.get_running_loop()
         self.group = group
-        self.sample = sample
-        self.count = 0
         self.closed = False
         self.welcomed: asyncio.Future[None] = loop.create_future()
         self.subscribed: asyncio.Future[None] = loop.create_future()
@@ -182,24 +198,20 @@ class Client(WSListener):
         self.transport = transport
         self.t_connected = time.monotonic()
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        # Reading frame.msg_type builds an enum object (about 130 ns); the payload's
-        # first bytes tell data from everything else for less.
-        payload = frame.get_payload_as_bytes()
-        if not payload.startswith(self.DATA_PREFIX) or payload.startswith(EVENT_PREFIX):
-            self.on_other(transport, frame, payload)
-            return
-        self.count += 1
+    def on_data(self, transport: WSTransport, frame: WSFrame) -> None:
+        """A data frame that is the first since arming, the target-th, or sampled."""
         group = self.group
         if self.count == 1:
             self.on_first_data()
-        if self.count == group.target:
+        if self.count == self.target:
             group.t_last = time.monotonic()
             group.cpu_last = time.process_time()
+            group.rusage_last = resource.getrusage(resource.RUSAGE_SELF)
             group.pending -= 1
             if group.pending == 0:
                 group.done.set()
         if self.sample:
+            payload = frame.get_payload_as_bytes()
             now = time.time() * 1000.0
             envelope = self.envelope(payload)
             group.latencies.append(now - envelope["ts"])
@@ -564,6 +576,8 @@ class LoadGen:
             "t_last": group.t_last,
             "t_progress": last_change,
             "cpu_s": group.cpu_last - group.cpu_armed,
+            "user_s": group.rusage_last.ru_utime - group.rusage_armed.ru_utime,
+            "sys_s": group.rusage_last.ru_stime - group.rusage_armed.ru_stime,
             "closed_by_server": group.closed_by_server,
             "lagged_events": group.lagged_events,
         }

@@ -701,6 +701,30 @@ class LoadGenPool:
         return self.merge(name, answers)
 
 
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Each CPU's (idle, total) clock ticks so far, from /proc/stat (idle and iowait count as
+    idle; softirq, the kernel's network work, as busy)."""
+    ticks = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                values = [int(v) for v in fields[:8]]
+                ticks[name[3:]] = (values[3] + values[4], sum(values))
+    return ticks
+
+
+def idle_fractions(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, float | None]:
+    """Each CPU's idle share between two :func:`cpu_ticks` readings (None if no tick passed)."""
+    shares: dict[str, float | None] = {}
+    for cpu, (idle, total) in after.items():
+        idle0, total0 = before.get(cpu, (idle, total))
+        shares[cpu] = (idle - idle0) / (total - total0) if total > total0 else None
+    return shares
+
+
 def merge_sums(answers: list[dict[str, Any]]) -> dict[str, Any]:
     """Numbers summed (``seconds``: the longest), error counts merged, the rest as the first
     process gave them."""
@@ -775,7 +799,7 @@ def merge_storms(answers: list[dict[str, Any]]) -> dict[str, Any]:
 def merge_waits(answers: list[dict[str, Any]]) -> dict[str, Any]:
     firsts = [a["t_first"] for a in answers if a["t_first"]]
     summed = ("clients", "clients_complete", "received", "lost", "closed_by_server",
-              "lagged_events", "cpu_s")  # fmt: skip
+              "lagged_events", "cpu_s", "user_s", "sys_s")  # fmt: skip
     return {
         "ok": True,
         "complete": all(a["complete"] for a in answers),
@@ -1125,10 +1149,12 @@ class Session:
             self.report.status(f"{self.impl.name}: burst {rep + 1}/{p.burst_reps}")
             self.L.call(10.0, cmd="arm", group="subs", target=p.burst_m)
             server_cpu = self.S.cpu()
+            ticks = cpu_ticks()
             t0 = time.monotonic()
             self.M.post("/control/burst", n=p.burst_m, topic=TOPIC)
             got = self.L.call(180.0, cmd="wait", group="subs", limit=150.0, stall=5.0)
             server_cpu = self.S.cpu() - server_cpu
+            cpu_idle = idle_fractions(ticks, cpu_ticks())
             self.S.check()
             end = got["t_last"] if got["complete"] else got["t_progress"]
             seconds = max(end - t0, 1e-6)
@@ -1141,7 +1167,14 @@ class Session:
                     # The load generator's processes together, in cores: near their count,
                     # they and not the server set the pace.
                     "loadgen_cpu": got["cpu_s"] / seconds,
+                    # Its user and kernel time per delivery: the kernel's share is the TCP
+                    # receive path, and the part of a burst that moves from rep to rep.
+                    "loadgen_user_us": got["user_s"] * 1e6 / max(1, got["received"]),
+                    "loadgen_sys_us": got["sys_s"] * 1e6 / max(1, got["received"]),
                     "server_cpu": server_cpu / seconds,
+                    # Each CPU's idle share over the burst (/proc/stat): pinned, the server's
+                    # CPU idle means the load generator set the pace.
+                    "cpu_idle": cpu_idle,
                     "complete": got["complete"],
                     "lost": got["lost"],
                     "clients_complete": got["clients_complete"],
