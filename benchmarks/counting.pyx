@@ -3,9 +3,9 @@
 frames in C and calls Python only for the frames that need it.
 
 Why compiled: on a 2-core machine the load generator has one core for a burst, and in
-Python its ``on_ws_frame`` cost about 0.45 us of user time per frame (the call into Python,
+Python its ``on_ws_frame`` cost about 0.5 us of user time per frame (the call into Python,
 ``get_payload_as_bytes``, two ``startswith``), so it read at most about 2M frames a second
-while the relay's own core sat 50 to 80 % idle: the relay's burst figure was the load
+while the relay's own core sat 68 to 81 % idle: the relay's burst figure was the load
 generator's (docs/performance.md, "A load generator that keeps up"). Here a data frame costs
 a prefix comparison on picows's own buffer and an increment, about 0.1 us with picows's
 parsing, which is how picows's own benchmark clients are written (a ``cdef class``
