@@ -6,7 +6,7 @@ event loop is measured and not the client's, and it is driven by the harness
 
 Why it looks the way it does:
 
-* picows clients (Cython framing, a plain callback per frame, no coroutine per
+* picows clients (Cython framing, a compiled listener, no coroutine per
   message) are the cheapest WebSocket receivers available in Python; on a
   2-core machine the load generator shares the CPU with the server, so every
   microsecond it spends per frame is stolen from the server being measured.
