@@ -623,6 +623,15 @@ def isolation_table(results: dict[str, Any]) -> list[str]:
         "| flood |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    if profile.get("iso_rounds"):
+        lines[1:1] = [
+            "",
+            f"Windows without and with the stalled clients alternate ({profile['iso_rounds']} "
+            "with, each between two without); `before` and `with stalled` are the means of "
+            "their windows' p99 (each window's is in the PASS/FAIL line and latest.json), "
+            "`change` is with / before - 1, and the RSS figures are the stalled phase's "
+            "closest to its bound.",
+        ]
     for impl in results["order"]:
         iso = results["summary"][impl]["isolation"]
         if not iso["bounded"]:
@@ -824,7 +833,7 @@ def isolation_verdict(iso: dict[str, Any]) -> tuple[bool, str]:
     )
     ok = bool(small and iso["memory_bounded"] and iso["deliveries_held"])
     return ok, (
-        f"p99 {fmt_ms(before)} -> {fmt_ms(after)} ms "
+        f"p99 {fmt_ms(before)} -> {fmt_ms(after)} ms{window_p99s(iso)} "
         f"({'-' if change is None else f'{change * 100:+.0f}%'}; need < +20% or "
         f"< {ISO_ABS_FLOOR_MS:.0f} ms), deliveries/s "
         f"{iso['baseline']['deliveries_per_s']:,.0f} -> "
@@ -834,6 +843,21 @@ def isolation_verdict(iso: dict[str, Any]) -> tuple[bool, str]:
         f"{iso['sent_to_stalled_bytes'] / MIB:.2f} MiB went to stalled clients "
         f"(need <= {iso['memory_bound_bytes'] / MIB:.2f} MiB)"
     )
+
+
+def window_p99s(iso: dict[str, Any]) -> str:
+    """Each window's p99 in the order measured, when the isolation alternated windows (its
+    before and after are their means); nothing for results from before it did."""
+    windows = [w["p99_ms"] for w in iso.get("baseline_windows", [])]
+    stalled = [phase["window"]["p99_ms"] for phase in iso.get("phases", [])]
+    if not stalled:
+        return ""
+    order = []
+    for i, p99 in enumerate(windows):
+        order.append(fmt_ms(p99))
+        if i < len(stalled):
+            order.append(f"[{fmt_ms(stalled[i])}]")
+    return f" (means of windows {', '.join(order)}; [stalled])"
 
 
 def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
