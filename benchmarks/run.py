@@ -1352,8 +1352,14 @@ class Session:
         Two windows of the same 1,000 clients a few seconds apart, nothing stalled in either,
         differ by a fifth or more on this machine, and the hour drifts: a single window
         before and one after cannot resolve the +20 % the target asks about. Alternating
-        cancels a steady drift, and a mean of windows moves less than any one of them."""
+        cancels a steady drift, and a mean of windows moves less than any one of them.
+
+        One client reads the flood channel in every window, so the server is subscribed
+        upstream to it throughout and the windows differ by the stalled clients alone: the
+        market sends an ETH-USD trade beside each BTC-USD one, and without that client only
+        the stalled windows had the server reading both."""
         p = self.profile
+        self.L.call(60.0, cmd="open", group="flood_reader", n=1, channel=FLOOD_CHANNEL, sample=0)
         self.set_rate(p.iso_rate)
         time.sleep(p.paced_warmup)
         bases: list[dict[str, Any]] = []
@@ -1365,6 +1371,7 @@ class Session:
         self.report.status(f"{self.impl.name}: isolation baseline {p.iso_rounds + 1}")
         bases.append(self.measure("subs", p.iso_seconds))
         self.M.post("/control/pause")
+        self.L.call(30.0, cmd="close", group="flood_reader")
         base = mean_window(bases)
         with_stalled = mean_window([phase["window"] for phase in phases])
         change = None
