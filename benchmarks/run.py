@@ -1382,25 +1382,21 @@ class Session:
             m["deliveries_per_s"] >= HELD_DELIVERY_FRACTION * offered
             for m in [*bases, *(phase["window"] for phase in phases)]
         ]
-        # The phase whose memory came closest to its bound speaks for the workload.
+        # The phase whose memory came closest to its bound speaks for the workload; each
+        # phase's own counts, RSS readings and flood time are in ``phases``.
         tightest = max(phases, key=lambda ph: ph["rss_growth_window"] / ph["memory_bound_bytes"])
         return {
             "clients": p.clients,
             "offered_per_s": offered,
             "deliveries_held": all(held),
-            "stalled": min(phase["stalled"] for phase in phases),
             "rate": p.iso_rate,
             "prefill_messages": p.iso_prefill,
-            "prefill_seconds": max(phase["prefill_seconds"] for phase in phases),
             "prefill_note": "; ".join(sorted({phase["prefill_note"] for phase in phases})),
             "baseline": base,
             "with_stalled": with_stalled,
             "baseline_windows": bases,
             "phases": phases,
             "p99_change": change,
-            "rss_base": phases[0]["rss_base"],
-            "rss_prefilled": tightest["rss_prefilled"],
-            "rss_end": tightest["rss_end"],
             "rss_growth_prefill": max(phase["rss_growth_prefill"] for phase in phases),
             "rss_growth_window": tightest["rss_growth_window"],
             "sent_to_stalled_bytes": tightest["sent_to_stalled_bytes"],
@@ -1470,7 +1466,7 @@ class Session:
 def mean_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """Several measurement windows of the same clients as one: latency percentiles and
     deliveries/s are the windows' means (None when a window has none), the seconds their
-    sum. The p99 of each window stays in the windows themselves."""
+    sum. Each window's own figures stay in the windows themselves."""
 
     def mean(key: str) -> float | None:
         values = [w[key] for w in windows]
@@ -1479,13 +1475,11 @@ def mean_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
         return statistics.fmean(values)
 
     return {
-        "windows": len(windows),
         "seconds": sum(w["seconds"] for w in windows),
         "p50_ms": mean("p50_ms"),
         "p99_ms": mean("p99_ms"),
         "deliveries_per_s": mean("deliveries_per_s"),
         "avg_frame_bytes": mean("avg_frame_bytes"),
-        "p99_each_ms": [w["p99_ms"] for w in windows],
     }
 
 
