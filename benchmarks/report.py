@@ -159,6 +159,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             if (c := entry.get("workloads", {}).get("compression")) is not None:
                 rows.setdefault(row, []).append(c)
     out["compression"] = {row: compression_summary(cs) for row, cs in rows.items()}
+    out["alternating"] = alternating_summary(runs)
     return out
 
 
@@ -177,6 +178,61 @@ def storm_summary(storms: list[dict[str, Any]]) -> dict[str, Any] | None:
     out["server_cpu_seconds"] = over_runs(st["server_cpu_seconds"] for st in storms)
     out["loadgen_cpu"] = over_runs(st["loadgen_cpu"] for st in storms)
     out["listen_overflows"] = over_runs(st["kernel"].get("ListenOverflows") for st in storms)
+    return out
+
+
+ALTERNATING_FIGURES = (
+    "deliveries_per_s",
+    "p50_ms",
+    "p99_ms",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "cpu_server",
+)
+
+
+def alternating_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The alternating light load, per rate and server: each figure over every window of
+    every run (median, range), how many windows held the rate, and the relay's p50 and p99
+    less each peer's in the same round (paired, so the machine's speed cancels out), with
+    how many of those rounds had the relay at or below. None when it did not run."""
+    windows = [w for run in runs for w in run.get("alternating", {}).get("windows", [])]
+    if not windows:
+        return None
+    order: list[str] = []
+    for run in runs:
+        order += [i for i in run.get("alternating", {}).get("order", []) if i not in order]
+    out: dict[str, Any] = {"order": order, "rates": {}}
+    for rate in sorted({w["rate"] for w in windows}):
+        at = [w for w in windows if w["rate"] == rate]
+        rounds: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+        for k, run in enumerate(runs):
+            for w in run.get("alternating", {}).get("windows", []):
+                if w["rate"] == rate:
+                    rounds.setdefault((k, w["round"]), {})[w["impl"]] = w
+        servers: dict[str, Any] = {}
+        for impl in order:
+            mine = [w for w in at if w["impl"] == impl]
+            if not mine:
+                continue
+            entry: dict[str, Any] = {
+                k: over_runs(w.get(k) for w in mine) for k in ALTERNATING_FIGURES
+            }
+            entry.update(windows=len(mine), held=sum(w["held"] for w in mine))
+            if impl != "relay":
+                for key in ("p50_ms", "p99_ms"):
+                    diffs = [
+                        r["relay"][key] - r[impl][key]
+                        for r in rounds.values()
+                        if "relay" in r
+                        and impl in r
+                        and r["relay"][key] is not None
+                        and r[impl][key] is not None
+                    ]
+                    entry[f"relay_minus_{key}"] = over_runs(diffs)
+                    entry[f"relay_at_or_below_{key}"] = sum(d <= 0 for d in diffs)
+            servers[impl] = entry
+        out["rates"][str(rate)] = servers
     return out
 
 
@@ -363,6 +419,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += storm_table(results)
     if any(has(i, "isolation") for i in names):
         lines += isolation_table(results)
+    if summary.get("alternating"):
+        lines += alternating_table(results)
     if summary.get("compression"):
         lines += compression_table(results)
     if any(has(i, "upstream") for i in names):
@@ -389,6 +447,11 @@ def markdown(results: dict[str, Any]) -> str:
         for k, run in enumerate(results["runs"])
         for name, entry in [*run["implementations"].items(), *run.get("compression", {}).items()]
         if entry.get("status", "ok") != "ok"
+    ] + [
+        f"- run {k + 1}, alternating, {name}: {status}"
+        for k, run in enumerate(results["runs"])
+        for name, status in run.get("alternating", {}).get("status", {}).items()
+        if status != "ok"
     ]
     if failed:
         lines += ["", "## Not run or failed", "", *failed]
@@ -656,6 +719,61 @@ def isolation_table(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def alternating_table(results: dict[str, Any]) -> list[str]:
+    alt = results["summary"]["alternating"]
+    profile = results["profile"]
+    lines = [
+        f"## Light load in alternating windows: {profile['clients']:,} clients per server, "
+        "every server connected at once, taking turns",
+        "",
+        f"Each round gives every server one {profile['paced_seconds']:.0f}-s paced window "
+        f"({profile['alt_rounds']} round(s) per run, the order rotating), its market paused "
+        "and everything quiet between windows. Figures are over all windows of all runs: "
+        "median (min to max). `relay - peer` is the relay's figure less the peer's in the same "
+        "round, median (min to max), with the rounds in which the relay was at or below; "
+        "latency = receipt - envelope `ts`, `e2e` = receipt - the market's event time.",
+        "",
+        "| implementation | rate msg/s | windows (held) | deliveries/s | p50 ms | p99 ms "
+        "| e2e p50 ms | e2e p99 ms | server CPU | relay - peer p50 ms | relay - peer p99 ms |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---|---|",
+    ]
+
+    def ranged(figure: Figure | None) -> str:
+        if figure is None:
+            return "-"
+        return f"{fmt_ms(figure['median'])} ({fmt_ms(figure['min'])} to {fmt_ms(figure['max'])})"
+
+    def paired(entry: dict[str, Any], key: str) -> str:
+        figure = entry.get(f"relay_minus_{key}")
+        if figure is None:
+            return "-"
+        n = len(figure["values"])
+        return (
+            f"{figure['median']:+.1f} ({figure['min']:+.1f} to {figure['max']:+.1f}); "
+            f"{entry[f'relay_at_or_below_{key}']} of {n}"
+        )
+
+    for rate, servers in alt["rates"].items():
+        for impl, e in servers.items():
+            lines.append(
+                md_row(
+                    impl,
+                    f"{int(rate):,}",
+                    f"{e['windows']} ({e['held']})",
+                    cell(e["deliveries_per_s"]),
+                    ranged(e["p50_ms"]),
+                    ranged(e["p99_ms"]),
+                    cell(e["e2e_p50_ms"], fmt_ms),
+                    cell(e["e2e_p99_ms"], fmt_ms),
+                    cell(e["cpu_server"], lambda v: "-" if v is None else f"{v:.0%}"),
+                    paired(e, "p50_ms"),
+                    paired(e, "p99_ms"),
+                )
+            )
+    lines.append("")
+    return lines
+
+
 def compression_table(results: dict[str, Any]) -> list[str]:
     profile = results["profile"]
     lines = [
@@ -787,6 +905,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             out[-1]["detail"] = "the rates stepped through stop below it; " + out[-1]["detail"]
         latency_target(results, add)
 
+    if summary.get("alternating"):
+        alternating_target(summary["alternating"], add)
+
     spread_target(results, peers, add)
 
     if any(workload(run, "relay", "idle") for run in runs):
@@ -891,6 +1012,39 @@ def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str
         "latency at low rates",
         all(oks) if oks else None,
         "need the relay's median p50 and p99 <= the best peer's median: " + "; ".join(details),
+    )
+
+
+def alternating_target(alt: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
+    """:func:`latency_target` on the alternating windows: the relay's median p50 and p99 over
+    its windows against the best peer's, among the peers that held the rate in at least half
+    of theirs."""
+    details, oks = [], []
+    for rate in LATENCY_RATES:
+        servers = alt["rates"].get(str(rate), {})
+        mine = servers.get("relay")
+        if mine is None:
+            details.append(f"{rate} msg/s not measured")
+            continue
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            theirs = {
+                impl: value
+                for impl, e in servers.items()
+                if impl != "relay"
+                and e["held"] * 2 >= e["windows"]
+                and (value := med(e[key])) is not None
+            }
+            relay = med(mine[key])
+            if not theirs or relay is None:
+                details.append(f"{label} at {rate}: no peer held it")
+                continue
+            best = min(theirs, key=lambda impl: theirs[impl])
+            oks.append(relay <= theirs[best])
+            details.append(f"{label} at {rate}: {relay:.1f} vs {best} {theirs[best]:.1f} ms")
+    add(
+        "latency at low rates, alternating windows",
+        all(oks) if oks else None,
+        "need the relay's median over its windows <= the best peer's: " + "; ".join(details),
     )
 
 

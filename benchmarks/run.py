@@ -18,6 +18,10 @@ Workloads (see benchmarks/README.md for the exact definitions):
                 and the server's RSS meanwhile. Last,
                 because it may legitimately kill a peer (that is a result too).
 
+Then, per run, the relay and the peers that come near 100 msg/s all alive at once, for
+``alternating``: paced windows at 100 and 250 msg/s taken in turn, round after round, so
+every server meets the same stretch of a machine whose speed moves from minute to minute.
+
 Two profiles run the burst and paced workloads only: the cluster (``relay_cluster``)
 and Socket.IO (``relay_sio``, the relay's Socket.IO endpoint, against ``node_sio``, a
 Node socket.io server; their clients are the load generator's ``--protocol socketio``).
@@ -153,6 +157,10 @@ class Profile:
     """Trades burst to each trades client in the compression workload."""
     check_rates: tuple[int, ...] = (100, 250)
     """Market rates of the independent latency check."""
+    alt_rates: tuple[int, ...] = (100, 250)
+    """Rates of the alternating light-load workload (the latency targets' rates)."""
+    alt_rounds: int = 2
+    """Alternating light load: rounds per run, each one paced window per implementation."""
 
 
 FULL = Profile(
@@ -204,6 +212,7 @@ QUICK = Profile(
     check_clients=200,
     check_warmup=0.5,
     check_seconds=1.0,
+    alt_rounds=1,
 )
 
 SATURATED_FRACTION = 0.8
@@ -921,9 +930,15 @@ class Reporter:
 
 WORKLOADS = ["upstream", "burst", "paced", "idle", "storm", "isolation"]
 """The workloads of one session per implementation, in their fixed order."""
-SEPARATE_WORKLOADS = ["compression", "latency"]
-"""Each with processes of its own: ``compression`` (run.py, a session per server
-configuration) and ``latency`` (benchmarks/latency_check.py, run after run.py)."""
+SEPARATE_WORKLOADS = ["alternating", "compression", "latency"]
+"""Each with processes of its own: ``alternating`` (run.py, a session per implementation,
+all alive at once), ``compression`` (run.py, a session per server configuration) and
+``latency`` (benchmarks/latency_check.py, run after run.py)."""
+ALTERNATING_IMPLS = ("relay", "websockets", "picows", "node")
+"""The servers the alternating light load takes turns between: the relay and the peers that
+deliver 100 msg/s to 1,000 clients or come near it. The trio-websocket loop delivers a third
+of it, so it has no latency at that rate to compare, and draining its backlog after each of
+its windows would only lengthen the workload."""
 BOOK_CHANNEL = "sim:book:BTC-USD"
 
 
@@ -1208,11 +1223,7 @@ class Session:
             step = self.measure("subs", p.paced_seconds)
             step["rate"] = rate
             step["offered_per_s"] = rate * step["clients"]
-            step["held"] = bool(
-                step["p99_ms"] is not None
-                and step["p99_ms"] < HELD_P99_MS
-                and step["deliveries_per_s"] >= HELD_DELIVERY_FRACTION * step["offered_per_s"]
-            )
+            step["held"] = holds_rate(step)
             steps.append(step)
             if step["deliveries_per_s"] < SATURATED_FRACTION * step["offered_per_s"]:
                 # Saturated: its capacity is known, and higher rates would only pile up a
@@ -1228,6 +1239,20 @@ class Session:
             # A saturating last step leaves the load generator furthest behind.
             "drain_seconds": self.quiesce(3 * p.drain_limit),
         }
+
+    def window(self, rate: int) -> dict[str, Any]:
+        """One paced window at ``rate``, from a paused market to a paused and quiet one, so
+        nothing of it is left for whoever measures next (the alternating workload)."""
+        p = self.profile
+        self.set_rate(rate)
+        time.sleep(p.paced_warmup)
+        step = self.measure("subs", p.paced_seconds)
+        self.M.post("/control/pause")
+        step["rate"] = rate
+        step["offered_per_s"] = rate * step["clients"]
+        step["held"] = holds_rate(step)
+        step["drain_seconds"] = self.quiesce(3 * p.drain_limit)
+        return step
 
     def idle(self) -> dict[str, Any]:
         p = self.profile
@@ -1463,6 +1488,15 @@ class Session:
         }
 
 
+def holds_rate(step: dict[str, Any]) -> bool:
+    """A paced window held its rate: p99 under the ceiling, nearly every delivery made."""
+    return bool(
+        step["p99_ms"] is not None
+        and step["p99_ms"] < HELD_P99_MS
+        and step["deliveries_per_s"] >= HELD_DELIVERY_FRACTION * step["offered_per_s"]
+    )
+
+
 def mean_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """Several measurement windows of the same clients as one: latency percentiles and
     deliveries/s are the windows' means (None when a window has none), the seconds their
@@ -1586,6 +1620,79 @@ def run_compression(
         rows[row] = run_session(session, body)
         report.advance()
     return rows
+
+
+def run_alternating(
+    profile: Profile,
+    report: Reporter,
+    logroot: Path,
+    selected: list[Impl],
+    skip_node: bool,
+    run_index: int,
+) -> dict[str, Any]:
+    """Light load with every server alive at once, taking turns (docs/performance.md,
+    "Light load in alternating windows").
+
+    The paced workload measures each server in its own session, minutes after the one
+    before, and on this kind of machine two 5-s windows seconds apart can differ by more
+    than the servers do at 100 msg/s. Here each server keeps its market, its process and its
+    clients for the whole workload, idle (its market paused) except in its own windows, and
+    each round gives every server one window at the rate, in an order that rotates from
+    round to round (and run to run): every server meets the same stretch of the machine. A
+    server that delivers under ``SATURATED_FRACTION`` of a rate has no more windows at it or
+    above, as in the paced workload. One that fails is recorded and left out; the others go
+    on."""
+    out: dict[str, Any] = {"order": [], "status": {}, "windows": []}
+    sessions: list[Session] = []
+    try:
+        for impl in selected:
+            if impl.name not in ALTERNATING_IMPLS:
+                continue
+            reason = impl.unavailable(skip_node)
+            if reason is not None:
+                out["status"][impl.name] = reason
+                continue
+            session = Session(impl, profile, report, logroot / "alternating" / impl.name)
+            session.workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                report.status(f"alternating: starting {impl.name}")
+                session.start()
+                report.status(f"alternating: connecting {impl.name}")
+                session.connect()
+            except Exception as exc:
+                out["status"][impl.name] = f"error: {type(exc).__name__}: {exc}"
+                report.log(f"alternating, {impl.name}: {out['status'][impl.name]}")
+                session.stop()
+                continue
+            sessions.append(session)
+            out["status"][impl.name] = "ok"
+        out["order"] = [s.impl.name for s in sessions]
+        saturated: set[str] = set()
+        turn = run_index * profile.alt_rounds
+        for rate in profile.alt_rates:
+            for rnd in range(profile.alt_rounds):
+                first = (turn + rnd) % max(1, len(sessions))
+                for session in sessions[first:] + sessions[:first]:
+                    name = session.impl.name
+                    if name in saturated:
+                        continue
+                    report.status(f"alternating: {rate} msg/s, round {rnd + 1}, {name}")
+                    try:
+                        window = session.window(rate)
+                    except Exception as exc:
+                        out["status"][name] = f"error at {rate} msg/s: {type(exc).__name__}: {exc}"
+                        report.log(f"alternating, {name}: {out['status'][name]}")
+                        saturated.add(name)
+                        continue
+                    window.update(impl=name, round=rnd + 1)
+                    out["windows"].append(window)
+                    if window["deliveries_per_s"] < SATURATED_FRACTION * window["offered_per_s"]:
+                        saturated.add(name)
+    finally:
+        for session in sessions:
+            session.stop()
+    report.advance()
+    return out
 
 
 def storm_figures(lg: LoadGen | LoadGenPool, server: Proc, p: Profile) -> dict[str, Any]:
@@ -1731,7 +1838,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset, run in the fixed order: "
         + ",".join(WORKLOADS + SEPARATE_WORKLOADS),
     )
-    parser.add_argument("--rates", default="", help="paced rates in msg/s, e.g. 100,250")
+    parser.add_argument(
+        "--rates", default="", help="paced and alternating rates in msg/s, e.g. 100,250"
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat everything N times")
     parser.add_argument("--out", default=str(HERE / "results"), help="results directory")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep process logs in DIR")
@@ -1796,7 +1905,7 @@ def names_arg(parser: argparse.ArgumentParser, flag: str, text: str, known: list
 def chosen_profile(args: argparse.Namespace) -> Profile:
     profile = QUICK if args.quick else FULL
     if args.rates:
-        profile = dataclasses.replace(profile, paced_rates=args.rates)
+        profile = dataclasses.replace(profile, paced_rates=args.rates, alt_rates=args.rates)
     if args.loadgen_processes:
         profile = dataclasses.replace(profile, loadgen_processes=args.loadgen_processes)
     if args.burst_messages:
@@ -1852,6 +1961,8 @@ def one_run(
                 impl, profile, report, logs, session_workloads
             )
             report.log(f"run {k + 1}, {impl.name}: done")
+    if not wanted or "alternating" in wanted:
+        run["alternating"] = run_alternating(profile, report, logs, selected, args.skip_node, k)
     if not wanted or "compression" in wanted:
         run["compression"] = run_compression(profile, report, logs, {i.name for i in selected})
     return run
@@ -1873,7 +1984,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     runnable = [i for i in selected if i.unavailable(args.skip_node) is None]
-    steps = args.runs * (len(runnable) * len(WORKLOADS) + len(COMPRESSION_VARIANTS))
+    steps = args.runs * (len(runnable) * len(WORKLOADS) + len(COMPRESSION_VARIANTS) + 1)
     with log_dir(args.keep_logs) as logs, Reporter(steps) as report:
         for k in range(args.runs):
             results["runs"].append(one_run(k, args, profile, selected, report, logs))
