@@ -244,6 +244,23 @@ def check(session: Any, rates: tuple[int, ...]) -> dict[str, Any]:
     return {"clients": opened["opened"], "steps": steps}
 
 
+def check_window(session: Any, rate: int) -> dict[str, Any]:
+    """One window of the alternating check (``run.run_alternating``): from a paused market,
+    the warm-up and a measured window at ``rate``, with the server's CPU over it."""
+    p = session.profile
+    session.set_rate(rate)
+    time.sleep(p.check_warmup)
+    cpu0 = session.S.cpu()
+    step: dict[str, Any] = session.L.call(
+        p.check_seconds + 120.0, cmd="measure", seconds=p.check_seconds
+    )
+    step.pop("ok", None)
+    step["cpu_server"] = (session.S.cpu() - cpu0) / step["seconds"]
+    step["offered_per_s"] = rate * step["clients"]
+    result: dict[str, Any] = session.window_done(rate, step)
+    return result
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Medians (and spread) over the runs, per implementation and rate."""
     import report
@@ -321,7 +338,40 @@ def markdown(results: dict[str, Any]) -> str:
                     report.cell(theirs.get("p99_ms"), report.fmt_ms),
                 )
             )
+    alt = results.get("alternating")
+    if alt:
+        lines += [
+            "",
+            "## The same clients in alternating windows",
+            "",
+            f"After each run's sessions the relay and the peers that come near 100 msg/s are "
+            f"all started at once, each with its market, process and {results['clients']:,} "
+            "checking clients, and take turns, one window each per round (the order rotating), "
+            "everything quiet between windows, as in the harness's alternating workload: "
+            "figures over all windows of all runs, median (min to max); `relay - peer` is the "
+            "relay's figure less the peer's in the same round, with the rounds in which the "
+            "relay was at or below.",
+            "",
+            *report.alternating_rows(alt),
+            "",
+            alternating_verdict(alt),
+        ]
     return "\n".join([*lines, ""])
+
+
+def alternating_verdict(alt: dict[str, Any]) -> str:
+    """The harness's alternating-windows comparison (relay against the best peer that held
+    the rate), on the check's windows, as one line."""
+    import report
+
+    lines: list[str] = []
+
+    def add(name: str, ok: bool | None, detail: str) -> None:
+        verdict = "no peer to compare" if ok is None else ("yes" if ok else "no")
+        lines.append(f"Relay at or below the best peer, alternating windows: {verdict}; {detail}")
+
+    report.alternating_target(alt, add)
+    return lines[0]
 
 
 def report_ms(figure: dict[str, Any] | None) -> str:
@@ -331,6 +381,7 @@ def report_ms(figure: dict[str, Any] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import report
     import run
 
     args = run.parse_args(argv)
@@ -352,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         "order": [i.name for i in selected],
         "runs": [],
     }
-    with run.log_dir(args.keep_logs) as logs, run.Reporter(args.runs * len(selected)) as rep:
+    steps = args.runs * (len(selected) + 1)
+    with run.log_dir(args.keep_logs) as logs, run.Reporter(steps) as rep:
         for k in range(args.runs):
             entries: dict[str, Any] = {}
             for impl in selected:
@@ -377,13 +429,38 @@ def main(argv: list[str] | None = None) -> int:
 
                 entries[impl.name] = run.run_session(session, body)
                 rep.advance()
-            results["runs"].append({"run": k + 1, "implementations": entries})
+            run_entry: dict[str, Any] = {"run": k + 1, "implementations": entries}
+            if profile.alt_rounds:
+                run_entry["alternating"] = run.run_alternating(
+                    selected,
+                    args.skip_node,
+                    rates,
+                    profile.alt_rounds,
+                    k,
+                    rep,
+                    lambda impl, k=k: run.Session(
+                        impl,
+                        profile,
+                        rep,
+                        logs / f"check-run{k + 1}" / "alternating" / impl.name,
+                        client_script=Path(__file__),
+                        client_pool=checker_pool(),
+                    ),
+                    lambda session: session.L.call(
+                        180.0, cmd="open", n=profile.check_clients, channel=run.CHANNEL
+                    ),
+                    check_window,
+                )
+            results["runs"].append(run_entry)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["summary"] = summarize(results)
+    results["alternating"] = report.alternating_summary(results["runs"])
     results["harness_sampled"] = sampled(out)
     (out / "latency_check.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "latency_check.md").write_text(markdown(results))
     print(f"latency check: {out / 'latency_check.md'}")
+    if results["alternating"]:
+        print(alternating_verdict(results["alternating"]))
     for impl, by_rate in results["summary"].items():
         for rate, st in by_rate.items():
             p50 = report_ms(st["p50_ms"])

@@ -733,6 +733,16 @@ def alternating_table(results: dict[str, Any]) -> list[str]:
         "round, median (min to max), with the rounds in which the relay was at or below; "
         "latency = receipt - envelope `ts`, `e2e` = receipt - the market's event time.",
         "",
+        *alternating_rows(alt),
+        "",
+    ]
+    return lines
+
+
+def alternating_rows(alt: dict[str, Any]) -> list[str]:
+    """The alternating windows' table (:func:`alternating_summary`), one row per server and
+    rate; the columns a kind of client did not measure (the check has no e2e) show "-"."""
+    lines = [
         "| implementation | rate msg/s | windows (held) | deliveries/s | p50 ms | p99 ms "
         "| e2e p50 ms | e2e p99 ms | server CPU | relay - peer p50 ms | relay - peer p99 ms |",
         "|---|---:|---:|---:|---|---|---:|---:|---:|---|---|",
@@ -770,7 +780,6 @@ def alternating_table(results: dict[str, Any]) -> list[str]:
                     paired(e, "p99_ms"),
                 )
             )
-    lines.append("")
     return lines
 
 

@@ -1246,17 +1246,22 @@ class Session:
         }
 
     def window(self, rate: int) -> dict[str, Any]:
-        """One paced window at ``rate``, from a paused market to a paused and quiet one, so
-        nothing of it is left for whoever measures next (the alternating workload)."""
+        """One paced window at ``rate`` of the load generator's clients (the alternating
+        workload), from a paused market to a paused and quiet one."""
         p = self.profile
         self.set_rate(rate)
         time.sleep(p.paced_warmup)
         step = self.measure("subs", p.paced_seconds)
+        step["offered_per_s"] = rate * step["clients"]
+        return self.window_done(rate, step)
+
+    def window_done(self, rate: int, step: dict[str, Any]) -> dict[str, Any]:
+        """The end of an alternating window: the market paused and the server and clients
+        quiet, so nothing of it is left for whoever measures next."""
         self.M.post("/control/pause")
         step["rate"] = rate
-        step["offered_per_s"] = rate * step["clients"]
         step["held"] = holds_rate(step)
-        step["drain_seconds"] = self.quiesce(3 * p.drain_limit)
+        step["drain_seconds"] = self.quiesce(3 * self.profile.drain_limit)
         return step
 
     def idle(self) -> dict[str, Any]:
@@ -1628,12 +1633,15 @@ def run_compression(
 
 
 def run_alternating(
-    profile: Profile,
-    report: Reporter,
-    logroot: Path,
-    selected: list[Impl],
+    impls: list[Impl],
     skip_node: bool,
+    rates: tuple[int, ...],
+    rounds: int,
     run_index: int,
+    report: Reporter,
+    make_session: Callable[[Impl], Session],
+    connect: Callable[[Session], object],
+    window: Callable[[Session, int], dict[str, Any]],
 ) -> dict[str, Any]:
     """Light load with every server alive at once, taking turns (docs/performance.md,
     "Light load in alternating windows").
@@ -1642,28 +1650,29 @@ def run_alternating(
     before, and on this kind of machine two 5-s windows seconds apart can differ by more
     than the servers do at 100 msg/s. Here each server keeps its market, its process and its
     clients for the whole workload, idle (its market paused) except in its own windows, and
-    each round gives every server one window at the rate, in an order that rotates from
+    each round gives every server one ``window`` at the rate, in an order that rotates from
     round to round (and run to run): every server meets the same stretch of the machine. A
     server that delivers under ``SATURATED_FRACTION`` of a rate has no more windows at it or
     above, as in the paced workload. One that fails is recorded and left out; the others go
-    on."""
+    on. The harness's clients and the latency check's both run it (``make_session``,
+    ``connect`` and ``window`` are theirs)."""
     out: dict[str, Any] = {"order": [], "status": {}, "windows": []}
     sessions: list[Session] = []
     try:
-        for impl in selected:
+        for impl in impls:
             if impl.name not in ALTERNATING_IMPLS:
                 continue
             reason = impl.unavailable(skip_node)
             if reason is not None:
                 out["status"][impl.name] = reason
                 continue
-            session = Session(impl, profile, report, logroot / "alternating" / impl.name)
+            session = make_session(impl)
             session.workdir.mkdir(parents=True, exist_ok=True)
             try:
                 report.status(f"alternating: starting {impl.name}")
                 session.start()
                 report.status(f"alternating: connecting {impl.name}")
-                session.connect()
+                connect(session)
             except Exception as exc:
                 out["status"][impl.name] = f"error: {type(exc).__name__}: {exc}"
                 report.log(f"alternating, {impl.name}: {out['status'][impl.name]}")
@@ -1673,9 +1682,9 @@ def run_alternating(
             out["status"][impl.name] = "ok"
         out["order"] = [s.impl.name for s in sessions]
         saturated: set[str] = set()
-        turn = run_index * profile.alt_rounds
-        for rate in profile.alt_rates:
-            for rnd in range(profile.alt_rounds):
+        turn = run_index * rounds
+        for rate in rates:
+            for rnd in range(rounds):
                 first = (turn + rnd) % max(1, len(sessions))
                 for session in sessions[first:] + sessions[:first]:
                     name = session.impl.name
@@ -1683,15 +1692,18 @@ def run_alternating(
                         continue
                     report.status(f"alternating: {rate} msg/s, round {rnd + 1}, {name}")
                     try:
-                        window = session.window(rate)
+                        measured = window(session, rate)
                     except Exception as exc:
                         out["status"][name] = f"error at {rate} msg/s: {type(exc).__name__}: {exc}"
                         report.log(f"alternating, {name}: {out['status'][name]}")
                         saturated.add(name)
                         continue
-                    window.update(impl=name, round=rnd + 1)
-                    out["windows"].append(window)
-                    if window["deliveries_per_s"] < SATURATED_FRACTION * window["offered_per_s"]:
+                    measured.update(impl=name, round=rnd + 1)
+                    out["windows"].append(measured)
+                    if (
+                        measured["deliveries_per_s"]
+                        < SATURATED_FRACTION * measured["offered_per_s"]
+                    ):
                         saturated.add(name)
     finally:
         for session in sessions:
@@ -1967,7 +1979,17 @@ def one_run(
             )
             report.log(f"run {k + 1}, {impl.name}: done")
     if not wanted or "alternating" in wanted:
-        run["alternating"] = run_alternating(profile, report, logs, selected, args.skip_node, k)
+        run["alternating"] = run_alternating(
+            selected,
+            args.skip_node,
+            profile.alt_rates,
+            profile.alt_rounds,
+            k,
+            report,
+            lambda impl: Session(impl, profile, report, logs / "alternating" / impl.name),
+            Session.connect,
+            Session.window,
+        )
     if not wanted or "compression" in wanted:
         run["compression"] = run_compression(profile, report, logs, {i.name for i in selected})
     return run
