@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     with run.log_dir(args.keep_logs) as logs, run.Reporter(steps) as rep:
         for k in range(args.runs):
             entries: dict[str, Any] = {}
-            for impl in selected:
+            for impl in run.run_order(selected, k):
                 reason = impl.unavailable(args.skip_node)
                 if impl.protocol != "ws":
                     reason = "skipped: the latency check speaks the WebSocket protocol only"

@@ -340,9 +340,10 @@ def markdown(results: dict[str, Any]) -> str:
         + ".",
         "",
         "Every figure is the median over the runs (each run a fresh set of processes, the "
-        "implementations interleaved); `spread` is min to max over the runs and (max - min) as a "
-        "% of the median. Ratios are relay / peer of the medians; how to read them is in "
-        "benchmarks/README.md. Per-run figures are in latest.json.",
+        "implementations interleaved, the order rotating by one each run); `spread` is min to "
+        "max over the runs and (max - min) as a % of the median. Ratios are relay / peer of "
+        "the medians; how to read them is in benchmarks/README.md. Per-run figures are in "
+        "latest.json.",
         "",
     ]
 

@@ -1952,6 +1952,17 @@ def log_dir(keep: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def run_order(impls: list[Impl], k: int) -> list[Impl]:
+    """Run ``k``'s order: ``impls`` rotated by ``k``, so no implementation is always the first
+    after the processes of the run before have gone (the first session or two of a sequence
+    have been measured slower, whichever server ran in them: docs/performance.md, "The
+    independent check in alternating windows")."""
+    if not impls:
+        return impls
+    turn = k % len(impls)
+    return impls[turn:] + impls[:turn]
+
+
 def one_run(
     k: int,
     args: argparse.Namespace,
@@ -1968,7 +1979,7 @@ def one_run(
     if set(session_workloads) - {"upstream"} or not wanted:
         if "storm" in session_workloads:
             run["storm_floor"] = storm_floor(profile, report, logs)
-        for impl in selected:
+        for impl in run_order(selected, k):
             reason = impl.unavailable(args.skip_node)
             if reason is not None:
                 run["implementations"][impl.name] = {"status": reason}
