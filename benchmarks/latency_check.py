@@ -247,6 +247,8 @@ def check(session: Any, rates: tuple[int, ...]) -> dict[str, Any]:
 def check_window(session: Any, rate: int) -> dict[str, Any]:
     """One window of the alternating check (``run.run_alternating``): from a paused market,
     the warm-up and a measured window at ``rate``, with the server's CPU over it."""
+    import run
+
     p = session.profile
     session.set_rate(rate)
     time.sleep(p.check_warmup)
@@ -256,8 +258,7 @@ def check_window(session: Any, rate: int) -> dict[str, Any]:
     )
     step.pop("ok", None)
     step["cpu_server"] = (session.S.cpu() - cpu0) / step["seconds"]
-    step["offered_per_s"] = rate * step["clients"]
-    result: dict[str, Any] = session.window_done(rate, step)
+    result: dict[str, Any] = session.window_done(run.rated(step, rate))
     return result
 
 
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     with run.log_dir(args.keep_logs) as logs, run.Reporter(steps) as rep:
         for k in range(args.runs):
             entries: dict[str, Any] = {}
-            for impl in run.run_order(selected, k):
+            for impl in run.rotated(selected, k):
                 reason = impl.unavailable(args.skip_node)
                 if impl.protocol != "ws":
                     reason = "skipped: the latency check speaks the WebSocket protocol only"

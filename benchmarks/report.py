@@ -991,25 +991,29 @@ def window_p99s(iso: dict[str, Any]) -> str:
     return f" (means of windows {', '.join(order)}; [stalled])"
 
 
-def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
-    """The relay's median p50 and p99 at 100 and 250 msg/s against the best peer's median,
-    among the peers that held that rate in at least half their runs (a peer that could not
-    deliver the rate is no benchmark for latency at it)."""
-    summary = results["summary"]
+PeerFigures = dict[str, tuple[dict[str, Any], int, int]]
+"""Per peer at one rate: its figures (``p50_ms`` and ``p99_ms`` over runs or windows), in how
+many of them it held the rate, and how many there were."""
+
+
+def against_best_peer(
+    at_rate: Callable[[int], tuple[dict[str, Any] | None, PeerFigures]],
+) -> tuple[list[bool], list[str]]:
+    """At each of the latency targets' rates, the relay's median p50 and p99 (``at_rate``
+    gives its figures and the peers') against the best peer's median, among the peers that
+    held that rate at least half the time (a peer that could not deliver the rate is no
+    benchmark for latency at it): a verdict per comparison made, and a text per rate."""
     details, oks = [], []
     for rate in LATENCY_RATES:
-        mine = summary["relay"]["paced"]["steps"].get(str(rate))
+        mine, peers = at_rate(rate)
         if mine is None:
             details.append(f"{rate} msg/s not measured")
             continue
         for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-            theirs: dict[str, float] = {
+            theirs = {
                 impl: value
-                for impl in results["order"]
-                if is_peer(impl)
-                and (st := summary[impl]["paced"]["steps"].get(str(rate))) is not None
-                and st["held"] * 2 >= st["runs"]
-                and (value := med(st[key])) is not None
+                for impl, (figures, held, count) in peers.items()
+                if held * 2 >= count and (value := med(figures[key])) is not None
             }
             relay = med(mine[key])
             if not theirs or relay is None:
@@ -1018,6 +1022,22 @@ def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str
             best = min(theirs, key=lambda impl: theirs[impl])
             oks.append(relay <= theirs[best])
             details.append(f"{label} at {rate}: {relay:.1f} vs {best} {theirs[best]:.1f} ms")
+    return oks, details
+
+
+def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
+    """:func:`against_best_peer` on the paced workload's medians over the runs."""
+    summary = results["summary"]
+
+    def at_rate(rate: int) -> tuple[dict[str, Any] | None, PeerFigures]:
+        peers = {
+            impl: (st, st["held"], st["runs"])
+            for impl in results["order"]
+            if is_peer(impl) and (st := summary[impl]["paced"]["steps"].get(str(rate))) is not None
+        }
+        return summary["relay"]["paced"]["steps"].get(str(rate)), peers
+
+    oks, details = against_best_peer(at_rate)
     add(
         "latency at low rates",
         all(oks) if oks else None,
@@ -1026,31 +1046,17 @@ def latency_target(results: dict[str, Any], add: Callable[[str, bool | None, str
 
 
 def alternating_target(alt: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
-    """:func:`latency_target` on the alternating windows: the relay's median p50 and p99 over
-    its windows against the best peer's, among the peers that held the rate in at least half
-    of theirs."""
-    details, oks = [], []
-    for rate in LATENCY_RATES:
+    """:func:`against_best_peer` on the alternating windows: medians over each server's
+    windows, a peer counted when it held the rate in at least half of its own."""
+
+    def at_rate(rate: int) -> tuple[dict[str, Any] | None, PeerFigures]:
         servers = alt["rates"].get(str(rate), {})
-        mine = servers.get("relay")
-        if mine is None:
-            details.append(f"{rate} msg/s not measured")
-            continue
-        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-            theirs = {
-                impl: value
-                for impl, e in servers.items()
-                if impl != "relay"
-                and e["held"] * 2 >= e["windows"]
-                and (value := med(e[key])) is not None
-            }
-            relay = med(mine[key])
-            if not theirs or relay is None:
-                details.append(f"{label} at {rate}: no peer held it")
-                continue
-            best = min(theirs, key=lambda impl: theirs[impl])
-            oks.append(relay <= theirs[best])
-            details.append(f"{label} at {rate}: {relay:.1f} vs {best} {theirs[best]:.1f} ms")
+        peers = {
+            impl: (e, e["held"], e["windows"]) for impl, e in servers.items() if impl != "relay"
+        }
+        return servers.get("relay"), peers
+
+    oks, details = against_best_peer(at_rate)
     add(
         "latency at low rates, alternating windows",
         all(oks) if oks else None,

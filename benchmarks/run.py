@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import command_loop  # sibling module: the harness runs as a script
 import httpx
@@ -69,6 +69,7 @@ from report import (  # sibling module: the harness runs as a script
     targets,
 )
 
+T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PY = sys.executable
@@ -1225,10 +1226,7 @@ class Session:
             self.report.status(f"{self.impl.name}: paced {rate} msg/s")
             self.set_rate(rate)
             time.sleep(p.paced_warmup)
-            step = self.measure("subs", p.paced_seconds)
-            step["rate"] = rate
-            step["offered_per_s"] = rate * step["clients"]
-            step["held"] = holds_rate(step)
+            step = rated(self.measure("subs", p.paced_seconds), rate)
             steps.append(step)
             if step["deliveries_per_s"] < SATURATED_FRACTION * step["offered_per_s"]:
                 # Saturated: its capacity is known, and higher rates would only pile up a
@@ -1251,16 +1249,12 @@ class Session:
         p = self.profile
         self.set_rate(rate)
         time.sleep(p.paced_warmup)
-        step = self.measure("subs", p.paced_seconds)
-        step["offered_per_s"] = rate * step["clients"]
-        return self.window_done(rate, step)
+        return self.window_done(rated(self.measure("subs", p.paced_seconds), rate))
 
-    def window_done(self, rate: int, step: dict[str, Any]) -> dict[str, Any]:
+    def window_done(self, step: dict[str, Any]) -> dict[str, Any]:
         """The end of an alternating window: the market paused and the server and clients
         quiet, so nothing of it is left for whoever measures next."""
         self.M.post("/control/pause")
-        step["rate"] = rate
-        step["held"] = holds_rate(step)
         step["drain_seconds"] = self.quiesce(3 * self.profile.drain_limit)
         return step
 
@@ -1498,13 +1492,17 @@ class Session:
         }
 
 
-def holds_rate(step: dict[str, Any]) -> bool:
-    """A paced window held its rate: p99 under the ceiling, nearly every delivery made."""
-    return bool(
+def rated(step: dict[str, Any], rate: int) -> dict[str, Any]:
+    """A paced window's measurement with its rate, what that offered its clients, and whether
+    it held: p99 under the ceiling, nearly every delivery made."""
+    step["rate"] = rate
+    step["offered_per_s"] = offered = rate * step["clients"]
+    step["held"] = bool(
         step["p99_ms"] is not None
         and step["p99_ms"] < HELD_P99_MS
-        and step["deliveries_per_s"] >= HELD_DELIVERY_FRACTION * step["offered_per_s"]
+        and step["deliveries_per_s"] >= HELD_DELIVERY_FRACTION * offered
     )
+    return step
 
 
 def mean_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1685,8 +1683,7 @@ def run_alternating(
         turn = run_index * rounds
         for rate in rates:
             for rnd in range(rounds):
-                first = (turn + rnd) % max(1, len(sessions))
-                for session in sessions[first:] + sessions[:first]:
+                for session in rotated(sessions, turn + rnd):
                     name = session.impl.name
                     if name in saturated:
                         continue
@@ -1952,15 +1949,15 @@ def log_dir(keep: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_order(impls: list[Impl], k: int) -> list[Impl]:
-    """Run ``k``'s order: ``impls`` rotated by ``k``, so no implementation is always the first
-    after the processes of the run before have gone (the first session or two of a sequence
-    have been measured slower, whichever server ran in them: docs/performance.md, "The
-    independent check in alternating windows")."""
-    if not impls:
-        return impls
-    turn = k % len(impls)
-    return impls[turn:] + impls[:turn]
+def rotated(items: list[T], k: int) -> list[T]:
+    """``items`` rotated left by ``k``. Run ``k`` takes the implementations in this order, so
+    no implementation is always the first after the processes of the run before have gone
+    (the first session or two of a sequence have been measured slower, whichever server ran
+    in them: docs/performance.md, "The independent check in alternating windows")."""
+    if not items:
+        return items
+    turn = k % len(items)
+    return items[turn:] + items[:turn]
 
 
 def one_run(
@@ -1979,7 +1976,7 @@ def one_run(
     if set(session_workloads) - {"upstream"} or not wanted:
         if "storm" in session_workloads:
             run["storm_floor"] = storm_floor(profile, report, logs)
-        for impl in run_order(selected, k):
+        for impl in rotated(selected, k):
             reason = impl.unavailable(args.skip_node)
             if reason is not None:
                 run["implementations"][impl.name] = {"status": reason}
