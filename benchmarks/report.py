@@ -323,6 +323,26 @@ def why_missing(results: dict[str, Any], impl: str, name: str) -> str:
 # latest.md
 
 
+def warmup_line(warmup: dict[str, Any] | None) -> list[str]:
+    """The discarded warm-up session's bursts (run.py, ``Profile.warmup``), shown so a reader
+    can see what run 1 would have started with; none of it is in the tables."""
+    if not warmup:
+        return []
+    burst = warmup.get("workloads", {}).get("burst")
+    if burst is None:
+        return [
+            f"Warm-up session before run 1 ({warmup['implementation']}, not counted): "
+            f"{warmup.get('status', 'no bursts')}.",
+            "",
+        ]
+    each = ", ".join(f"{r['deliveries_per_s'] / 1e6:.2f}M" for r in burst["reps"])
+    return [
+        f"Warm-up session before run 1 ({warmup['implementation']}, not counted): bursts of "
+        f"{each} deliveries/s, median {fmt_int(burst['deliveries_per_s'])}.",
+        "",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """One table per workload, one row per implementation, medians over the runs."""
     profile = results["profile"]
@@ -383,6 +403,7 @@ def markdown(results: dict[str, Any]) -> str:
                 )
             )
         lines.append("")
+        lines += warmup_line(results.get("warmup"))
     if any(has(i, "paced") for i in names):
         lines += paced_tables(results)
     if "relay_cluster" in names and "relay" in names:
