@@ -169,13 +169,13 @@ class Profile:
     """Alternating light load: rounds per run, each one paced window per implementation."""
     warmup: bool = True
     """Before run 1, one discarded session: the first implementation of the order, its
-    clients connected and its bursts run, then everything stopped. The sets up to `84db359`
-    measured the relay first in run 1, and its run 1 had the set's lowest burst median in 8
-    of 12 sets (in the twelfth its first four bursts were 3.2 to 4.1M deliveries/s, its last
-    5.7M, and runs 2 and 3 started at 5.6 and 5.8M); checking clients found the first session
-    or two of a sequence slow whichever server ran in them (docs/performance.md, "The
-    independent check in alternating windows"). The warm-up's figures are kept in the
-    results (``warmup``) and shown in the report, not counted."""
+    clients connected, its bursts and paced steps run, then everything stopped. The sets up
+    to `84db359` measured the relay first in run 1, and its run 1 had the set's lowest burst
+    median in 8 of 12 sets (in the twelfth its first four bursts were 3.2 to 4.1M
+    deliveries/s, its last 5.7M, and runs 2 and 3 started at 5.6 and 5.8M); checking clients
+    found the first session or two of a sequence slow whichever server ran in them
+    (docs/performance.md, "The independent check in alternating windows"). The warm-up's
+    figures are kept in the results (``warmup``) and shown in the report, not counted."""
 
 
 FULL = Profile(
@@ -2022,10 +2022,11 @@ def one_run(
 
 def warm_up(impl: Impl, profile: Profile, report: Reporter, logs: Path) -> dict[str, Any]:
     """The discarded session before run 1 (``Profile.warmup``): ``impl`` connects its
-    clients and runs its bursts, which on this machine moves more bytes through loopback
-    sockets than any other workload, and then stops. Its record is returned for the report."""
+    clients and runs its bursts (more bytes through loopback sockets than any other workload)
+    and its paced steps (about 40 s for the relay), and then stops. Its record is returned
+    for the report."""
     report.status(f"warm-up: {impl.name}")
-    out = run_impl(impl, profile, report, logs / "warmup", ["burst"])
+    out = run_impl(impl, profile, report, logs / "warmup", ["burst", "paced"])
     report.log(f"warm-up, {impl.name}: {out['status']}")
     return {"implementation": impl.name, **out}
 
@@ -2047,7 +2048,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     runnable = [i for i in selected if i.unavailable(args.skip_node) is None]
     steps = args.runs * (len(runnable) * len(WORKLOADS) + len(COMPRESSION_VARIANTS) + 1)
-    steps += 2 if profile.warmup and runnable else 0  # the warm-up's upstream and burst
+    steps += 3 if profile.warmup and runnable else 0  # the warm-up's upstream, burst, paced
     with log_dir(args.keep_logs) as logs, Reporter(steps) as report:
         if profile.warmup and runnable:
             results["warmup"] = warm_up(runnable[0], profile, report, logs)
