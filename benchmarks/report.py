@@ -266,6 +266,11 @@ def fmt_cores(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def fmt_pct(value: float | None) -> str:
+    """A fraction (a server's CPU in cores, 0.6) as a whole percentage ("60%")."""
+    return "-" if value is None else f"{value:.0%}"
+
+
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -502,7 +507,6 @@ def paced_tables(results: dict[str, Any]) -> list[str]:
             if st is None:
                 not_run.append(str(rate))
                 continue
-            cpu = med(st["cpu_server"])
             lines.append(
                 md_row(
                     impl,
@@ -515,7 +519,7 @@ def paced_tables(results: dict[str, Any]) -> list[str]:
                     spread(st["p99_ms"], fmt_ms),
                     cell(st["p999_ms"], fmt_ms),
                     cell(st["e2e_p99_ms"], fmt_ms),
-                    "-" if cpu is None else f"{cpu * 100:.0f}%",
+                    cell(st["cpu_server"], fmt_pct),
                     f"{st['held']} of {st['runs']}",
                 )
             )
@@ -797,7 +801,7 @@ def alternating_rows(alt: dict[str, Any]) -> list[str]:
                     ranged(e["p99_ms"]),
                     cell(e["e2e_p50_ms"], fmt_ms),
                     cell(e["e2e_p99_ms"], fmt_ms),
-                    cell(e["cpu_server"], lambda v: "-" if v is None else f"{v:.0%}"),
+                    cell(e["cpu_server"], fmt_pct),
                     paired(e, "p50_ms"),
                     paired(e, "p99_ms"),
                 )
