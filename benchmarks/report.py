@@ -92,10 +92,34 @@ def burst_cpu(key: str) -> Callable[[dict[str, Any]], float | None]:
     return median
 
 
+def burst_idle(clients: bool) -> Callable[[dict[str, Any]], float | None]:
+    """The median over a run's bursts of the server's CPU's idle share (``clients`` False)
+    or of the clients' CPUs' mean idle share (True), from each burst's ``cpu_idle``. Pinned
+    (``pin_burst``), the server runs on the lowest-numbered CPU and the load generator on the
+    others, so these say which side set the pace: a load generator's process time counts
+    neither the kernel's work on its CPU nor the market's, which shares that CPU, and
+    read alone it showed the clients' side short of its core (0.83) when that core was
+    full. None for results from before it was measured; the caller passes it only for
+    pinned runs."""
+
+    def median(burst: dict[str, Any]) -> float | None:
+        shares = []
+        for rep in burst["reps"]:
+            idle = rep.get("cpu_idle") or {}
+            cpus = sorted(idle, key=int)
+            side = [idle[c] for c in (cpus[1:] if clients else cpus[:1])]
+            if len(cpus) >= 2 and all(v is not None for v in side):
+                shares.append(statistics.mean(side))
+        return statistics.median(shares) if shares else None
+
+    return median
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Every headline figure of every implementation over the runs."""
     runs = results["runs"]
     rates = results["profile"]["paced_rates"]
+    pinned = results["profile"].get("pin_burst") is True
     out: dict[str, Any] = {}
     for impl in results["order"]:
         s: dict[str, Any] = {}
@@ -115,6 +139,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             ),
             "server_cpu": fig("burst", burst_cpu("server_cpu")),
             "loadgen_cpu": fig("burst", burst_cpu("loadgen_cpu")),
+            "server_core_idle": fig("burst", burst_idle(False)) if pinned else None,
+            "clients_core_idle": fig("burst", burst_idle(True)) if pinned else None,
         }
         paced = per_run(runs, impl, "paced", lambda w: w)
         steps: dict[str, Any] = {}
@@ -385,14 +411,15 @@ def markdown(results: dict[str, Any]) -> str:
             "(higher is better)",
             "",
             "| implementation | deliveries/s | spread | best | lost (all runs) "
-            "| first delivery ms | server CPU | load generator CPU | vs relay |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|",
+            "| first delivery ms | server CPU | load generator CPU | idle, server's core "
+            "| idle, clients' core | vs relay |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         relay_burst = med(relay.get("burst", {}).get("deliveries_per_s"))
         for impl in names:
             b = summary[impl]["burst"]
             if b["deliveries_per_s"] is None:
-                lines.append(missing(impl, "burst", 9))
+                lines.append(missing(impl, "burst", 11))
                 continue
             lines.append(
                 md_row(
@@ -404,6 +431,8 @@ def markdown(results: dict[str, Any]) -> str:
                     cell(b["first_delivery_ms"], fmt_ms),
                     cell(b["server_cpu"], fmt_cores),
                     cell(b["loadgen_cpu"], fmt_cores),
+                    cell(b["server_core_idle"], fmt_pct),
+                    cell(b["clients_core_idle"], fmt_pct),
                     ratio(relay_burst, med(b["deliveries_per_s"]), impl),
                 )
             )

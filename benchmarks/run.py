@@ -1176,6 +1176,7 @@ class Session:
             pin(clients, everywhere)
 
     def _bursts(self) -> dict[str, Any]:
+        assert self.sim is not None
         p = self.profile
         reps: list[dict[str, Any]] = []
         started = time.monotonic()
@@ -1185,11 +1186,13 @@ class Session:
             self.report.status(f"{self.impl.name}: burst {rep + 1}/{p.burst_reps}")
             self.L.call(10.0, cmd="arm", group="subs", target=p.burst_m)
             server_cpu = self.S.cpu()
+            market_cpu = self.sim.cpu()
             ticks = cpu_ticks()
             t0 = time.monotonic()
             self.M.post("/control/burst", n=p.burst_m, topic=TOPIC)
             got = self.L.call(180.0, cmd="wait", group="subs", limit=150.0, stall=5.0)
             server_cpu = self.S.cpu() - server_cpu
+            market_cpu = self.sim.cpu() - market_cpu
             cpu_idle = idle_fractions(ticks, cpu_ticks())
             self.S.check()
             end = got["t_last"] if got["complete"] else got["t_progress"]
@@ -1208,6 +1211,10 @@ class Session:
                     "loadgen_user_us": got["user_s"] * 1e6 / max(1, got["received"]),
                     "loadgen_sys_us": got["sys_s"] * 1e6 / max(1, got["received"]),
                     "server_cpu": server_cpu / seconds,
+                    # The market, left free, writes the burst to every server's upstream
+                    # connection: a fixed cost per burst that is a sixth of a core during the
+                    # relay's 0.2 s bursts and shares a CPU with one side or the other.
+                    "market_cpu": market_cpu / seconds,
                     # Each CPU's idle share over the burst (/proc/stat): pinned, the server's
                     # CPU idle means the load generator set the pace.
                     "cpu_idle": cpu_idle,
